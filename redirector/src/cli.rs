@@ -1,0 +1,122 @@
+//! Command-line interface.
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default pin directory on a node's bpffs.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/redirector";
+/// Default `SO_MARK` of the daemon's sockets: clear of kube-proxy
+/// (0x4000, 0x8000), Calico (0xffff0000) and Cilium (0x0f00, 0xf000).
+pub const DEFAULT_SOCKET_MARK: u32 = 0xe5;
+/// Default port of the redirect listener.
+pub const DEFAULT_PORT: u16 = 15001;
+
+/// Transparent egress through a corporate HTTP proxy for Kubernetes pods.
+#[derive(Debug, Parser)]
+#[command(name = "redirector", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach the hooks to a cgroup and proxy redirected connections.
+    Run(RunArgs),
+    /// Remove the hooks and pinned maps of an instance.
+    Detach(PinArgs),
+    /// Show attached hooks, exempt cgroups and kernel counters.
+    Status(PinArgs),
+    /// Generate a MITM CA for the upstream proxy (mitmproxy's confdir file
+    /// set) and print it as base64 for `trustedCA`.
+    GenCa(GenCaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The AKS proxy JSON (`httpProxy`, `httpsProxy`, `noProxy`, `trustedCA`).
+    #[arg(long, value_name = "FILE")]
+    pub proxy_config: PathBuf,
+    /// cgroup v2 directory whose processes (and descendants') are redirected,
+    /// e.g. /sys/fs/cgroup/kubepods.slice.
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: PathBuf,
+    /// Address redirected connects go to: the node's IP, reachable from pods'
+    /// network namespaces (never loopback: a pod's 127.0.0.1 is its own).
+    /// Repeat for an IPv6 address. Default: $NODE_IP port 15001.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// cgroup v2 directory whose processes are never redirected (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub exempt_cgroup: Vec<PathBuf>,
+    /// SO_MARK on the daemon's own sockets; the hooks skip sockets carrying it.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SOCKET_MARK, value_parser = parse_u32)]
+    pub socket_mark: u32,
+    /// Bound, in seconds, on connecting to the upstream and its CONNECT answer.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub connect_timeout: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Directory on a bpffs where links and maps are pinned.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct GenCaArgs {
+    /// Directory to write mitmproxy-ca.pem, mitmproxy-ca-cert.pem and
+    /// mitmproxy-ca-key.pem into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
+}
+
+/// Accepts decimal or `0x` hexadecimal.
+fn parse_u32(s: &str) -> Result<u32, String> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("`{s}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "redirector",
+            "run",
+            "--proxy-config",
+            "p.json",
+            "--cgroup",
+            "/cg",
+            "--listen",
+            "10.0.0.4:15001",
+            "--listen",
+            "[fd00::4]:15001",
+            "--exempt-cgroup",
+            "/cg/a",
+            "--socket-mark",
+            "0x10",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.listen.len(), 2);
+        assert_eq!(run.socket_mark, 16);
+        assert_eq!(run.pins.bpffs, PathBuf::from(DEFAULT_BPFFS));
+    }
+}

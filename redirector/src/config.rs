@@ -1,0 +1,327 @@
+//! The proxy configuration: AKS's HTTP proxy JSON, accepted as AKS
+//! documents it (`az aks create --http-proxy-config FILE`):
+//!
+//! ```json
+//! { "httpProxy": "http://10.0.0.4:8080/", "httpsProxy": "http://10.0.0.4:8080/",
+//!   "noProxy": ["localhost", "10.0.0.0/16"], "trustedCA": "<base64 PEM>" }
+//! ```
+//!
+//! Unknown keys are rejected rather than ignored: a typo such as
+//! `httpsProxyy` would otherwise silently send traffic direct.
+use std::{fmt, path::Path};
+
+use base64::Engine as _;
+use serde::Deserialize;
+use thiserror::Error;
+use url::Url;
+
+use crate::noproxy::{NoProxy, NoProxyError};
+
+/// Why a proxy configuration file was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: field `{field}`: {message}")]
+    Field {
+        file: String,
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// The file as written, before validation. Field names are AKS's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(rename = "httpProxy")]
+    http_proxy: Option<String>,
+    #[serde(rename = "httpsProxy")]
+    https_proxy: Option<String>,
+    #[serde(rename = "noProxy")]
+    no_proxy: Option<Vec<String>>,
+    /// AKS's CLI file says `trustedCA`; its ARM API says `trustedCa`.
+    #[serde(rename = "trustedCA", alias = "trustedCa")]
+    trusted_ca: Option<String>,
+}
+
+/// A validated proxy configuration.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Proxy for plain HTTP (port 80 style traffic); `None` means direct.
+    pub http_proxy: Option<ProxyUrl>,
+    /// Proxy for TLS and all other TCP, reached with CONNECT; `None` means direct.
+    pub https_proxy: Option<ProxyUrl>,
+    /// The `noProxy` rules.
+    pub no_proxy: NoProxy,
+    /// DER certificates from `trustedCA` (the MITM proxy's CA).
+    pub trusted_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+impl ProxyConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&file, &text)
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = if path == "." || path.is_empty() {
+                inner.to_string()
+            } else {
+                format!("field `{path}`: {inner}")
+            };
+            ConfigError::Syntax {
+                file: file.to_owned(),
+                message,
+            }
+        })?;
+        let field_error = |field: &'static str, message: String| ConfigError::Field {
+            file: file.to_owned(),
+            field,
+            message,
+        };
+        let http_proxy = ProxyUrl::parse_optional(raw.http_proxy.as_deref())
+            .map_err(|m| field_error("httpProxy", m))?;
+        let https_proxy = ProxyUrl::parse_optional(raw.https_proxy.as_deref())
+            .map_err(|m| field_error("httpsProxy", m))?;
+        let no_proxy = NoProxy::parse(raw.no_proxy.as_deref().unwrap_or_default())
+            .map_err(|e: NoProxyError| field_error("noProxy", e.to_string()))?;
+        let trusted_ca = match raw.trusted_ca.as_deref().map(str::trim) {
+            None | Some("") => Vec::new(),
+            Some(b64) => parse_trusted_ca(b64).map_err(|m| field_error("trustedCA", m))?,
+        };
+        Ok(Self {
+            http_proxy,
+            https_proxy,
+            no_proxy,
+            trusted_ca,
+        })
+    }
+}
+
+/// `trustedCA` is base64 of one or more PEM certificates.
+fn parse_trusted_ca(b64: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("not base64: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("decodes to no PEM certificate (expected base64 of a PEM file)".into());
+    }
+    Ok(certs)
+}
+
+/// An upstream proxy URL. `Display` never shows credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl {
+    /// Host name or IP literal (without IPv6 brackets).
+    pub host: String,
+    pub port: u16,
+    /// `user:password` from the URL, percent-decoded, for Basic auth.
+    pub credentials: Option<(String, String)>,
+}
+
+impl ProxyUrl {
+    fn parse_optional(value: Option<&str>) -> Result<Option<Self>, String> {
+        match value.map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(v) => Self::parse(v).map(Some),
+        }
+    }
+
+    /// Parses a proxy URL as Go's `httpproxy` does: no scheme means `http://`,
+    /// and a missing port is the scheme's default.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let with_scheme = if value.contains("://") {
+            value.to_owned()
+        } else {
+            format!("http://{value}")
+        };
+        let url = Url::parse(&with_scheme).map_err(|e| format!("`{}`: {e}", redact(value)))?;
+        match url.scheme() {
+            "http" => {}
+            "https" => {
+                return Err(format!(
+                    "`{}`: TLS to the upstream proxy (an https:// proxy URL) is not supported yet; \
+                     if the proxy speaks plain HTTP on that port (mitmproxy and squid usually do), \
+                     write http://",
+                    redact(value)
+                ));
+            }
+            other => return Err(format!("`{}`: unsupported scheme `{other}`", redact(value))),
+        }
+        let host = match url.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err(format!("`{}`: no host", redact(value))),
+        };
+        let port = url.port_or_known_default().unwrap_or(80);
+        let credentials = if url.username().is_empty() {
+            None
+        } else {
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .map(|c| c.into_owned())
+                    .map_err(|_| format!("`{}`: credentials are not UTF-8", redact(value)))
+            };
+            Some((
+                decode(url.username())?,
+                decode(url.password().unwrap_or(""))?,
+            ))
+        };
+        Ok(Self {
+            host,
+            port,
+            credentials,
+        })
+    }
+
+    /// `host:port` with brackets for IPv6, as used to dial.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let auth = if self.credentials.is_some() {
+            "***@"
+        } else {
+            ""
+        };
+        write!(f, "http://{auth}{}", self.authority())
+    }
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Hides `user:password@` in a URL string that failed to parse.
+fn redact(value: &str) -> String {
+    match (value.find("://"), value.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &value[..s + 3], &value[at..]),
+        (None, Some(at)) => format!("***{}", &value[at..]),
+        _ => value.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_b64() -> String {
+        crate::ca::GeneratedCa::generate()
+            .unwrap()
+            .trusted_ca_base64()
+    }
+
+    fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
+        ProxyConfig::parse("proxy.json", text)
+    }
+
+    #[test]
+    fn accepts_the_aks_sample() {
+        let cfg = parse(&format!(
+            r#"{{"httpProxy": "http://10.0.0.4:8080/", "httpsProxy": "http://u%40x:p%3Ass@10.0.0.4:8080/",
+                "noProxy": ["localhost", "127.0.0.1", "docker.io", "10.10.0.0/24"], "trustedCA": "{}"}}"#,
+            ca_b64()
+        ))
+        .unwrap();
+        let https = cfg.https_proxy.unwrap();
+        assert_eq!(https.authority(), "10.0.0.4:8080");
+        assert_eq!(
+            https.credentials,
+            Some(("u@x".to_owned(), "p:ss".to_owned()))
+        );
+        assert_eq!(https.to_string(), "http://***@10.0.0.4:8080");
+        assert_eq!(cfg.trusted_ca.len(), 1);
+        assert_eq!(cfg.no_proxy.kernel_bypass().count(), 2);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_field() {
+        let err = parse(r#"{"httpsProxyy": "http://p:1"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("proxy.json:"), "{err}");
+        assert!(err.contains("httpsProxyy"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let err = parse(r#"{"noProxy": ["a", 3]}"#).unwrap_err().to_string();
+        assert!(err.contains("noProxy[1]"), "{err}");
+        let err = parse(r#"{"httpProxy": 1}"#).unwrap_err().to_string();
+        assert!(err.contains("httpProxy"), "{err}");
+    }
+
+    #[test]
+    fn malformed_json_is_an_error() {
+        let err = parse("{\"httpProxy\": ").unwrap_err().to_string();
+        assert!(err.starts_with("proxy.json:"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (text, field) in [
+            (r#"{"httpsProxy": "ftp://p:1"}"#, "httpsProxy"),
+            (r#"{"httpProxy": "http://"}"#, "httpProxy"),
+            (r#"{"trustedCA": "!!!"}"#, "trustedCA"),
+            (r#"{"trustedCA": "aGVsbG8="}"#, "trustedCA"),
+            (r#"{"noProxy": ["10.0.0.0/33"]}"#, "noProxy"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("field `{field}`")), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn proxy_url_forms() {
+        assert_eq!(
+            ProxyUrl::parse("10.0.0.4:3128").unwrap().authority(),
+            "10.0.0.4:3128"
+        );
+        assert_eq!(ProxyUrl::parse("http://proxy.corp").unwrap().port, 80);
+        assert_eq!(
+            ProxyUrl::parse("http://[fd00::1]:3128/")
+                .unwrap()
+                .authority(),
+            "[fd00::1]:3128"
+        );
+        let err = ProxyUrl::parse("https://user:secret@p:1").unwrap_err();
+        assert!(err.contains("not supported yet"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn empty_values_mean_direct() {
+        let cfg = parse(r#"{"httpProxy": "", "httpsProxy": " "}"#).unwrap();
+        assert!(cfg.http_proxy.is_none() && cfg.https_proxy.is_none());
+    }
+}

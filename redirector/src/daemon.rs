@@ -1,0 +1,143 @@
+//! `redirector run`: validate the configuration, load the programs, bind
+//! the listeners, and only then attach the hooks, so a pod's connect is
+//! never redirected to an address nobody listens on because of us.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use ipnet::IpNet;
+use tokio::{
+    io::unix::AsyncFd,
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    cli::{DEFAULT_PORT, RunArgs},
+    config::ProxyConfig,
+    connection::Shared,
+    dial::Dialer,
+    hook::{HookSettings, LoadedHooks, PinDir},
+    lookup::KernelOriginalDst,
+    server,
+};
+
+/// Destinations never worth redirecting: a pod's own loopback.
+const BUILTIN_BYPASS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let config = ProxyConfig::load(&args.proxy_config)?;
+    let listen = listen_addrs(&args.listen)?;
+    if !config.no_proxy.name_rules().is_empty() {
+        tracing::warn!(
+            rules = ?config.no_proxy.name_rules(),
+            "noProxy host-name rules are not applied yet; those hosts go through the proxy"
+        );
+    }
+    let mut bypass: Vec<IpNet> = BUILTIN_BYPASS.iter().map(|n| n.parse().unwrap()).collect();
+    bypass.extend(config.no_proxy.kernel_bypass().copied());
+
+    let settings = HookSettings {
+        listen: listen.clone(),
+        socket_mark: args.socket_mark,
+        exempt_cgroups: args.exempt_cgroup.clone(),
+        bypass,
+        kernel_debug_logs: tracing::enabled!(target: "redirector::kernel", tracing::Level::DEBUG),
+    };
+    let mut hooks = LoadedHooks::load(&settings)?;
+    let original_dst = Arc::new(KernelOriginalDst::new(hooks.take_dst_by_client()?));
+    if let Some(logger) = hooks.take_logger() {
+        tokio::spawn(forward_kernel_logs(logger));
+    }
+
+    let shared = Arc::new(Shared {
+        config: Arc::new(config),
+        original_dst,
+        dialer: Dialer {
+            socket_mark: args.socket_mark,
+            timeout: Duration::from_secs_f64(args.connect_timeout),
+        },
+    });
+    let mut listeners = Vec::new();
+    for addr in &listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        listeners.push(listener);
+    }
+
+    let pins = PinDir::new(&args.pins.bpffs);
+    hooks.attach(&args.cgroup, &pins)?;
+    for listener in listeners {
+        tokio::spawn(server::serve(listener, shared.clone()));
+    }
+    tracing::info!(
+        cgroup = %args.cgroup.display(), listen = ?listen, bpffs = %args.pins.bpffs.display(),
+        https_proxy = ?shared.config.https_proxy, http_proxy = ?shared.config.http_proxy,
+        trusted_ca_certs = shared.config.trusted_ca.len(),
+        "ready"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    // The hooks stay attached (pinned): until a new instance listens, pods'
+    // connects are refused, never sent around the proxy.
+    tracing::info!("stopping; hooks stay attached (`redirector detach` removes them)");
+    Ok(())
+}
+
+/// `--listen` as given, or `$NODE_IP:15001`. Loopback is refused: a pod's
+/// loopback is its own, so it could never reach the daemon there.
+fn listen_addrs(given: &[SocketAddr]) -> Result<Vec<SocketAddr>> {
+    let addrs = if given.is_empty() {
+        let ip = std::env::var("NODE_IP").context(
+            "no --listen given and NODE_IP is not set: give the node's IP, reachable from pods",
+        )?;
+        let ip = ip
+            .parse()
+            .with_context(|| format!("NODE_IP `{ip}` is not an IP address"))?;
+        vec![SocketAddr::new(ip, DEFAULT_PORT)]
+    } else {
+        given.to_vec()
+    };
+    for addr in &addrs {
+        if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+            bail!(
+                "--listen {addr}: must be an address of the node that pods can reach \
+                 (not loopback, which is the pod's own, nor unspecified)"
+            );
+        }
+    }
+    Ok(addrs)
+}
+
+async fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns the ring buffer's fd and lives inside the
+    // AsyncFd, so the fd stays open for as long as it is registered.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let Ok(mut fd) = registered else {
+        tracing::warn!("cannot poll the kernel log ring buffer");
+        return;
+    };
+    while let Ok(mut guard) = fd.readable_mut().await {
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_loopback_and_unspecified_listen() {
+        for bad in ["127.0.0.1:15001", "[::1]:15001", "0.0.0.0:15001"] {
+            assert!(listen_addrs(&[bad.parse().unwrap()]).is_err(), "{bad}");
+        }
+        assert!(listen_addrs(&["10.0.0.4:15001".parse().unwrap()]).is_ok());
+    }
+}

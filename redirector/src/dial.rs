@@ -1,0 +1,246 @@
+//! Dial: open the upstream side of a connection, either a `CONNECT` tunnel
+//! through the proxy or a direct connection. Every socket opened here
+//! carries the daemon's `SO_MARK`, which the kernel hook skips, so the
+//! daemon's own connects are never redirected back to itself.
+use std::{io, net::SocketAddr, time::Duration};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpSocket, TcpStream},
+};
+
+use crate::config::ProxyUrl;
+
+/// A byte stream to the upstream, whatever carries it.
+pub trait UpstreamIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpstreamIo for T {}
+
+/// Why the upstream side could not be opened. Never carries credentials.
+#[derive(Debug, Error)]
+pub enum DialError {
+    #[error("cannot resolve proxy {proxy}: {source}")]
+    Resolve { proxy: ProxyUrl, source: io::Error },
+    #[error("proxy {proxy} unreachable: {source}")]
+    ProxyUnreachable { proxy: ProxyUrl, source: io::Error },
+    #[error("proxy {proxy} refused CONNECT {authority}: {status}")]
+    Refused {
+        proxy: ProxyUrl,
+        authority: String,
+        status: StatusCode,
+    },
+    #[error("proxy {proxy}: CONNECT {authority} failed: {source}")]
+    Protocol {
+        proxy: ProxyUrl,
+        authority: String,
+        source: hyper::Error,
+    },
+    #[error("direct connect to {dst} failed: {source}")]
+    Direct { dst: SocketAddr, source: io::Error },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// How to dial: the mark to put on sockets and how long to wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Dialer {
+    pub socket_mark: u32,
+    /// Bound on TCP connect plus the proxy's answer to CONNECT.
+    pub timeout: Duration,
+}
+
+impl Dialer {
+    /// Opens a direct connection to `dst`.
+    pub async fn direct(&self, dst: SocketAddr) -> Result<TcpStream, DialError> {
+        tokio::time::timeout(self.timeout, connect_marked(dst, self.socket_mark))
+            .await
+            .map_err(|_| DialError::Timeout(self.timeout))?
+            .map_err(|source| DialError::Direct { dst, source })
+    }
+
+    /// Opens a tunnel to `authority` (`host:port`) through `proxy`.
+    pub async fn tunnel(
+        &self,
+        proxy: &ProxyUrl,
+        authority: &str,
+    ) -> Result<Box<dyn UpstreamIo>, DialError> {
+        tokio::time::timeout(self.timeout, self.tunnel_inner(proxy, authority))
+            .await
+            .map_err(|_| DialError::Timeout(self.timeout))?
+    }
+
+    async fn tunnel_inner(
+        &self,
+        proxy: &ProxyUrl,
+        authority: &str,
+    ) -> Result<Box<dyn UpstreamIo>, DialError> {
+        let stream = self.connect_proxy(proxy).await?;
+        let protocol = |source| DialError::Protocol {
+            proxy: proxy.clone(),
+            authority: authority.to_owned(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(protocol)?;
+        tokio::spawn(async move {
+            // Ends when the tunnel closes; errors after the upgrade are the relay's.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "proxy connection ended");
+            }
+        });
+        let mut request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(authority)
+            .header(header::HOST, authority);
+        if let Some((user, password)) = &proxy.credentials {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            request = request.header(header::PROXY_AUTHORIZATION, format!("Basic {token}"));
+        }
+        let request = request
+            .body(Empty::<Bytes>::new())
+            .expect("CONNECT request from a valid authority");
+        let response = sender.send_request(request).await.map_err(protocol)?;
+        if !response.status().is_success() {
+            return Err(DialError::Refused {
+                proxy: proxy.clone(),
+                authority: authority.to_owned(),
+                status: response.status(),
+            });
+        }
+        let upgraded = hyper::upgrade::on(response).await.map_err(protocol)?;
+        Ok(Box::new(TokioIo::new(upgraded)))
+    }
+
+    /// Connects to the proxy, trying each of its addresses in turn.
+    async fn connect_proxy(&self, proxy: &ProxyUrl) -> Result<TcpStream, DialError> {
+        let addrs = tokio::net::lookup_host((proxy.host.as_str(), proxy.port))
+            .await
+            .map_err(|source| DialError::Resolve {
+                proxy: proxy.clone(),
+                source,
+            })?;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for addr in addrs {
+            match connect_marked(addr, self.socket_mark).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = e,
+            }
+        }
+        Err(DialError::ProxyUnreachable {
+            proxy: proxy.clone(),
+            source: last,
+        })
+    }
+}
+
+/// The authority to ask the proxy for: `ip:port`, IPv6 in brackets.
+pub fn authority_of(dst: SocketAddr) -> String {
+    dst.to_string()
+}
+
+/// A TCP connect from a socket that carries `mark` (needs CAP_NET_ADMIN).
+pub async fn connect_marked(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket2::SockRef::from(&socket).set_mark(mark)?;
+    socket.set_nodelay(true)?;
+    socket.connect(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A one-shot fake proxy: reads the request head, answers `reply`,
+    /// then echoes. Returns the head it received.
+    async fn fake_proxy(reply: &'static str) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                if s.read(&mut b).await.unwrap() == 0 {
+                    break;
+                }
+                head.push(b[0]);
+            }
+            s.write_all(reply.as_bytes()).await.unwrap();
+            let mut buf = [0u8; 64];
+            if let Ok(n) = s.read(&mut buf).await {
+                let _ = s.write_all(&buf[..n]).await;
+            }
+            String::from_utf8(head).unwrap()
+        });
+        (addr, task)
+    }
+
+    fn dialer() -> Dialer {
+        // Mark 0 is "no mark" and needs no privilege.
+        Dialer {
+            socket_mark: 0,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn tunnel_sends_connect_with_auth_and_carries_bytes() {
+        let (addr, head) = fake_proxy("HTTP/1.0 200 Connection established\r\n\r\n").await;
+        let proxy = ProxyUrl::parse(&format!("http://us%3Aer:p%40ss@{addr}")).unwrap();
+        let mut io = dialer().tunnel(&proxy, "[fd00::1]:443").await.unwrap();
+        io.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        let head = head.await.unwrap();
+        assert!(
+            head.starts_with("CONNECT [fd00::1]:443 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        let token = base64::engine::general_purpose::STANDARD.encode("us:er:p@ss");
+        assert!(
+            head.contains(&format!("proxy-authorization: Basic {token}")),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_connect_reports_status() {
+        let (addr, _head) = fake_proxy("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n").await;
+        let proxy = ProxyUrl::parse(&format!("http://{addr}")).unwrap();
+        let err = dialer().tunnel(&proxy, "10.0.0.1:443").await.err().unwrap();
+        assert!(
+            matches!(err, DialError::Refused { status, .. } if status == 403),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_proxy_is_reported_fast() {
+        // Bind then drop to find a port nobody listens on.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let proxy = ProxyUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let start = std::time::Instant::now();
+        let err = dialer().tunnel(&proxy, "10.0.0.1:443").await.err().unwrap();
+        assert!(matches!(err, DialError::ProxyUnreachable { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,330 @@
+//! The user-space side of the kernel hooks: load the embedded programs,
+//! fill their maps, attach them to a cgroup as pinned `bpf_link`s, and
+//! remove them again.
+//!
+//! Pin layout under the bpffs directory (`--bpffs`):
+//! `links/{connect4,connect6,rekey_client}` and `maps/<MAP NAME>`.
+//! Pinned links keep the programs attached when the daemon exits, so pods
+//! never bypass the proxy while it is down: their connects are refused by
+//! the empty listen address instead (fail closed).
+use std::{
+    fs,
+    net::SocketAddr,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+use ipnet::IpNet;
+use redirector_ebpf::{COUNTERS_LEN, Counter, Endpoint, RedirectConfig, maps};
+
+use crate::endpoint::to_endpoint;
+
+/// The eBPF object built by `cargo xtask build`, embedded at compile time.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector.bpf.o"));
+
+/// The programs, by their names in the kernel crate.
+const CONNECT_PROGRAMS: [&str; 2] = ["connect4", "connect6"];
+const SOCK_OPS_PROGRAM: &str = "rekey_client";
+
+/// Pinned paths of one redirector instance.
+#[derive(Debug, Clone)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+    fn link(&self, program: &str) -> PathBuf {
+        self.links().join(program)
+    }
+    fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+    /// Names of the programs whose links are pinned here.
+    pub fn pinned_links(&self) -> Vec<String> {
+        CONNECT_PROGRAMS
+            .iter()
+            .chain([&SOCK_OPS_PROGRAM])
+            .filter(|p| self.link(p).exists())
+            .map(|p| p.to_string())
+            .collect()
+    }
+}
+
+/// What the kernel programs are told.
+pub struct HookSettings {
+    /// Where redirected connects go: at most one IPv4 and one IPv6 address.
+    pub listen: Vec<SocketAddr>,
+    /// The daemon's `SO_MARK`.
+    pub socket_mark: u32,
+    /// cgroup directories whose processes are never redirected.
+    pub exempt_cgroups: Vec<PathBuf>,
+    /// Destinations that are never redirected (`noProxy` IPs and CIDRs).
+    pub bypass: Vec<IpNet>,
+    /// Let the programs' debug logs through (costly: one record per connect).
+    pub kernel_debug_logs: bool,
+}
+
+/// Loaded (not yet attached) programs with their maps filled.
+pub struct LoadedHooks {
+    ebpf: Ebpf,
+}
+
+impl LoadedHooks {
+    /// Loads the embedded programs (the verifier runs here) and fills the maps.
+    pub fn load(settings: &HookSettings) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!(
+                "this redirector binary was built without its eBPF programs; \
+                 build it with `cargo xtask build`"
+            );
+        }
+        let level = if settings.kernel_debug_logs {
+            aya_log::Level::Debug
+        } else {
+            aya_log::Level::Warn
+        } as u8;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, true)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object (needs root, BTF and a kernel >= 5.8)")?;
+        for name in CONNECT_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
+            prog.load()
+                .with_context(|| format!("loading program {name}"))?;
+        }
+        let prog: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?.try_into()?;
+        prog.load()
+            .with_context(|| format!("loading program {SOCK_OPS_PROGRAM}"))?;
+
+        let mut hooks = Self { ebpf };
+        hooks.write_config(settings)?;
+        hooks.write_exempt_cgroups(&settings.exempt_cgroups)?;
+        hooks.write_bypass(&settings.bypass)?;
+        Ok(hooks)
+    }
+
+    fn write_config(&mut self, settings: &HookSettings) -> Result<()> {
+        let mut cfg = RedirectConfig {
+            socket_mark: settings.socket_mark,
+            ..Default::default()
+        };
+        for addr in &settings.listen {
+            let slot = if addr.is_ipv4() {
+                &mut cfg.proxy_v4
+            } else {
+                &mut cfg.proxy_v6
+            };
+            if slot.is_set() {
+                bail!("--listen: at most one IPv4 and one IPv6 address ({addr} is a second one)");
+            }
+            *slot = to_endpoint(*addr);
+        }
+        let mut map: Array<_, RedirectConfig> = Array::try_from(self.map_mut(maps::CONFIG)?)?;
+        map.set(0, cfg, 0).context("writing the CONFIG map")?;
+        Ok(())
+    }
+
+    fn write_exempt_cgroups(&mut self, dirs: &[PathBuf]) -> Result<()> {
+        let mut map: HashMap<_, u64, u8> = HashMap::try_from(self.map_mut(maps::EXEMPT_CGROUPS)?)?;
+        for dir in dirs {
+            map.insert(cgroup_id(dir)?, 1, 0)
+                .with_context(|| format!("exempting cgroup {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    fn write_bypass(&mut self, nets: &[IpNet]) -> Result<()> {
+        let mut v4: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(self.map_mut(maps::BYPASS_V4)?)?;
+        for net in nets.iter().filter_map(|n| match n {
+            IpNet::V4(n) => Some(n),
+            IpNet::V6(_) => None,
+        }) {
+            v4.insert(
+                &Key::new(net.prefix_len().into(), net.addr().octets()),
+                1,
+                0,
+            )
+            .with_context(|| format!("adding bypass {net}"))?;
+        }
+        let mut v6: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(self.map_mut(maps::BYPASS_V6)?)?;
+        for net in nets.iter().filter_map(|n| match n {
+            IpNet::V6(n) => Some(n),
+            IpNet::V4(_) => None,
+        }) {
+            v6.insert(
+                &Key::new(net.prefix_len().into(), net.addr().octets()),
+                1,
+                0,
+            )
+            .with_context(|| format!("adding bypass {net}"))?;
+        }
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("the eBPF object has no map {name}"))
+    }
+
+    /// Starts forwarding the programs' log records to `tracing`.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
+    /// The map the daemon reads original destinations from.
+    pub fn take_dst_by_client(&mut self) -> Result<HashMap<MapData, Endpoint, Endpoint>> {
+        let map = self
+            .ebpf
+            .take_map(maps::DST_BY_CLIENT)
+            .context("the eBPF object has no DST_BY_CLIENT map")?;
+        Ok(HashMap::try_from(map)?)
+    }
+
+    /// Attaches the programs to `cgroup` and pins links and maps under
+    /// `pins`. Pins of an earlier instance are removed first; a failure
+    /// halfway removes what this call pinned.
+    pub fn attach(&mut self, cgroup: &Path, pins: &PinDir) -> Result<()> {
+        let cgroup_dir = fs::File::open(cgroup)
+            .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        if pins.links().exists() || pins.maps().exists() {
+            // Replacing links atomically (bpf_link_update) is future work;
+            // for now the old links go just before the new ones attach.
+            tracing::warn!(pins = %pins.root.display(), "replacing the pins of an earlier instance");
+            detach(pins)?;
+        }
+        self.attach_and_pin(&cgroup_dir, cgroup, pins)
+            .inspect_err(|_| {
+                let _ = detach(pins);
+            })
+    }
+
+    fn attach_and_pin(
+        &mut self,
+        cgroup_dir: &fs::File,
+        cgroup: &Path,
+        pins: &PinDir,
+    ) -> Result<()> {
+        fs::create_dir_all(pins.links())
+            .and_then(|()| fs::create_dir_all(pins.maps()))
+            .with_context(|| {
+                format!(
+                    "creating {} (is a bpffs mounted there? `mount -t bpf bpf DIR`)",
+                    pins.root.display()
+                )
+            })?;
+        for (name, map) in self.ebpf.maps() {
+            if name == maps::DST_BY_COOKIE || name.starts_with("AYA_") || name.starts_with('.') {
+                continue;
+            }
+            map.pin(pins.map(name))
+                .with_context(|| format!("pinning map {name}"))?;
+        }
+        // bpf_link_create takes no flags for cgroups (EINVAL otherwise):
+        // links always attach as if BPF_F_ALLOW_MULTI, beside other programs.
+        let mode = CgroupAttachMode::Single;
+        for name in CONNECT_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
+            let id = prog
+                .attach(cgroup_dir, mode)
+                .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            let link: FdLink = prog.take_link(id)?.try_into()?;
+            pin_link(link, &pins.link(name))?;
+        }
+        let prog: &mut SockOps = program(&mut self.ebpf, SOCK_OPS_PROGRAM)?.try_into()?;
+        let id = prog
+            .attach(cgroup_dir, mode)
+            .with_context(|| format!("attaching {SOCK_OPS_PROGRAM} to {}", cgroup.display()))?;
+        let link: FdLink = prog.take_link(id)?.try_into()?;
+        pin_link(link, &pins.link(SOCK_OPS_PROGRAM))?;
+        Ok(())
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<()> {
+    // Dropping the returned PinnedLink closes our fd; the pin keeps the link.
+    let _: PinnedLink = link
+        .pin(path)
+        .with_context(|| format!("pinning link {}", path.display()))?;
+    Ok(())
+}
+
+/// Removes every pinned link and map of an instance: the programs detach
+/// once nothing else holds their links. Missing pins are not an error.
+pub fn detach(pins: &PinDir) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for dir in [pins.links(), pins.maps()] {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path.display().to_string());
+        }
+        fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    match fs::remove_dir(&pins.root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", pins.root.display())),
+    }
+    Ok(removed)
+}
+
+/// The kernel's id of a cgroup v2 directory: its inode number.
+pub fn cgroup_id(dir: &Path) -> Result<u64> {
+    Ok(fs::metadata(dir)
+        .with_context(|| format!("cgroup {}", dir.display()))?
+        .ino())
+}
+
+/// The kernel counters, summed over CPUs, read from the pinned map.
+pub fn read_counters(pins: &PinDir) -> Result<Vec<(Counter, u64)>> {
+    let map: PerCpuArray<_, u64> = PerCpuArray::try_from(open_pinned(pins, maps::COUNTERS)?)?;
+    let mut out = Vec::with_capacity(COUNTERS_LEN as usize);
+    for counter in Counter::ALL {
+        let per_cpu = map.get(&(counter as u32), 0)?;
+        out.push((counter, per_cpu.iter().sum()));
+    }
+    Ok(out)
+}
+
+/// The exempt cgroup ids, read from the pinned map.
+pub fn read_exempt_cgroups(pins: &PinDir) -> Result<Vec<u64>> {
+    let map: HashMap<_, u64, u8> = HashMap::try_from(open_pinned(pins, maps::EXEMPT_CGROUPS)?)?;
+    Ok(map.keys().collect::<Result<_, _>>()?)
+}
+
+fn open_pinned(pins: &PinDir, name: &str) -> Result<aya::maps::Map> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Ok(aya::maps::Map::from_map_data(data)?)
+}
