@@ -15,7 +15,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use redirector_ebpf::{AF_INET, Counter, Endpoint, MAX_CGROUP_LEVELS, RedirectConfig};
 
-use super::maps::{BYPASS_V4, BYPASS_V6, CONFIG, DST_BY_COOKIE, EXEMPT_CGROUPS, count};
+use super::{
+    maps::{BYPASS_V4, BYPASS_V6, CONFIG, DST_BY_COOKIE, EXEMPT_CGROUPS, count},
+    read_words, write_words,
+};
 
 /// Return values of a cgroup sock_addr program.
 const ALLOW: i32 = 1;
@@ -64,7 +67,11 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     }
     // `Endpoint::v6` turns `::ffff:a.b.c.d` into IPv4, so a dual-stack
     // socket (Java) connecting to an IPv4 address is treated as IPv4.
-    let dst = Endpoint::v6(sa.user_ip6, port_from_user(sa.user_port));
+    // SAFETY: the field lives in the context, valid for the program's run.
+    let dst = Endpoint::v6(
+        unsafe { read_words(&raw const sa.user_ip6) },
+        port_from_user(sa.user_port),
+    );
     match decide(&ctx, &dst) {
         Decision::Skip => ALLOW,
         Decision::Refuse(counter) => {
@@ -98,7 +105,8 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
             if !save_original(&ctx, &dst) {
                 return REFUSE;
             }
-            sa.user_ip6 = proxy_addr.0;
+            // SAFETY: as above.
+            unsafe { write_words(&raw mut sa.user_ip6, proxy_addr.0) };
             sa.user_port = port_to_user(proxy_addr.1);
             count(Counter::Redirected);
             debug!(&ctx, "connect6 redirected port {}", dst.port);

@@ -9,7 +9,10 @@
 use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::sock_ops, programs::SockOpsContext};
 use redirector_ebpf::{AF_INET, AF_INET6, Endpoint};
 
-use super::maps::{DST_BY_CLIENT, DST_BY_COOKIE};
+use super::{
+    maps::{DST_BY_CLIENT, DST_BY_COOKIE},
+    read_words,
+};
 
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 
@@ -36,7 +39,18 @@ fn move_to_client_key(ctx: &SockOpsContext) {
     let port = ctx.local_port() as u16;
     let client = match ctx.family() as u16 {
         AF_INET => Endpoint::v4(ctx.local_ip4(), port),
-        AF_INET6 => Endpoint::v6(ctx.local_ip6(), port),
+        // A dual-stack socket connecting to an IPv4(-mapped) address is
+        // connected by the IPv4 code, which fills the IPv4 source first;
+        // take it from there should the IPv6 view not be filled in yet.
+        AF_INET6 => {
+            // SAFETY: the context pointer is valid for the program's run.
+            let ip6 = unsafe { read_words(&raw const (*ctx.ops).local_ip6) };
+            if ip6 == [0; 4] {
+                Endpoint::v4(ctx.local_ip4(), port)
+            } else {
+                Endpoint::v6(ip6, port)
+            }
+        }
         _ => return,
     };
     let _ = DST_BY_CLIENT.insert(&client, &dst, 0);
