@@ -103,6 +103,8 @@ pub enum Counter {
     RefusedNoProxyAddress = 4,
     /// Refused: the original destination could not be saved (map error).
     RefusedMapError = 5,
+    /// Skipped: the destination already is the proxy's listen address.
+    SkippedProxyAddress = 6,
 }
 
 impl Counter {
@@ -114,6 +116,7 @@ impl Counter {
         Counter::SkippedBypass,
         Counter::RefusedNoProxyAddress,
         Counter::RefusedMapError,
+        Counter::SkippedProxyAddress,
     ];
 
     /// The stable name used in `redirector status` and metrics.
@@ -125,12 +128,13 @@ impl Counter {
             Counter::SkippedBypass => "skipped_bypass",
             Counter::RefusedNoProxyAddress => "refused_no_proxy_address",
             Counter::RefusedMapError => "refused_map_error",
+            Counter::SkippedProxyAddress => "skipped_proxy_address",
         }
     }
 }
 
 /// Number of entries in [`maps::COUNTERS`].
-pub const COUNTERS_LEN: u32 = 6;
+pub const COUNTERS_LEN: u32 = 7;
 
 /// How many cgroup levels, from the root down, the connect hooks check
 /// against the exempt map. Kubernetes pod cgroups sit 3 to 5 levels deep.

@@ -201,29 +201,14 @@ impl LoadedHooks {
     }
 
     /// Attaches the programs to `cgroup` and pins links and maps under
-    /// `pins`. Pins of an earlier instance are removed first; a failure
-    /// halfway removes what this call pinned.
+    /// `pins`, taking over from an earlier instance pinned there without a
+    /// moment in which pods' connects go unredirected: the new links attach
+    /// (under staging names) while the old ones are still attached, and
+    /// only then do the old pins go. While both run, the old programs
+    /// redirect first and ours skip connects already aimed at the proxy.
     pub fn attach(&mut self, cgroup: &Path, pins: &PinDir) -> Result<()> {
         let cgroup_dir = fs::File::open(cgroup)
             .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-        if pins.links().exists() || pins.maps().exists() {
-            // Replacing links atomically (bpf_link_update) is future work;
-            // for now the old links go just before the new ones attach.
-            tracing::warn!(pins = %pins.root.display(), "replacing the pins of an earlier instance");
-            detach(pins)?;
-        }
-        self.attach_and_pin(&cgroup_dir, cgroup, pins)
-            .inspect_err(|_| {
-                let _ = detach(pins);
-            })
-    }
-
-    fn attach_and_pin(
-        &mut self,
-        cgroup_dir: &fs::File,
-        cgroup: &Path,
-        pins: &PinDir,
-    ) -> Result<()> {
         fs::create_dir_all(pins.links())
             .and_then(|()| fs::create_dir_all(pins.maps()))
             .with_context(|| {
@@ -232,30 +217,60 @@ impl LoadedHooks {
                     pins.root.display()
                 )
             })?;
+        let mut staged = Vec::new();
+        if let Err(e) = self.attach_staged(&cgroup_dir, cgroup, pins, &mut staged) {
+            // Our links detach with their pins; the earlier instance's stay.
+            for (staging, _) in &staged {
+                let _ = fs::remove_file(staging);
+            }
+            return Err(e);
+        }
+        if !pins.pinned_links().is_empty() {
+            tracing::info!(pins = %pins.root.display(), "taking over from an earlier instance");
+        }
+        for (staging, name) in staged {
+            remove_if_present(&pins.link(name))?;
+            fs::rename(&staging, pins.link(name))
+                .with_context(|| format!("renaming {}", staging.display()))?;
+        }
         for (name, map) in self.ebpf.maps() {
             if name == maps::DST_BY_COOKIE || name.starts_with("AYA_") || name.starts_with('.') {
                 continue;
             }
+            remove_if_present(&pins.map(name))?;
             map.pin(pins.map(name))
                 .with_context(|| format!("pinning map {name}"))?;
         }
+        Ok(())
+    }
+
+    /// Attaches every program and pins its link at a staging path, recorded
+    /// in `staged` as it goes so a failure can undo exactly what was done.
+    fn attach_staged(
+        &mut self,
+        cgroup_dir: &fs::File,
+        cgroup: &Path,
+        pins: &PinDir,
+        staged: &mut Vec<(PathBuf, &'static str)>,
+    ) -> Result<()> {
         // bpf_link_create takes no flags for cgroups (EINVAL otherwise):
         // links always attach as if BPF_F_ALLOW_MULTI, beside other programs.
         let mode = CgroupAttachMode::Single;
+        let attach_error = |name: &str| format!("attaching {name} to {}", cgroup.display());
         for name in CONNECT_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
             let id = prog
                 .attach(cgroup_dir, mode)
-                .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+                .with_context(|| attach_error(name))?;
             let link: FdLink = prog.take_link(id)?.try_into()?;
-            pin_link(link, &pins.link(name))?;
+            staged.push((pin_link(link, pins, name)?, name));
         }
         let prog: &mut SockOps = program(&mut self.ebpf, SOCK_OPS_PROGRAM)?.try_into()?;
         let id = prog
             .attach(cgroup_dir, mode)
-            .with_context(|| format!("attaching {SOCK_OPS_PROGRAM} to {}", cgroup.display()))?;
+            .with_context(|| attach_error(SOCK_OPS_PROGRAM))?;
         let link: FdLink = prog.take_link(id)?.try_into()?;
-        pin_link(link, &pins.link(SOCK_OPS_PROGRAM))?;
+        staged.push((pin_link(link, pins, SOCK_OPS_PROGRAM)?, SOCK_OPS_PROGRAM));
         Ok(())
     }
 }
@@ -265,12 +280,24 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
         .with_context(|| format!("the eBPF object has no program {name}"))
 }
 
-fn pin_link(link: FdLink, path: &Path) -> Result<()> {
-    // Dropping the returned PinnedLink closes our fd; the pin keeps the link.
+/// Pins a link at its staging path and returns that path. Dropping the
+/// `PinnedLink` closes our fd; the pin keeps the link attached.
+fn pin_link(link: FdLink, pins: &PinDir, name: &str) -> Result<PathBuf> {
+    let path = pins.links().join(format!("{name}.new"));
+    remove_if_present(&path)?;
     let _: PinnedLink = link
-        .pin(path)
+        .pin(&path)
         .with_context(|| format!("pinning link {}", path.display()))?;
-    Ok(())
+    Ok(path)
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Removes every pinned link and map of an instance: the programs detach

@@ -5,7 +5,8 @@
 //! cannot be (no proxy address of a usable family, the original destination
 //! cannot be saved), the connect is refused (`EPERM`), never sent direct.
 //! Skips, in order: the daemon's own sockets (`SO_MARK`), exempt cgroups,
-//! destinations in the bypass tries.
+//! destinations in the bypass tries, destinations that already are the
+//! proxy's address.
 use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
@@ -138,6 +139,14 @@ fn decide(ctx: &SockAddrContext, dst: &Endpoint) -> Decision {
     }
     if is_bypassed(dst) {
         count(Counter::SkippedBypass);
+        return Decision::Skip;
+    }
+    // Already aimed at the proxy: redirected by another instance's program
+    // running first while instances hand over, or a pod dialing the node's
+    // listener itself. Saving it as an "original destination" would make
+    // the daemon dial itself.
+    if *dst == cfg.proxy_v4 || *dst == cfg.proxy_v6 {
+        count(Counter::SkippedProxyAddress);
         return Decision::Skip;
     }
     Decision::Redirect(*cfg)

@@ -1,0 +1,11 @@
+//! Development tasks of egress-redirector, run as `cargo xtask <cmd>`
+//! (alias in `.cargo/config.toml`). One module per subcommand; the helpers
+//! they share are in [`toolchain`].
+
+pub mod build;
+pub mod demo;
+pub mod setup;
+pub mod test;
+pub mod toolchain;
+
+pub use toolchain::Paths;

@@ -1,0 +1,273 @@
+//! `cargo xtask test`: everything CI checks, in order, stopping at the first
+//! failing stage: setup, build, fmt, clippy, unit tests, end-to-end tests.
+//! Ends with a summary of the stages and one `N passed, M failed` line that
+//! adds up the unit and end-to-end test counts.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::build::{self, EBPF_OBJ_ENV};
+use crate::setup;
+use crate::toolchain::{self, Paths, run, run_scanning};
+
+const STAGES: &[&str] = &["setup", "build", "fmt", "clippy", "unit tests", "e2e tests"];
+
+/// Fails unless running as root, saying what needs it.
+pub fn require_root(what: &str) -> Result<()> {
+    if !toolchain::is_root() {
+        bail!(
+            "{what} needs root (network namespaces, cgroups, BPF programs); \
+             re-run as root, e.g. `sudo -E env PATH=\"$PATH\" cargo xtask ...`"
+        );
+    }
+    Ok(())
+}
+
+/// `bash tests/e2e/<script>` with the absolute paths of the daemon
+/// (`REDIRECTOR_BIN`) and of mitmdump (`MITMDUMP`) in its environment.
+pub fn e2e_command(paths: &Paths, script: &str, daemon: &Path) -> Result<Command> {
+    let script = paths.e2e_script(script);
+    if !script.is_file() {
+        bail!("{} is missing", script.display());
+    }
+    let mut cmd = Command::new("bash");
+    cmd.arg(script)
+        .env("REDIRECTOR_BIN", daemon)
+        .env("MITMDUMP", paths.mitmdump())
+        .current_dir(&paths.root);
+    Ok(cmd)
+}
+
+/// Test counts, summed over test runs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub passed: u64,
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} passed, {} failed", self.passed, self.failed)?;
+        if self.skipped > 0 {
+            write!(f, ", {} skipped", self.skipped)?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses libtest's `test result: ok. 5 passed; 0 failed; 1 ignored; ...`.
+pub fn parse_libtest_result(line: &str) -> Option<Counts> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let (_, rest) = rest.split_once(". ")?;
+    let mut counts = Counts::default();
+    let (mut passed, mut failed) = (false, false);
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace();
+        let (Some(n), Some(what)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse() else { continue };
+        match what {
+            "passed" => (counts.passed, passed) = (n, true),
+            "failed" => (counts.failed, failed) = (n, true),
+            "ignored" => counts.skipped = n,
+            _ => {}
+        }
+    }
+    (passed && failed).then_some(counts)
+}
+
+/// Parses a whole line `N passed, M failed[, K skipped]`, optionally after
+/// one word with a colon (`e2e: 3 passed, 0 failed`).
+pub fn parse_plain_result(line: &str) -> Option<Counts> {
+    let mut line = line.trim();
+    if let Some((word, rest)) = line.split_once(':')
+        && !word.is_empty()
+        && !word.contains(char::is_whitespace)
+    {
+        line = rest.trim();
+    }
+    let parts: Vec<_> = line.split(", ").collect();
+    let count = |part: &str, what: &str| -> Option<u64> {
+        let (n, w) = part.trim().split_once(' ')?;
+        (w == what).then(|| n.parse().ok()).flatten()
+    };
+    match parts.as_slice() {
+        [p, f] => Some(Counts {
+            passed: count(p, "passed")?,
+            failed: count(f, "failed")?,
+            skipped: 0,
+        }),
+        [p, f, s] => Some(Counts {
+            passed: count(p, "passed")?,
+            failed: count(f, "failed")?,
+            skipped: count(s, "skipped")?,
+        }),
+        _ => None,
+    }
+}
+
+/// Stages run so far, with their durations.
+#[derive(Default)]
+struct Report {
+    stages: Vec<(&'static str, Duration, bool)>,
+    unit: Option<Counts>,
+    e2e: Option<Counts>,
+}
+
+impl Report {
+    fn stage<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        println!("\n==> {name}");
+        let start = Instant::now();
+        let result = f();
+        self.stages.push((name, start.elapsed(), result.is_ok()));
+        result.with_context(|| format!("stage `{name}` failed"))
+    }
+
+    fn print(&self) {
+        println!("\n==> summary");
+        for name in STAGES {
+            match self.stages.iter().find(|(n, _, _)| n == name) {
+                Some((_, time, ok)) => {
+                    let result = if *ok { "ok" } else { "FAILED" };
+                    println!("  {name:<12} {result:<8} {:>7.1}s", time.as_secs_f64());
+                }
+                None => println!("  {name:<12} not run"),
+            }
+        }
+        if let Some(unit) = self.unit {
+            println!("  unit tests: {unit}");
+        }
+        if let Some(e2e) = self.e2e {
+            println!("  e2e tests: {e2e}");
+        }
+        if self.unit.is_some() || self.e2e.is_some() {
+            let mut total = Counts::default();
+            total.add(self.unit.unwrap_or_default());
+            total.add(self.e2e.unwrap_or_default());
+            println!("{total}");
+        }
+    }
+}
+
+pub fn test(paths: &Paths) -> Result<()> {
+    require_root("`cargo xtask test` (its end-to-end tests)")?;
+    let mut report = Report::default();
+    let result = run_stages(paths, &mut report);
+    report.print();
+    result
+}
+
+fn run_stages(paths: &Paths, report: &mut Report) -> Result<()> {
+    let obj = paths.ebpf_object();
+    let cargo = |args: &[&str]| {
+        let mut cmd = toolchain::host_cargo();
+        cmd.env(EBPF_OBJ_ENV, &obj).args(args);
+        cmd
+    };
+
+    report.stage("setup", || setup::setup(paths))?;
+    let daemon = report.stage("build", || build::build(paths, true))?;
+    report.stage("fmt", || run(&mut cargo(&["fmt", "--all", "--check"])))?;
+    report.stage("clippy", || {
+        run(&mut cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+
+    let mut unit = Counts::default();
+    let result = report.stage("unit tests", || {
+        run_scanning(&mut cargo(&["test", "--workspace"]), |line| {
+            if let Some(c) = parse_libtest_result(line) {
+                unit.add(c);
+            }
+        })
+    });
+    report.unit = Some(unit);
+    result?;
+
+    let mut e2e = None;
+    let result = report.stage("e2e tests", || {
+        let mut cmd = e2e_command(paths, "run.sh", &daemon)?;
+        run_scanning(&mut cmd, |line| {
+            if let Some(c) = parse_plain_result(line) {
+                e2e = Some(c);
+            }
+        })
+    });
+    if e2e.is_none() {
+        println!("warning: tests/e2e/run.sh printed no `N passed, M failed` line");
+    }
+    report.e2e = e2e;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_lines() {
+        let c = parse_libtest_result(
+            "test result: ok. 12 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+        );
+        assert_eq!(
+            c,
+            Some(Counts {
+                passed: 12,
+                failed: 0,
+                skipped: 2
+            })
+        );
+        let c = parse_libtest_result("test result: FAILED. 3 passed; 1 failed; 0 ignored");
+        assert_eq!(c.map(|c| (c.passed, c.failed)), Some((3, 1)));
+        assert_eq!(parse_libtest_result("running 3 tests"), None);
+    }
+
+    #[test]
+    fn plain_lines() {
+        let c = |p, f, s| {
+            Some(Counts {
+                passed: p,
+                failed: f,
+                skipped: s,
+            })
+        };
+        assert_eq!(parse_plain_result("7 passed, 1 failed"), c(7, 1, 0));
+        assert_eq!(parse_plain_result("e2e: 7 passed, 0 failed"), c(7, 0, 0));
+        assert_eq!(
+            parse_plain_result("7 passed, 0 failed, 2 skipped"),
+            c(7, 0, 2)
+        );
+        assert_eq!(parse_plain_result("ok 3 - 7 passed, 0 failed"), None);
+        assert_eq!(parse_plain_result("passed, failed"), None);
+    }
+
+    #[test]
+    fn totals() {
+        let mut t = Counts::default();
+        t.add(Counts {
+            passed: 2,
+            failed: 1,
+            skipped: 0,
+        });
+        assert_eq!(t.to_string(), "2 passed, 1 failed");
+    }
+}
