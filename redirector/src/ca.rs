@@ -5,7 +5,9 @@ use std::{fs, io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
+};
 
 /// Common name of generated CAs.
 pub const CA_COMMON_NAME: &str = "egress-redirector MITM CA";
@@ -28,6 +30,18 @@ impl GeneratedCa {
             .distinguished_name
             .push(DnType::OrganizationName, "egress-redirector");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // RFC 5280's method 1 (SHA-1 of the public key bits), which is what
+        // mitmproxy and OpenSSL put in the Authority Key Identifier of the
+        // certificates they issue. rcgen's default (truncated SHA-256) would
+        // not match, and clients could not chain to this CA.
+        params.key_identifier_method = KeyIdMethod::PreSpecified(
+            ring::digest::digest(
+                &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                key.public_key_raw(),
+            )
+            .as_ref()
+            .to_vec(),
+        );
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,

@@ -283,7 +283,8 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 /// Pins a link at its staging path and returns that path. Dropping the
 /// `PinnedLink` closes our fd; the pin keeps the link attached.
 fn pin_link(link: FdLink, pins: &PinDir, name: &str) -> Result<PathBuf> {
-    let path = pins.links().join(format!("{name}.new"));
+    // No dots: bpffs reserves names containing '.' (EPERM).
+    let path = pins.links().join(format!("{name}_next"));
     remove_if_present(&path)?;
     let _: PinnedLink = link
         .pin(&path)

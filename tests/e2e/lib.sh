@@ -1,0 +1,526 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # many variables are for the scripts sourcing this
+# Shared code of the egress-redirector end-to-end harness: builds "a node in
+# miniature" out of network namespaces and cgroups, runs the origin servers
+# and mitmproxy, and starts/stops the redirector daemon.
+#
+# Topology (everything lives in namespaces; the host network is not touched):
+#
+#   rde-pod-a 10.249.1.2 fd42:e9e5:1::2 ──┐
+#                                         ├── rde-node (forwarding) 10.249.0.1 fd42:e9e5::1
+#   rde-pod-b 10.249.2.2 fd42:e9e5:2::2 ──┘        │   redirector listens on :15001
+#                                                  │
+#                         rde-inet 10.249.0.2 10.249.3.2 fd42:e9e5::2
+#                                  origin.py (80, 443, 7007/tcp echo, 7008/udp echo)
+#                                  mitmdump on 10.249.0.2:8080
+#
+# cgroups: $CG2/rde-e2e                 <- redirector hooks attached here
+#            pods/pod-a, pods/pod-b     <- pod processes (pod-b is exempt)
+#            system/redirector          <- the daemon itself
+#
+# Sourced by run.sh and demo.sh; callers set `set -euo pipefail` themselves.
+
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$E2E_DIR/../.." && pwd)
+
+REDIRECTOR_BIN=${REDIRECTOR_BIN:-$REPO_DIR/target/release/redirector}
+MITMDUMP=${MITMDUMP:-$(command -v mitmdump || echo /tmp/mitmvenv/bin/mitmdump)}
+PYTHON=${PYTHON:-python3}
+
+# Fixed names (prefix rde-) so a later run can find and remove leftovers.
+WORK=${RDE_WORK:-/tmp/rde-e2e}
+LOCK_FILE=/run/rde-e2e.lock
+NS_NODE=rde-node
+NS_INET=rde-inet
+NS_POD_A=rde-pod-a
+NS_POD_B=rde-pod-b
+ALL_NS=("$NS_POD_A" "$NS_POD_B" "$NS_NODE" "$NS_INET")
+TEST_NET4=10.249.0.0/16
+# /32, not /48: the pods' fd42:e9e5:1::/64 and fd42:e9e5:2::/64 are outside
+# fd42:e9e5::/48 (the third group is part of the /48).
+TEST_NET6=fd42:e9e5::/32
+
+NODE_IP4=10.249.0.1
+NODE_IP6=fd42:e9e5::1
+INET_IP4=10.249.0.2
+INET_IP6=fd42:e9e5::2
+NOPROXY_IP4=10.249.3.2
+POD_A_IP4=10.249.1.2
+POD_A_IP6=fd42:e9e5:1::2
+POD_B_IP4=10.249.2.2
+PROXY_PORT=8080
+LISTEN_PORT=15001
+
+BPFFS=$WORK/bpffs
+PIN_DIR=$BPFFS/redirector
+CA_DIR=$WORK/ca
+CA_CERT=$CA_DIR/mitmproxy-ca-cert.pem
+PROXY_CONFIG=$WORK/proxy-config.json
+FLOW_LOG=$WORK/flow.log
+ORIGIN_LOG=$WORK/origin.log
+MITM_LOG=$WORK/mitmdump.log
+DAEMON_LOG=$WORK/redirector.log
+
+CG2=""          # cgroup2 mount point, found by find_cgroup2
+CG_ROOT=""      # $CG2/rde-e2e: where the hooks are attached
+DAEMON_PID=""
+LOCK_HELD=0
+BG_PIDS=()      # every background process we started, killed by id in node_down
+
+# Proxy variables must not leak into the pods' curl: the point is that pods
+# need none.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
+
+info() { printf '[e2e] %s\n' "$*" >&2; }
+die() { printf '[e2e] ERROR: %s\n' "$*" >&2; return 1; }
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+# wait_for SECONDS DESCRIPTION CMD...: poll CMD every 0.1 s until it succeeds
+# or the deadline passes.
+wait_for() {
+  local secs=$1 what=$2; shift 2
+  local deadline=$(( $(now_ms) + secs * 1000 ))
+  while (( $(now_ms) < deadline )); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  die "timed out after ${secs}s waiting for: $what"
+}
+
+# ---------------------------------------------------------------- prerequisites
+
+require_root() {
+  [[ $(id -u) == 0 ]] || die "must run as root (namespaces, cgroups, bpffs)"
+}
+
+# Missing tools fail the run loudly: a skipped e2e suite would look green.
+require_prereqs() {
+  local missing=() t
+  for t in curl openssl nsenter ip mount umount timeout flock "$PYTHON"; do
+    command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+  done
+  [[ -x $MITMDUMP ]] || missing+=("mitmdump (MITMDUMP=$MITMDUMP)")
+  [[ -x $REDIRECTOR_BIN ]] || missing+=("redirector (REDIRECTOR_BIN=$REDIRECTOR_BIN; build it with cargo first)")
+  if ((${#missing[@]})); then
+    die "missing prerequisites: ${missing[*]}"
+    return 1
+  fi
+  find_cgroup2
+}
+
+find_cgroup2() {
+  CG2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
+  [[ -n $CG2 ]] || { die "no cgroup2 mount found in /proc/mounts"; return 1; }
+  CG_ROOT=$CG2/rde-e2e
+}
+
+# Only one harness instance at a time: all of them use the same fixed names.
+take_lock() {
+  exec 9>"$LOCK_FILE"
+  flock -n 9 || { die "another e2e run holds $LOCK_FILE"; return 1; }
+  LOCK_HELD=1
+}
+
+# Cleanup for EXIT traps: only tear down what is ours (another run may hold
+# the lock and own the namespaces right now).
+node_down_if_ours() {
+  ((LOCK_HELD)) || return 0
+  if [[ ${RDE_KEEP:-} == 1 ]]; then
+    info "RDE_KEEP=1: leaving the node up for inspection (the next run removes it)"
+    return 0
+  fi
+  node_down
+}
+
+# ---------------------------------------------------------------- running things
+
+# in_netns NS CMD...: run CMD in a network namespace, keeping our cgroup
+# (so it is NOT under the hooks' attach root).
+in_netns() {
+  local ns=$1; shift
+  nsenter --net="/run/netns/$ns" -- "$@"
+}
+
+# cg_ns_cmd CGDIR NS CMD...: sets CMD_ARRAY to a command that joins the cgroup
+# first, then switches netns and execs CMD. (`ip netns exec` remounts /sys,
+# after which cgroup.procs is not writable.) Every step execs, so a caller
+# that starts "${CMD_ARRAY[@]}" in the background gets CMD's own pid in $!.
+cg_ns_cmd() {
+  local cg=$1 ns=$2; shift 2
+  # shellcheck disable=SC2016  # $$ and $@ are for the inner shell
+  CMD_ARRAY=(sh -c 'echo $$ > "$1/cgroup.procs" && ns=$2 && shift 2 && exec nsenter --net="/run/netns/$ns" -- "$@"'
+    sh "$cg" "$ns" "$@")
+}
+
+# in_cgroup_netns CGDIR NS CMD...: run CMD there in the foreground.
+in_cgroup_netns() {
+  local CMD_ARRAY
+  cg_ns_cmd "$@"
+  "${CMD_ARRAY[@]}"
+}
+
+# in_pod pod-a|pod-b CMD...: run CMD as a process of that pod.
+in_pod() {
+  local pod=$1; shift
+  in_cgroup_netns "$CG_ROOT/pods/$pod" "rde-$pod" "$@"
+}
+
+# pod_curl POD ARGS...: curl from a pod, ignoring ~/.curlrc, always time-bound.
+pod_curl() {
+  local pod=$1; shift
+  in_pod "$pod" curl -q -sS --max-time 10 "$@"
+}
+
+probe() { # probe POD netprobe-args...
+  local pod=$1; shift
+  in_pod "$pod" "$PYTHON" "$E2E_DIR/netprobe.py" "$@"
+}
+
+# ---------------------------------------------------------------- teardown
+
+# kill_pids PID...: TERM, wait up to 5 s, then KILL what is left.
+kill_pids() {
+  local pid alive deadline
+  (($#)) || return 0
+  kill -TERM "$@" 2>/dev/null
+  deadline=$(( $(now_ms) + 5000 ))
+  while (( $(now_ms) < deadline )); do
+    alive=0
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || return 0
+    sleep 0.1
+  done
+  kill -KILL "$@" 2>/dev/null
+  return 0
+}
+
+# Processes left in our cgroups/namespaces (ours, possibly from a crashed run).
+leftover_pids() {
+  local ns f
+  for ns in "${ALL_NS[@]}"; do
+    [[ -e /run/netns/$ns ]] && ip netns pids "$ns" 2>/dev/null
+  done
+  if [[ -n $CG_ROOT && -d $CG_ROOT ]]; then
+    while IFS= read -r f; do cat "$f" 2>/dev/null; done \
+      < <(find "$CG_ROOT" -name cgroup.procs 2>/dev/null)
+  fi
+}
+
+# node_down [keep-routes]: remove everything node_up creates. Idempotent, never
+# fails, and also cleans up after a crashed earlier run (fixed names).
+node_down() {
+  local keep_routes=${1:-} pids ns i old_opts=$-
+  set +e
+  [[ -n $CG_ROOT ]] || find_cgroup2 2>/dev/null
+  # 1. our processes, by id: the ones we started (if still our children;
+  #    an exited one's pid may have been reused), then any left in our
+  #    namespaces/cgroups
+  local mine=() pid
+  for pid in "${BG_PIDS[@]}"; do
+    [[ $(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ') == "$$" ]] && mine+=("$pid")
+  done
+  if ((${#mine[@]})); then kill_pids "${mine[@]}"; fi
+  BG_PIDS=()
+  DAEMON_PID=""
+  for i in 1 2 3; do
+    mapfile -t pids < <(leftover_pids | sort -u)
+    ((${#pids[@]})) || break
+    kill_pids "${pids[@]}"
+  done
+  # 2. hooks: detach through the tool, then drop the bpffs (unmounting it
+  #    releases any pinned link the tool did not remove)
+  if mountpoint -q "$BPFFS" 2>/dev/null; then
+    if [[ -d $PIN_DIR && -x $REDIRECTOR_BIN ]]; then
+      timeout 10 "$REDIRECTOR_BIN" detach --bpffs "$PIN_DIR" >>"$WORK/cleanup.log" 2>&1
+    fi
+    rm -rf "$PIN_DIR" 2>/dev/null
+    for i in 1 2 3; do umount "$BPFFS" 2>/dev/null || break; done
+  fi
+  # 3. namespaces (their veths go with them)
+  for ns in "${ALL_NS[@]}"; do
+    [[ -e /run/netns/$ns ]] && ip netns del "$ns"
+  done
+  # 4. cgroups, deepest first (only empty ones can be removed)
+  if [[ -n $CG_ROOT && -d $CG_ROOT ]]; then
+    find "$CG_ROOT" -depth -type d -exec rmdir {} \; 2>/dev/null
+    [[ -d $CG_ROOT ]] && info "warning: could not remove $CG_ROOT"
+  fi
+  # 5. the host blackhole routes go last: nothing of ours is left to send
+  if [[ $keep_routes != keep-routes ]]; then
+    blackhole_del
+  fi
+  [[ $old_opts == *e* ]] && set -e
+  return 0
+}
+
+# ---------------------------------------------------------------- build-up
+
+# Anything addressed to the test ranges dies on the host instead of leaving
+# through its default route. Added before anything else exists.
+blackhole_add() {
+  ip route replace blackhole "$TEST_NET4"
+  ip -6 route replace blackhole "$TEST_NET6"
+}
+blackhole_del() {
+  ip route del blackhole "$TEST_NET4" 2>/dev/null
+  ip -6 route del blackhole "$TEST_NET6" 2>/dev/null
+  return 0
+}
+
+# ns_sysctl NS KEY=VALUE...: sysctls of our own namespaces only, never the host's.
+ns_sysctl() {
+  local ns=$1; shift
+  ip netns exec "$ns" sysctl -q -w "$@" >/dev/null
+}
+
+make_netns() {
+  local ns=$1
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  # No DAD: addresses are usable at once and there is nobody to clash with.
+  ns_sysctl "$ns" net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
+    net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+}
+
+# veth_pair NS1 IF1 NS2 IF2: created inside the namespaces, never on the host.
+veth_pair() {
+  ip -n "$1" link add "$2" type veth peer name "$4" netns "$3"
+  ip -n "$1" link set "$2" up
+  ip -n "$3" link set "$4" up
+}
+
+addr() { # addr NS IF CIDR
+  if [[ $3 == *:* ]]; then
+    ip -n "$1" addr add "$3" dev "$2" nodad
+  else
+    ip -n "$1" addr add "$3" dev "$2"
+  fi
+}
+
+build_network() {
+  local ns
+  for ns in "${ALL_NS[@]}"; do make_netns "$ns"; done
+  # The node forwards between pods and the uplink: inside its namespace only.
+  ns_sysctl "$NS_NODE" net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+
+  # uplink node <-> inet
+  veth_pair "$NS_NODE" rde-up-n "$NS_INET" rde-up-i
+  addr "$NS_NODE" rde-up-n "$NODE_IP4/24"
+  addr "$NS_NODE" rde-up-n "$NODE_IP6/64"
+  addr "$NS_INET" rde-up-i "$INET_IP4/24"
+  addr "$NS_INET" rde-up-i "$NOPROXY_IP4/24"
+  addr "$NS_INET" rde-up-i "$INET_IP6/64"
+  ip -n "$NS_NODE" route add 10.249.3.0/24 via "$INET_IP4"
+  ip -n "$NS_INET" route add "$TEST_NET4" via "$NODE_IP4"
+  ip -n "$NS_INET" -6 route add "$TEST_NET6" via "$NODE_IP6"
+
+  # pods: only the test ranges, via the node; no default route
+  local pod n i
+  for i in 1 2; do
+    if ((i == 1)); then pod=$NS_POD_A; n=a; else pod=$NS_POD_B; n=b; fi
+    veth_pair "$NS_NODE" "rde-p$n-n" "$pod" "rde-p$n-p"
+    addr "$NS_NODE" "rde-p$n-n" "10.249.$i.1/24"
+    addr "$NS_NODE" "rde-p$n-n" "fd42:e9e5:$i::1/64"
+    addr "$pod" "rde-p$n-p" "10.249.$i.2/24"
+    addr "$pod" "rde-p$n-p" "fd42:e9e5:$i::2/64"
+    ip -n "$pod" route add "$TEST_NET4" via "10.249.$i.1"
+    ip -n "$pod" -6 route add "$TEST_NET6" via "fd42:e9e5:$i::1"
+  done
+
+  for ns in "${ALL_NS[@]}"; do
+    wait_for 10 "IPv6 addresses in $ns leave tentative state" \
+      eval "[[ -z \$(ip -n $ns -6 addr show tentative) ]]"
+  done
+}
+
+build_cgroups() {
+  mkdir -p "$CG_ROOT/pods/pod-a" "$CG_ROOT/pods/pod-b" "$CG_ROOT/system/redirector"
+}
+
+mount_bpffs() {
+  mkdir -p "$BPFFS"
+  mount -t bpf bpf "$BPFFS"
+}
+
+# The origin's own certificate (mitmproxy talks TLS to it with ssl_insecure).
+make_origin_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$WORK/origin-key.pem" -out "$WORK/origin-cert.pem" -days 2 \
+    -subj /CN=origin.test -addext "subjectAltName=DNS:origin.test,IP:$INET_IP4,IP:$INET_IP6" \
+    >/dev/null 2>&1
+}
+
+# The MITM CA, made by the tool under test; CA_B64 goes into trustedCA.
+make_ca() {
+  mkdir -p "$CA_DIR"
+  CA_B64=$(timeout 30 "$REDIRECTOR_BIN" gen-ca --out-dir "$CA_DIR") \
+    || { die "redirector gen-ca failed"; return 1; }
+  local f
+  for f in mitmproxy-ca.pem mitmproxy-ca-cert.pem mitmproxy-ca-key.pem; do
+    [[ -s $CA_DIR/$f ]] || { die "gen-ca did not write $CA_DIR/$f"; return 1; }
+  done
+  [[ $CA_B64 =~ ^[A-Za-z0-9+/=]+$ ]] \
+    || { die "gen-ca stdout is not one line of base64: ${CA_B64:0:200}"; return 1; }
+}
+
+write_proxy_config() { # write_proxy_config FILE
+  cat >"$1" <<EOF
+{"httpProxy":"http://$INET_IP4:$PROXY_PORT/","httpsProxy":"http://$INET_IP4:$PROXY_PORT/","noProxy":["10.249.3.0/24","localhost"],"trustedCA":"$CA_B64"}
+EOF
+}
+
+# bg NAME CMD...: start CMD (a program, not a shell function, so that $! is
+# its pid) in the background, output to $WORK/NAME.out.
+bg() {
+  local name=$1; shift
+  # 9>&-: children must not inherit (and keep holding) the run lock
+  "$@" >"$WORK/$name.out" 2>&1 9>&- &
+  BG_PIDS+=("$!")
+}
+
+port_listening() { # port_listening NS PORT
+  [[ -n $(ip netns exec "$1" ss -Hltn "sport = :$2" 2>/dev/null) ]]
+}
+
+start_origin() {
+  : >"$ORIGIN_LOG"
+  bg origin nsenter --net="/run/netns/$NS_INET" -- "$PYTHON" "$E2E_DIR/origin.py" --log "$ORIGIN_LOG" \
+    --cert "$WORK/origin-cert.pem" --key "$WORK/origin-key.pem"
+  wait_for 15 "origin servers" grep -q "origin ready" "$WORK/origin.out" \
+    || { tail -n 20 "$WORK/origin.out" >&2; return 1; }
+}
+
+start_mitmproxy() {
+  : >"$FLOW_LOG"
+  # mitmproxy reads its CA from confdir; ssl_insecure because the origin's
+  # cert is self-signed; port 7007 is forced to raw TCP by flowlog.py.
+  bg mitmdump nsenter --net="/run/netns/$NS_INET" -- env HOME="$WORK" PYTHONUNBUFFERED=1 "$MITMDUMP" \
+    --listen-host "$INET_IP4" --listen-port "$PROXY_PORT" \
+    --set confdir="$CA_DIR" --set ssl_insecure=true \
+    -s "$E2E_DIR/flowlog.py" --set flowlog="$FLOW_LOG" --set raw_ports=7007
+  ln -sf "$WORK/mitmdump.out" "$MITM_LOG"
+  wait_for 30 "mitmdump listening on $INET_IP4:$PROXY_PORT" port_listening "$NS_INET" "$PROXY_PORT" \
+    || { tail -n 20 "$WORK/mitmdump.out" >&2; return 1; }
+}
+
+# Before any hook exists: pods reach the inet directly and mitmproxy tunnels.
+# A topology fault shows up here, not as a confusing test failure later.
+node_selfcheck() {
+  local out
+  out=$(pod_curl pod-a "http://$INET_IP4/selfcheck") || { die "pod-a cannot reach $INET_IP4: $out"; return 1; }
+  [[ $out == *"client=$POD_A_IP4 "* ]] || { die "pod-a direct: unexpected body: $out"; return 1; }
+  out=$(pod_curl pod-a "http://[$INET_IP6]/selfcheck") || { die "pod-a cannot reach [$INET_IP6]: $out"; return 1; }
+  [[ $out == *"client=$POD_A_IP6 "* ]] || { die "pod-a direct v6: unexpected body: $out"; return 1; }
+  out=$(pod_curl pod-b "http://$NOPROXY_IP4/selfcheck") || { die "pod-b cannot reach $NOPROXY_IP4: $out"; return 1; }
+  [[ $out == *"client=$POD_B_IP4 "* ]] || { die "pod-b direct: unexpected body: $out"; return 1; }
+  # mitmproxy as the daemon will use it: CONNECT from the node.
+  out=$(in_netns "$NS_NODE" curl -q -sS --max-time 10 -p -x "http://$INET_IP4:$PROXY_PORT" \
+    "http://$INET_IP4/selfcheck") || { die "CONNECT through mitmproxy failed: $out"; return 1; }
+  [[ $out == *"client=$INET_IP4 "* ]] || { die "via mitmproxy: unexpected body: $out"; return 1; }
+  grep -q "^CONNECT $INET_IP4:80 " "$FLOW_LOG" || { die "flowlog addon wrote no CONNECT line"; return 1; }
+}
+
+# node_up: the whole node minus the daemon. Call it as a plain command under
+# `set -e` (not in `if`/`||`, which would switch errexit off inside it): any
+# failing step then ends the script, and the EXIT trap cleans up.
+node_up() {
+  take_lock
+  find_cgroup2
+  blackhole_add                # before anything of ours can send a packet
+  node_down keep-routes        # leftovers of an earlier (crashed) run
+  trap_setup_errors
+  rm -rf "$WORK"
+  mkdir -p "$WORK"
+  info "work dir: $WORK (logs stay there after the run)"
+  build_network
+  build_cgroups
+  mount_bpffs
+  make_origin_cert
+  make_ca
+  write_proxy_config "$PROXY_CONFIG"
+  start_origin
+  start_mitmproxy
+  node_selfcheck
+  untrap_setup_errors
+  info "node is up"
+}
+
+# Report the first failing command of the setup (set -E makes functions
+# inherit this trap).
+SETUP_ERR_SEEN=0
+on_setup_err() { # on_setup_err STATUS COMMAND FUNCTION
+  ((SETUP_ERR_SEEN)) && return 0
+  SETUP_ERR_SEEN=1
+  printf '[e2e] ERROR: setup failed in %s (exit %s): %s\n' "$3" "$1" "$2" >&2
+}
+trap_setup_errors() {
+  set -E
+  trap 'on_setup_err $? "$BASH_COMMAND" "${FUNCNAME[0]:-main}"' ERR
+}
+untrap_setup_errors() {
+  trap - ERR
+  set +E
+}
+
+# ---------------------------------------------------------------- the daemon
+
+# The daemon runs as on a node: in netns rde-node and cgroup
+# system/redirector, i.e. under the attach root, so skipping its own upstream
+# connects must come from SO_MARK, not from where it sits.
+daemon_cmd() { # daemon_cmd ARGS...: sets CMD_ARRAY
+  cg_ns_cmd "$CG_ROOT/system/redirector" "$NS_NODE" \
+    env RUST_LOG=info,redirector=debug NO_COLOR=1 "$REDIRECTOR_BIN" "$@"
+}
+
+daemon_run_args() { # daemon_run_args CONFIGFILE
+  printf '%s\n' run --proxy-config "$1" --cgroup "$CG_ROOT" \
+    --listen "$NODE_IP4:$LISTEN_PORT" --listen "[$NODE_IP6]:$LISTEN_PORT" \
+    --bpffs "$PIN_DIR" --exempt-cgroup "$CG_ROOT/pods/pod-b"
+}
+
+start_daemon() {
+  local args CMD_ARRAY
+  mapfile -t args < <(daemon_run_args "$PROXY_CONFIG")
+  daemon_cmd "${args[@]}"
+  # a plain command (not a function) in the background: $! is the daemon
+  "${CMD_ARRAY[@]}" >"$DAEMON_LOG" 2>&1 9>&- &
+  DAEMON_PID=$!
+  BG_PIDS+=("$DAEMON_PID")
+  local deadline=$(( $(now_ms) + 30000 ))
+  while (( $(now_ms) < deadline )); do
+    if grep -q ready "$DAEMON_LOG"; then
+      # the pid we will SIGKILL later must be the daemon itself
+      grep -qx "$DAEMON_PID" "$CG_ROOT/system/redirector/cgroup.procs" \
+        || { die "pid $DAEMON_PID is not the process in system/redirector"; return 1; }
+      info "redirector is ready (pid $DAEMON_PID)"
+      return 0
+    fi
+    if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+      die "redirector exited before it was ready (log: $DAEMON_LOG)"
+      return 1
+    fi
+    sleep 0.1
+  done
+  die "redirector printed no 'ready' within 30 s (log: $DAEMON_LOG)"
+  return 1
+}
+
+redirector_status() {
+  timeout 10 "$REDIRECTOR_BIN" status --bpffs "$PIN_DIR"
+}
+
+# status_counter NAME: one number from `redirector status` ("NAME: N").
+status_counter() {
+  redirector_status 2>/dev/null | awk -F': *' -v k="$1" '$1 == k { print $2; found=1 } END { exit !found }'
+}
+
+# Lines in the flow log: count now, and everything after an earlier count.
+flow_count() { wc -l <"$FLOW_LOG"; }
+flow_since() { tail -n "+$(( $1 + 1 ))" "$FLOW_LOG"; }
+origin_count() { wc -l <"$ORIGIN_LOG"; }
+origin_since() { tail -n "+$(( $1 + 1 ))" "$ORIGIN_LOG"; }
+
+pins_present() { # anything pinned under the daemon's bpffs dir?
+  [[ -n $(find "$PIN_DIR" -mindepth 1 ! -type d 2>/dev/null | head -n 1) ]]
+}
