@@ -185,9 +185,15 @@ mod tests {
             .insert(socket.local_addr().unwrap(), echo);
         let mut c = socket.connect(listen).await.unwrap();
         c.write_all(b"hello").await.unwrap();
-        let mut buf = [0u8; 5];
-        c.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"hello");
+        // Half-close: the echo must still come back after our FIN, and
+        // then the end of the stream.
+        c.shutdown().await.unwrap();
+        let mut echoed = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, b"hello");
 
         // A stranger: nothing known, the connection is reset without a byte.
         let mut s = TcpStream::connect(listen).await.unwrap();

@@ -19,7 +19,7 @@ Loaded with `mitmdump -s flowlog.py`.
 
 import threading
 
-from mitmproxy import ctx
+from mitmproxy import ctx, http
 from mitmproxy.proxy import layers
 
 
@@ -51,6 +51,7 @@ class FlowLog:
     def load(self, loader):
         loader.add_option("flowlog", str, "", "file to append flow lines to")
         loader.add_option("raw_ports", str, "", "ports forced to raw TCP (comma-separated)")
+        loader.add_option("refuse_ports", str, "", "ports whose CONNECT gets 403 (comma-separated)")
 
     def configure(self, updated):
         if "flowlog" in updated and ctx.options.flowlog:
@@ -83,9 +84,15 @@ class FlowLog:
         ):
             nextlayer.layer = layers.TCPLayer(context)
 
+    def _refuse_ports(self):
+        return {int(p) for p in ctx.options.refuse_ports.split(",") if p.strip()}
+
     def http_connect(self, flow):
         req = flow.request
         self._write(f"CONNECT {_authority(req.host, req.port)} client={_client(flow)}")
+        # A corporate proxy's ACL, in miniature: refuse CONNECT to some ports.
+        if req.port in self._refuse_ports():
+            flow.response = http.Response.make(403, b"blocked by test policy\n")
 
     def request(self, flow):
         req = flow.request

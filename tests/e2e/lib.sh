@@ -49,6 +49,8 @@ POD_A_IP4=10.249.1.2
 POD_A_IP6=fd42:e9e5:1::2
 POD_B_IP4=10.249.2.2
 PROXY_PORT=8080
+REFUSED_PORT=7009   # mitmproxy answers CONNECT to this port with 403
+DEAD_PROXY_PORT=8099  # nothing listens here
 LISTEN_PORT=15001
 
 BPFFS=$WORK/bpffs
@@ -398,7 +400,8 @@ start_mitmproxy() {
   bg mitmdump nsenter --net="/run/netns/$NS_INET" -- env HOME="$WORK" PYTHONUNBUFFERED=1 "$MITMDUMP" \
     --listen-host "$INET_IP4" --listen-port "$PROXY_PORT" \
     --set confdir="$CA_DIR" --set ssl_insecure=true \
-    -s "$E2E_DIR/flowlog.py" --set flowlog="$FLOW_LOG" --set raw_ports=7007
+    -s "$E2E_DIR/flowlog.py" --set flowlog="$FLOW_LOG" --set raw_ports=7007 \
+    --set refuse_ports="$REFUSED_PORT"
   ln -sf "$WORK/mitmdump.out" "$MITM_LOG"
   wait_for 30 "mitmdump listening on $INET_IP4:$PROXY_PORT" port_listening "$NS_INET" "$PROXY_PORT" \
     || { tail -n 20 "$WORK/mitmdump.out" >&2; return 1; }
@@ -479,9 +482,9 @@ daemon_run_args() { # daemon_run_args CONFIGFILE
     --bpffs "$PIN_DIR" --exempt-cgroup "$CG_ROOT/pods/pod-b"
 }
 
-start_daemon() {
+start_daemon() { # start_daemon [CONFIGFILE]
   local args CMD_ARRAY
-  mapfile -t args < <(daemon_run_args "$PROXY_CONFIG")
+  mapfile -t args < <(daemon_run_args "${1:-$PROXY_CONFIG}")
   daemon_cmd "${args[@]}"
   # a plain command (not a function) in the background: $! is the daemon
   "${CMD_ARRAY[@]}" >"$DAEMON_LOG" 2>&1 9>&- &
@@ -504,6 +507,13 @@ start_daemon() {
   done
   die "redirector printed no 'ready' within 30 s (log: $DAEMON_LOG)"
   return 1
+}
+
+stop_daemon() { # SIGTERM: the hooks stay pinned
+  [[ -n $DAEMON_PID ]] || return 0
+  kill -TERM "$DAEMON_PID" 2>/dev/null
+  wait "$DAEMON_PID" 2>/dev/null
+  DAEMON_PID=""
 }
 
 redirector_status() {

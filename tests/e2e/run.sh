@@ -283,7 +283,53 @@ t_fail_closed() {
   expect_contains "$out" "redirected:" "status without the daemon" || return 1
 }
 
-# 13. detach removes the hooks and the pins; pods connect directly again.
+# 13. A new instance takes over the pins of a dead one: the old links go
+#     (were they still attached, their connect4 would redirect first into
+#     the old maps, and the new daemon would reset the connection).
+t_restart() {
+  local out
+  pins_present || why "no pins left by the killed daemon" || return 1
+  start_daemon || why "restart failed:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
+  expect_contains "$(cat "$DAEMON_LOG")" "taking over" "daemon log" || return 1
+  out=$(pod_curl pod-a "http://$INET_IP4/after-restart" 2>&1) || why "curl failed:" "$out" || return 1
+  expect_contains "$out" "origin ok client=$INET_IP4 path=/after-restart" "body (client = the proxy)" || return 1
+}
+
+# expect_prompt_failure URL WHAT: a pod's request fails (reset or closed,
+# never answered, never direct) within a second.
+expect_prompt_failure() {
+  local o out rc t0 ms
+  o=$(origin_count)
+  t0=$(now_ms)
+  out=$(pod_curl pod-a --max-time 5 "$1" 2>&1)
+  rc=$?
+  ms=$(( $(now_ms) - t0 ))
+  info "  curl $1: exit $rc after ${ms} ms"
+  [[ $rc == 52 || $rc == 56 || $rc == 7 ]] || why "$2: curl exit $rc, expected 52, 56 or 7:" "$out" || return 1
+  ((ms < 1000)) || why "$2: took ${ms} ms, expected < 1000" || return 1
+  expect_empty "$(origin_since "$o")" "$2: origin log (nothing may go direct)" || return 1
+}
+
+# 14. The proxy refuses the CONNECT (403): the client is closed promptly and
+#     the daemon says why.
+t_upstream_refused() {
+  expect_prompt_failure "http://$INET_IP4:$REFUSED_PORT/refused" "CONNECT refused" || return 1
+  wait_for 2 "daemon log names the 403" grep -q "refused CONNECT $INET_IP4:$REFUSED_PORT: 403" "$DAEMON_LOG" \
+    || why "daemon log:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
+}
+
+# 15. The proxy is unreachable: the same, and never a direct connection.
+t_upstream_unreachable() {
+  local dead=$WORK/proxy-config-dead.json
+  sed "s/:$PROXY_PORT\//:$DEAD_PROXY_PORT\//g" "$PROXY_CONFIG" >"$dead"
+  stop_daemon
+  start_daemon "$dead" || why "start with $dead failed:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
+  expect_prompt_failure "http://$INET_IP4/unreachable" "proxy unreachable" || return 1
+  wait_for 2 "daemon log names the failure" grep -q "unreachable" "$DAEMON_LOG" \
+    || why "daemon log:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
+}
+
+# 16. detach removes the hooks and the pins; pods connect directly again.
 t_detach() {
   local out
   out=$(timeout 20 "$REDIRECTOR_BIN" detach --bpffs "$PIN_DIR" 2>&1) || why "detach failed:" "$out" || return 1
@@ -297,7 +343,9 @@ t_detach() {
 DAEMON_TESTS=(https:t_https http:t_http tcp_echo:t_tcp_echo ipv6:t_ipv6
   v4_mapped:t_v4_mapped exempt_cgroup:t_exempt noproxy_cidr:t_noproxy
   open_proxy_refused:t_open_proxy no_loop:t_no_loop udp_untouched:t_udp
-  fail_closed:t_fail_closed detach:t_detach)
+  fail_closed:t_fail_closed restart_takeover:t_restart
+  upstream_refused:t_upstream_refused upstream_unreachable:t_upstream_unreachable
+  detach:t_detach)
 
 main() {
   trap on_exit EXIT
