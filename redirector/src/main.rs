@@ -8,6 +8,7 @@
 //! - `relay`: bytes both ways, half-close aware;
 //! - `connection`: ties these together for one connection; `server` accepts.
 mod ca;
+mod classify;
 mod cli;
 mod config;
 mod connection;

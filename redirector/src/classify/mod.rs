@@ -1,0 +1,2 @@
+//! Classify: recover the protocol and hostname from a client's first bytes
+//! (being written).
