@@ -30,6 +30,51 @@ pub enum Command {
     /// Generate a MITM CA for the upstream proxy (mitmproxy's confdir file
     /// set) and print it as base64 for `trustedCA`.
     GenCa(GenCaArgs),
+    /// Say how the daemon would route a connection, and which rule decided.
+    Explain(ExplainArgs),
+}
+
+/// Built-in bypasses, shared by `run` and `explain` so both decide alike.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// The cluster's pod or service range, never proxied (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    pub cluster_cidr: Vec<ipnet::IpNet>,
+    /// Redirect loopback destinations too (127.0.0.0/8, ::1).
+    #[arg(long)]
+    pub no_bypass_loopback: bool,
+    /// Redirect link-local destinations too (169.254.0.0/16 with cloud
+    /// metadata, fe80::/10).
+    #[arg(long)]
+    pub no_bypass_link_local: bool,
+}
+
+impl PolicyArgs {
+    pub fn builtins(&self) -> crate::policy::Builtins {
+        crate::policy::Builtins {
+            loopback: !self.no_bypass_loopback,
+            link_local: !self.no_bypass_link_local,
+            cluster_cidrs: self.cluster_cidr.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The AKS proxy JSON, as given to `run`.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_config: PathBuf,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// What the client speaks, for a `host:port` target (a URL's scheme
+    /// says it): `http` (plain HTTP), `tls`, or `tcp` (anything else).
+    #[arg(long, value_name = "PROTO", default_value = "tcp")]
+    pub protocol: String,
+    /// A URL (`https://api.example.com/x`), `host:port` or `ip:port`.
+    pub target: String,
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +102,13 @@ pub struct RunArgs {
     /// Bound, in seconds, on connecting to the upstream and its CONNECT answer.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub connect_timeout: f64,
+    /// How long, in seconds, to wait for a client's first bytes (TLS SNI,
+    /// HTTP Host) before routing by IP; server-speaks-first protocols
+    /// (SMTP, SSH) wait this long for their banner.
+    #[arg(long, value_name = "SECS", default_value_t = 0.5)]
+    pub peek_timeout: f64,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 #[derive(Debug, Args)]

@@ -44,10 +44,31 @@ struct RawConfig {
     #[serde(rename = "httpsProxy")]
     https_proxy: Option<String>,
     #[serde(rename = "noProxy")]
-    no_proxy: Option<Vec<String>>,
+    no_proxy: Option<NoProxyField>,
     /// AKS's CLI file says `trustedCA`; its ARM API says `trustedCa`.
     #[serde(rename = "trustedCA", alias = "trustedCa")]
     trusted_ca: Option<String>,
+}
+
+/// `noProxy` as AKS writes it (an array) or as a `NO_PROXY` value copied
+/// from a pod (one comma-separated string).
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a list of strings or one comma-separated string"
+)]
+enum NoProxyField {
+    List(Vec<String>),
+    Csv(String),
+}
+
+impl NoProxyField {
+    fn entries(self) -> Vec<String> {
+        match self {
+            Self::List(entries) => entries,
+            Self::Csv(csv) => vec![csv],
+        }
+    }
 }
 
 /// A validated proxy configuration.
@@ -99,7 +120,8 @@ impl ProxyConfig {
             .map_err(|m| field_error("httpProxy", m))?;
         let https_proxy = ProxyUrl::parse_optional(raw.https_proxy.as_deref())
             .map_err(|m| field_error("httpsProxy", m))?;
-        let no_proxy = NoProxy::parse(raw.no_proxy.as_deref().unwrap_or_default())
+        let no_proxy_entries = raw.no_proxy.map(NoProxyField::entries).unwrap_or_default();
+        let no_proxy = NoProxy::parse(&no_proxy_entries)
             .map_err(|e: NoProxyError| field_error("noProxy", e.to_string()))?;
         let trusted_ca = match raw.trusted_ca.as_deref().map(str::trim) {
             None | Some("") => Vec::new(),
@@ -129,9 +151,11 @@ fn parse_trusted_ca(b64: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'s
     Ok(certs)
 }
 
-/// An upstream proxy URL. `Display` never shows credentials.
+/// An upstream proxy URL. `Display` and `Debug` never show credentials.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProxyUrl {
+    /// `https://`: TLS to the proxy itself.
+    pub tls: bool,
     /// Host name or IP literal (without IPv6 brackets).
     pub host: String,
     pub port: u16,
@@ -156,18 +180,16 @@ impl ProxyUrl {
             format!("http://{value}")
         };
         let url = Url::parse(&with_scheme).map_err(|e| format!("`{}`: {e}", redact(value)))?;
-        match url.scheme() {
-            "http" => {}
-            "https" => {
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
                 return Err(format!(
-                    "`{}`: TLS to the upstream proxy (an https:// proxy URL) is not supported yet; \
-                     if the proxy speaks plain HTTP on that port (mitmproxy and squid usually do), \
-                     write http://",
+                    "`{}`: unsupported scheme `{other}` (http:// or https://)",
                     redact(value)
                 ));
             }
-            other => return Err(format!("`{}`: unsupported scheme `{other}`", redact(value))),
-        }
+        };
         let host = match url.host() {
             Some(url::Host::Ipv6(a)) => a.to_string(),
             Some(h) => h.to_string(),
@@ -189,6 +211,7 @@ impl ProxyUrl {
             ))
         };
         Ok(Self {
+            tls,
             host,
             port,
             credentials,
@@ -205,14 +228,11 @@ impl ProxyUrl {
     }
 }
 
+/// The URL without credentials, fit for logs, errors and `explain`.
 impl fmt::Display for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let auth = if self.credentials.is_some() {
-            "***@"
-        } else {
-            ""
-        };
-        write!(f, "http://{auth}{}", self.authority())
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.authority())
     }
 }
 
@@ -259,7 +279,7 @@ mod tests {
             https.credentials,
             Some(("u@x".to_owned(), "p:ss".to_owned()))
         );
-        assert_eq!(https.to_string(), "http://***@10.0.0.4:8080");
+        assert_eq!(https.to_string(), "http://10.0.0.4:8080");
         assert_eq!(cfg.trusted_ca.len(), 1);
         assert_eq!(cfg.no_proxy.kernel_bypass().count(), 2);
     }
@@ -276,7 +296,7 @@ mod tests {
     #[test]
     fn wrong_type_names_the_field() {
         let err = parse(r#"{"noProxy": ["a", 3]}"#).unwrap_err().to_string();
-        assert!(err.contains("noProxy[1]"), "{err}");
+        assert!(err.contains("noProxy"), "{err}");
         let err = parse(r#"{"httpProxy": 1}"#).unwrap_err().to_string();
         assert!(err.contains("httpProxy"), "{err}");
     }
@@ -291,6 +311,7 @@ mod tests {
     fn bad_values_name_their_field() {
         for (text, field) in [
             (r#"{"httpsProxy": "ftp://p:1"}"#, "httpsProxy"),
+            (r#"{"noProxy": 3}"#, "noProxy"),
             (r#"{"httpProxy": "http://"}"#, "httpProxy"),
             (r#"{"trustedCA": "!!!"}"#, "trustedCA"),
             (r#"{"trustedCA": "aGVsbG8="}"#, "trustedCA"),
@@ -314,9 +335,20 @@ mod tests {
                 .authority(),
             "[fd00::1]:3128"
         );
-        let err = ProxyUrl::parse("https://user:secret@p:1").unwrap_err();
-        assert!(err.contains("not supported yet"), "{err}");
+        let https = ProxyUrl::parse("https://user:secret@p").unwrap();
+        assert!(https.tls);
+        assert_eq!(https.port, 443);
+        assert_eq!(https.to_string(), "https://p:443");
+        let err = ProxyUrl::parse("socks5://user:secret@p:1").unwrap_err();
+        assert!(err.contains("unsupported scheme"), "{err}");
         assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn no_proxy_as_one_comma_separated_string() {
+        let list = parse(r#"{"noProxy": ["a.example", "10.0.0.0/8"]}"#).unwrap();
+        let csv = parse(r#"{"noProxy": "a.example, 10.0.0.0/8"}"#).unwrap();
+        assert_eq!(list.no_proxy, csv.no_proxy);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! One redirected connection, start to end: original destination lookup →
-//! policy → dial → relay. Every connection ends in exactly one
-//! [`Outcome`], logged once.
+//! classify (peek for the TLS SNI or HTTP Host) → policy → dial → relay.
+//! Every connection ends in exactly one [`Outcome`], logged once.
 use std::{
     net::SocketAddr,
     sync::Arc,
@@ -10,62 +10,101 @@ use std::{
 use tokio::net::TcpStream;
 
 use crate::{
-    config::ProxyConfig,
-    dial::{DialError, Dialer, authority_of},
+    classify::{self, Classification, PeekLimits},
+    dial::{DialError, Dialer, UpstreamIo},
+    http_forward::{self, Served},
     lookup::OriginalDst,
-    policy::{self, Route},
+    policy::{Decision, Mode, Policy, Target},
     relay::{Transferred, relay},
 };
 
 /// What every connection handler shares.
 pub struct Shared {
-    /// The proxy configuration in force.
-    pub config: Arc<ProxyConfig>,
+    /// The proxy configuration and built-ins in force.
+    pub policy: Arc<Policy>,
     /// Original destinations saved by the kernel hooks.
     pub original_dst: Arc<dyn OriginalDst>,
     /// How upstream sockets are opened.
     pub dialer: Dialer,
+    /// Bounds on waiting for the client's first bytes.
+    pub peek: PeekLimits,
 }
 
 /// How a connection ended.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Relayed to the end.
-    Done {
-        route: Route,
-        transferred: Transferred,
-    },
-    /// Not redirected by our hook: refused, so the listener is no open proxy.
-    NoOriginalDst,
+    /// Bytes relayed to the end (direct or through a CONNECT tunnel).
+    Relayed { transferred: Transferred },
+    /// Plain HTTP requests forwarded in absolute form.
+    HttpServed { served: Served },
     /// The upstream side could not be opened; the client was reset.
     DialFailed(DialError),
-    /// The relay broke off (a peer reset, for example).
-    RelayFailed { route: Route, error: std::io::Error },
+    /// The relay or HTTP exchange broke off (a peer reset, for example).
+    BrokeOff(String),
 }
 
 /// Serves one accepted connection to the end.
 pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
-    let dst = shared.original_dst.take(peer);
-    let outcome = match dst {
-        None => {
-            reset(client);
-            Outcome::NoOriginalDst
-        }
-        Some(dst) => forward(&shared, client, dst).await,
+    let Some(dst) = shared.original_dst.take(peer) else {
+        reset(client);
+        tracing::warn!(
+            client = %peer,
+            "refused a connection that our hook did not redirect (no original destination)"
+        );
+        return;
     };
-    log_outcome(peer, dst, &outcome, started.elapsed());
+    let class = classify::peek_classify(&client, shared.peek).await;
+    let decision = shared.policy.decide(&Target {
+        ip: Some(dst.ip()),
+        host: class.hostname.as_deref(),
+        port: dst.port(),
+        protocol: class.protocol,
+    });
+    let outcome = forward(&shared, client, dst, &class, &decision).await;
+    log_outcome(peer, dst, &class, &decision, &outcome, started.elapsed());
 }
 
-async fn forward(shared: &Shared, mut client: TcpStream, dst: SocketAddr) -> Outcome {
-    let route = policy::route(&shared.config, dst);
-    let upstream = match &route {
-        Route::Direct => shared
+async fn forward(
+    shared: &Shared,
+    mut client: TcpStream,
+    dst: SocketAddr,
+    class: &Classification,
+    decision: &Decision,
+) -> Outcome {
+    let upstream: Result<Box<dyn UpstreamIo>, DialError> = match decision {
+        // A kernel-bypass destination only gets here if the maps changed
+        // after the connect; it goes direct either way.
+        Decision::KernelBypass { .. } | Decision::Direct { .. } => shared
             .dialer
             .direct(dst)
             .await
-            .map(|s| Box::new(s) as Box<dyn crate::dial::UpstreamIo>),
-        Route::Proxy(proxy) => shared.dialer.tunnel(proxy, &authority_of(dst)).await,
+            .map(|s| Box::new(s) as Box<dyn UpstreamIo>),
+        Decision::Proxy {
+            proxy,
+            mode: Mode::AbsoluteForm,
+            ..
+        } => {
+            return match http_forward::serve(client, proxy.clone(), dst, shared.dialer.clone())
+                .await
+            {
+                Ok(served) => Outcome::HttpServed { served },
+                Err(e) => Outcome::BrokeOff(e.to_string()),
+            };
+        }
+        Decision::Proxy {
+            proxy,
+            mode: Mode::Connect,
+            ..
+        } => {
+            // The name, when known, lets the proxy apply domain ACLs and
+            // mint a MITM certificate for the right host.
+            let authority = match &class.hostname {
+                Some(host) => format!("{host}:{}", dst.port()),
+                None => dst.to_string(),
+            };
+            shared.dialer.tunnel(proxy, &authority).await
+        }
     };
     let mut upstream = match upstream {
         Ok(u) => u,
@@ -76,8 +115,8 @@ async fn forward(shared: &Shared, mut client: TcpStream, dst: SocketAddr) -> Out
         }
     };
     match relay(&mut client, &mut upstream).await {
-        Ok(transferred) => Outcome::Done { route, transferred },
-        Err(error) => Outcome::RelayFailed { route, error },
+        Ok(transferred) => Outcome::Relayed { transferred },
+        Err(error) => Outcome::BrokeOff(error.to_string()),
     }
 }
 
@@ -88,32 +127,37 @@ fn reset(client: TcpStream) {
     drop(client);
 }
 
-fn log_outcome(peer: SocketAddr, dst: Option<SocketAddr>, outcome: &Outcome, elapsed: Duration) {
+/// One line per connection: debug when it went well, warn when it did not.
+fn log_outcome(
+    peer: SocketAddr,
+    dst: SocketAddr,
+    class: &Classification,
+    decision: &Decision,
+    outcome: &Outcome,
+    elapsed: Duration,
+) {
     let ms = elapsed.as_millis() as u64;
+    let host = class.hostname.as_deref().unwrap_or("-");
+    let rule = decision.rule();
     match outcome {
-        Outcome::Done { route, transferred } => tracing::debug!(
-            client = %peer, dst = ?dst, route = %route_name(route), ms,
+        Outcome::Relayed { transferred } => tracing::debug!(
+            client = %peer, %dst, host, %decision, rule, ms,
             up = transferred.client_to_upstream, down = transferred.upstream_to_client,
             "connection done"
         ),
-        Outcome::NoOriginalDst => tracing::warn!(
-            client = %peer,
-            "refused a connection that our hook did not redirect (no original destination)"
+        Outcome::HttpServed { served } => tracing::debug!(
+            client = %peer, %dst, host, %decision, rule, ms,
+            requests = served.requests, auth_failures = served.auth_failures,
+            "plain HTTP connection done"
         ),
-        Outcome::DialFailed(e) => {
-            tracing::warn!(client = %peer, dst = ?dst, ms, error = %e, "upstream failed")
-        }
-        Outcome::RelayFailed { route, error } => tracing::debug!(
-            client = %peer, dst = ?dst, route = %route_name(route), ms, error = %error,
+        Outcome::DialFailed(e) => tracing::warn!(
+            client = %peer, %dst, host, %decision, rule, ms, error = %e,
+            "upstream failed; client reset"
+        ),
+        Outcome::BrokeOff(error) => tracing::debug!(
+            client = %peer, %dst, host, %decision, rule, ms, error,
             "connection broke off"
         ),
-    }
-}
-
-fn route_name(route: &Route) -> String {
-    match route {
-        Route::Direct => "direct".to_owned(),
-        Route::Proxy(p) => format!("proxy {p}"),
     }
 }
 
@@ -153,12 +197,24 @@ mod tests {
     async fn redirector(config: &str, table: Arc<Table>) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
+        let config = crate::config::ProxyConfig::parse("t", config).unwrap();
+        // No built-ins: the tests' destinations are on loopback.
+        let builtins = crate::policy::Builtins {
+            loopback: false,
+            link_local: false,
+            cluster_cidrs: vec![],
+        };
         let shared = Arc::new(Shared {
-            config: Arc::new(ProxyConfig::parse("t", config).unwrap()),
+            policy: Arc::new(Policy::new(config, &builtins)),
             original_dst: table,
             dialer: Dialer {
                 socket_mark: 0,
                 timeout: Duration::from_secs(2),
+                tls: crate::dial::proxy_tls_config(&[]).unwrap(),
+            },
+            peek: PeekLimits {
+                max_bytes: 1024,
+                timeout: Duration::from_millis(50),
             },
         });
         tokio::spawn(async move {

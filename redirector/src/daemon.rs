@@ -4,7 +4,6 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use ipnet::IpNet;
 use tokio::{
     io::unix::AsyncFd,
     net::TcpListener,
@@ -12,35 +11,28 @@ use tokio::{
 };
 
 use crate::{
+    classify::PeekLimits,
     cli::{DEFAULT_PORT, RunArgs},
     config::ProxyConfig,
     connection::Shared,
-    dial::Dialer,
+    dial::{self, Dialer},
     hook::{HookSettings, LoadedHooks, PinDir},
     lookup::KernelOriginalDst,
+    policy::Policy,
     server,
 };
-
-/// Destinations never worth redirecting: a pod's own loopback.
-const BUILTIN_BYPASS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 
 pub async fn run(args: RunArgs) -> Result<()> {
     let config = ProxyConfig::load(&args.proxy_config)?;
     let listen = listen_addrs(&args.listen)?;
-    if !config.no_proxy.name_rules().is_empty() {
-        tracing::warn!(
-            rules = ?config.no_proxy.name_rules(),
-            "noProxy host-name rules are not applied yet; those hosts go through the proxy"
-        );
-    }
-    let mut bypass: Vec<IpNet> = BUILTIN_BYPASS.iter().map(|n| n.parse().unwrap()).collect();
-    bypass.extend(config.no_proxy.kernel_bypass().copied());
+    let tls = dial::proxy_tls_config(&config.trusted_ca)?;
+    let policy = Policy::new(config, &args.policy.builtins());
 
     let settings = HookSettings {
         listen: listen.clone(),
         socket_mark: args.socket_mark,
         exempt_cgroups: args.exempt_cgroup.clone(),
-        bypass,
+        bypass: policy.kernel_bypass(),
         kernel_debug_logs: tracing::enabled!(target: "redirector::kernel", tracing::Level::DEBUG),
     };
     let mut hooks = LoadedHooks::load(&settings)?;
@@ -50,11 +42,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
 
     let shared = Arc::new(Shared {
-        config: Arc::new(config),
+        policy: Arc::new(policy),
         original_dst,
         dialer: Dialer {
             socket_mark: args.socket_mark,
             timeout: Duration::from_secs_f64(args.connect_timeout),
+            tls,
+        },
+        peek: PeekLimits {
+            timeout: Duration::from_secs_f64(args.peek_timeout),
+            ..PeekLimits::default()
         },
     });
     let mut listeners = Vec::new();
@@ -72,8 +69,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     tracing::info!(
         cgroup = %args.cgroup.display(), listen = ?listen, bpffs = %args.pins.bpffs.display(),
-        https_proxy = ?shared.config.https_proxy, http_proxy = ?shared.config.http_proxy,
-        trusted_ca_certs = shared.config.trusted_ca.len(),
+        https_proxy = ?shared.policy.config().https_proxy,
+        http_proxy = ?shared.policy.config().http_proxy,
+        no_proxy_rules = shared.policy.config().no_proxy.rules().len(),
+        trusted_ca_certs = shared.policy.config().trusted_ca.len(),
         "ready"
     );
 

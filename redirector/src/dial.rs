@@ -2,7 +2,12 @@
 //! through the proxy or a direct connection. Every socket opened here
 //! carries the daemon's `SO_MARK`, which the kernel hook skips, so the
 //! daemon's own connects are never redirected back to itself.
-use std::{io, net::SocketAddr, time::Duration};
+//!
+//! An `https://` proxy gets TLS first, verified against `trustedCA` and the
+//! system roots; `user:password@` in its URL becomes Basic
+//! `Proxy-Authorization`. A refused or failed tunnel is an error: the
+//! caller resets the client, it never falls back to direct.
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -28,6 +33,18 @@ pub enum DialError {
     Resolve { proxy: ProxyUrl, source: io::Error },
     #[error("proxy {proxy} unreachable: {source}")]
     ProxyUnreachable { proxy: ProxyUrl, source: io::Error },
+    #[error(
+        "proxy {proxy} speaks plain HTTP, not TLS, on that port: the proxy URL says https:// \
+         but the proxy answered the TLS handshake in plain HTTP; write http:// in the URL"
+    )]
+    ProxySpeaksPlainHttp { proxy: ProxyUrl },
+    #[error("TLS to proxy {proxy} failed: {source}")]
+    ProxyTls { proxy: ProxyUrl, source: io::Error },
+    #[error(
+        "proxy {proxy} refused CONNECT {authority}: 407 Proxy Authentication Required \
+         (auth failed: check the credentials in the proxy URL)"
+    )]
+    AuthFailed { proxy: ProxyUrl, authority: String },
     #[error("proxy {proxy} refused CONNECT {authority}: {status}")]
     Refused {
         proxy: ProxyUrl,
@@ -46,12 +63,40 @@ pub enum DialError {
     Timeout(Duration),
 }
 
-/// How to dial: the mark to put on sockets and how long to wait.
-#[derive(Debug, Clone, Copy)]
+/// How to dial: the mark to put on sockets, how long to wait, whom to trust.
+#[derive(Clone)]
 pub struct Dialer {
     pub socket_mark: u32,
     /// Bound on TCP connect plus the proxy's answer to CONNECT.
     pub timeout: Duration,
+    /// TLS settings for `https://` proxies.
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// TLS client settings for `https://` proxies: `trustedCA` plus the
+/// system's roots (a proxy with a public certificate needs no trustedCA).
+pub fn proxy_tls_config(
+    trusted_ca: &[rustls_pki_types::CertificateDer<'static>],
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in trusted_ca {
+        roots
+            .add(cert.clone())
+            .map_err(|e| anyhow::anyhow!("trustedCA: {e}"))?;
+    }
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(
+        trusted_ca = trusted_ca.len(),
+        system_roots = added,
+        "proxy TLS roots"
+    );
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 impl Dialer {
@@ -79,7 +124,7 @@ impl Dialer {
         proxy: &ProxyUrl,
         authority: &str,
     ) -> Result<Box<dyn UpstreamIo>, DialError> {
-        let stream = self.connect_proxy(proxy).await?;
+        let stream = self.proxy_connection(proxy).await?;
         let protocol = |source| DialError::Protocol {
             proxy: proxy.clone(),
             authority: authority.to_owned(),
@@ -98,15 +143,19 @@ impl Dialer {
             .method(Method::CONNECT)
             .uri(authority)
             .header(header::HOST, authority);
-        if let Some((user, password)) = &proxy.credentials {
-            let token =
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-            request = request.header(header::PROXY_AUTHORIZATION, format!("Basic {token}"));
+        if let Some(value) = proxy_authorization(proxy) {
+            request = request.header(header::PROXY_AUTHORIZATION, value);
         }
         let request = request
             .body(Empty::<Bytes>::new())
             .expect("CONNECT request from a valid authority");
         let response = sender.send_request(request).await.map_err(protocol)?;
+        if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            return Err(DialError::AuthFailed {
+                proxy: proxy.clone(),
+                authority: authority.to_owned(),
+            });
+        }
         if !response.status().is_success() {
             return Err(DialError::Refused {
                 proxy: proxy.clone(),
@@ -116,6 +165,34 @@ impl Dialer {
         }
         let upgraded = hyper::upgrade::on(response).await.map_err(protocol)?;
         Ok(Box::new(TokioIo::new(upgraded)))
+    }
+
+    /// A connection to the proxy itself: TCP, and TLS for `https://`.
+    pub async fn proxy_connection(
+        &self,
+        proxy: &ProxyUrl,
+    ) -> Result<Box<dyn UpstreamIo>, DialError> {
+        let tcp = self.connect_proxy(proxy).await?;
+        if !proxy.tls {
+            return Ok(Box::new(tcp));
+        }
+        let name = rustls_pki_types::ServerName::try_from(proxy.host.clone()).map_err(|e| {
+            DialError::ProxyTls {
+                proxy: proxy.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, e),
+            }
+        })?;
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        match connector.connect(name, tcp).await {
+            Ok(tls) => Ok(Box::new(tls)),
+            Err(e) if answered_in_plain_http(&e) => Err(DialError::ProxySpeaksPlainHttp {
+                proxy: proxy.clone(),
+            }),
+            Err(source) => Err(DialError::ProxyTls {
+                proxy: proxy.clone(),
+                source,
+            }),
+        }
     }
 
     /// Connects to the proxy, trying each of its addresses in turn.
@@ -140,9 +217,25 @@ impl Dialer {
     }
 }
 
-/// The authority to ask the proxy for: `ip:port`, IPv6 in brackets.
-pub fn authority_of(dst: SocketAddr) -> String {
-    dst.to_string()
+/// The `Proxy-Authorization` value for a proxy URL with credentials.
+pub fn proxy_authorization(proxy: &ProxyUrl) -> Option<http::HeaderValue> {
+    let (user, password) = proxy.credentials.as_ref()?;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut value = http::HeaderValue::from_str(&format!("Basic {token}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// Whether a TLS handshake failed because the peer answered with something
+/// that is not TLS at all, as a plain-HTTP proxy does ("HTTP/1.1 400 ...").
+fn answered_in_plain_http(e: &io::Error) -> bool {
+    use rustls::{Error, InvalidMessage};
+    matches!(
+        e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()),
+        Some(Error::InvalidMessage(
+            InvalidMessage::InvalidContentType | InvalidMessage::UnknownProtocolVersion
+        ))
+    )
 }
 
 /// A TCP connect from a socket that carries `mark` (needs CAP_NET_ADMIN).
@@ -193,7 +286,42 @@ mod tests {
         Dialer {
             socket_mark: 0,
             timeout: Duration::from_secs(5),
+            tls: proxy_tls_config(&[]).unwrap(),
         }
+    }
+
+    #[tokio::test]
+    async fn https_url_to_a_plain_http_proxy_says_so() {
+        // A plain HTTP server answers the ClientHello's first bytes with 400.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        });
+        let proxy = ProxyUrl::parse(&format!("https://user:secret@{addr}")).unwrap();
+        let err = dialer().tunnel(&proxy, "10.0.0.1:443").await.err().unwrap();
+        assert!(
+            matches!(err, DialError::ProxySpeaksPlainHttp { .. }),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(message.contains("write http://"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn proxy_auth_failure_is_named() {
+        let (addr, _head) =
+            fake_proxy("HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        let proxy = ProxyUrl::parse(&format!("http://user:secret@{addr}")).unwrap();
+        let err = dialer().tunnel(&proxy, "10.0.0.1:443").await.err().unwrap();
+        assert!(matches!(err, DialError::AuthFailed { .. }), "{err}");
+        assert!(err.to_string().contains("auth failed"));
+        assert!(!err.to_string().contains("secret"));
     }
 
     #[tokio::test]

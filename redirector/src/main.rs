@@ -3,9 +3,12 @@
 //! A connection's path through the code, in order:
 //! - `hook`: the kernel programs (connect4/6 rewrite, sock_ops re-key), loaded and pinned;
 //! - `lookup`: on accept, the original destination by client address;
-//! - `policy`: direct, or which proxy;
-//! - `dial`: CONNECT tunnel or direct socket, with the daemon's SO_MARK;
-//! - `relay`: bytes both ways, half-close aware;
+//! - `classify`: peek at the first bytes for the TLS SNI or HTTP Host;
+//! - `policy`: kernel bypass, direct, or which proxy (`noproxy` matches rules);
+//! - `dial`: CONNECT tunnel (TLS and auth to the proxy) or direct socket,
+//!   with the daemon's SO_MARK;
+//! - `relay`: bytes both ways, half-close aware; `http_forward`: plain HTTP
+//!   to `httpProxy` in absolute form;
 //! - `connection`: ties these together for one connection; `server` accepts.
 mod ca;
 mod classify;
@@ -15,7 +18,9 @@ mod connection;
 mod daemon;
 mod dial;
 mod endpoint;
+mod explain;
 mod hook;
+mod http_forward;
 mod lookup;
 mod noproxy;
 mod policy;
@@ -61,6 +66,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status(args) => status::print(&hook::PinDir::new(&args.bpffs)),
+        Command::Explain(args) => explain::run(&args),
         Command::GenCa(args) => {
             let ca = ca::GeneratedCa::generate()?;
             ca.write_to(&args.out_dir)?;

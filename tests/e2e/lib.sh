@@ -11,8 +11,10 @@
 #   rde-pod-b 10.249.2.2 fd42:e9e5:2::2 ──┘        │   redirector listens on :15001
 #                                                  │
 #                         rde-inet 10.249.0.2 10.249.3.2 fd42:e9e5::2
-#                                  origin.py (80, 443, 7007/tcp echo, 7008/udp echo)
-#                                  mitmdump on 10.249.0.2:8080
+#                                  origin.py (80, 443, 7007/tcp echo, 7008/udp echo,
+#                                             7010/tcp banner, server speaks first)
+#                                  mitmdump on 10.249.0.2:8080 (also accepts TLS:
+#                                    an "https://" proxy), 10.249.0.2:8081 (proxyauth)
 #
 # cgroups: $CG2/rde-e2e                 <- redirector hooks attached here
 #            pods/pod-a, pods/pod-b     <- pod processes (pod-b is exempt)
@@ -49,6 +51,11 @@ POD_A_IP4=10.249.1.2
 POD_A_IP6=fd42:e9e5:1::2
 POD_B_IP4=10.249.2.2
 PROXY_PORT=8080
+AUTH_PROXY_PORT=8081  # a second mitmdump that wants Basic user:s3cret
+AUTH_USER=user
+AUTH_PASS=s3cret
+BAD_PASS=wr0ngpass  # must never show up in a log either
+BANNER_PORT=7010    # origin speaks first
 REFUSED_PORT=7009   # mitmproxy answers CONNECT to this port with 403
 DEAD_PROXY_PORT=8099  # nothing listens here
 LISTEN_PORT=15001
@@ -59,6 +66,7 @@ CA_DIR=$WORK/ca
 CA_CERT=$CA_DIR/mitmproxy-ca-cert.pem
 PROXY_CONFIG=$WORK/proxy-config.json
 FLOW_LOG=$WORK/flow.log
+AUTH_FLOW_LOG=$WORK/flow-auth.log
 ORIGIN_LOG=$WORK/origin.log
 MITM_LOG=$WORK/mitmdump.log
 DAEMON_LOG=$WORK/redirector.log
@@ -66,6 +74,8 @@ DAEMON_LOG=$WORK/redirector.log
 CG2=""          # cgroup2 mount point, found by find_cgroup2
 CG_ROOT=""      # $CG2/rde-e2e: where the hooks are attached
 DAEMON_PID=""
+DAEMON_CONFIG=""     # the config (and extra flags) the running daemon got
+DAEMON_EXTRA=()      # extra `redirector run` flags for the next start_daemon
 LOCK_HELD=0
 BG_PIDS=()      # every background process we started, killed by id in node_down
 
@@ -372,6 +382,27 @@ write_proxy_config() { # write_proxy_config FILE
 EOF
 }
 
+# write_config FILE HTTP_PROXY HTTPS_PROXY NOPROXY_JSON [CA_B64]: any proxy
+# config; an empty proxy URL leaves that key out (= that class goes direct).
+# NOPROXY_JSON is the raw JSON value: an array or a comma-separated string.
+write_config() {
+  local file=$1 http=$2 https=$3 noproxy=$4 ca=${5:-$CA_B64} body=""
+  [[ -n $http ]] && body+="\"httpProxy\":\"$http\","
+  [[ -n $https ]] && body+="\"httpsProxy\":\"$https\","
+  printf '{%s"noProxy":%s,"trustedCA":"%s"}\n' "$body" "$noproxy" "$ca" >"$file"
+}
+
+# The host-name policy of the issue-3 tests. Test names are pinned to
+# 10.249.0.2 by flowlog.py (never DNS) and by curl --resolve in the pods.
+#   direct.test      apex and every subdomain go direct
+#   .only-sub.test   subdomains only: the apex only-sub.test is proxied
+#   porthost.test:80 only port 80 goes direct
+POLICY_NOPROXY='["10.249.3.0/24","localhost","direct.test",".only-sub.test","porthost.test:80"]'
+POLICY_CONFIG=$WORK/policy-config.json
+write_policy_config() { # write_policy_config FILE
+  write_config "$1" "http://$INET_IP4:$PROXY_PORT/" "http://$INET_IP4:$PROXY_PORT/" "$POLICY_NOPROXY"
+}
+
 # bg NAME CMD...: start CMD (a program, not a shell function, so that $! is
 # its pid) in the background, output to $WORK/NAME.out.
 bg() {
@@ -385,6 +416,13 @@ port_listening() { # port_listening NS PORT
   [[ -n $(ip netns exec "$1" ss -Hltn "sport = :$2" 2>/dev/null) ]]
 }
 
+# A second CA that the proxy config does NOT trust (for the "TLS to the
+# proxy is verified" test).
+make_other_ca() {
+  OTHER_CA_B64=$(timeout 30 "$REDIRECTOR_BIN" gen-ca --out-dir "$WORK/ca-other") \
+    || { die "redirector gen-ca (second CA) failed"; return 1; }
+}
+
 start_origin() {
   : >"$ORIGIN_LOG"
   bg origin nsenter --net="/run/netns/$NS_INET" -- "$PYTHON" "$E2E_DIR/origin.py" --log "$ORIGIN_LOG" \
@@ -393,18 +431,32 @@ start_origin() {
     || { tail -n 20 "$WORK/origin.out" >&2; return 1; }
 }
 
-start_mitmproxy() {
-  : >"$FLOW_LOG"
-  # mitmproxy reads its CA from confdir; ssl_insecure because the origin's
-  # cert is self-signed; port 7007 is forced to raw TCP by flowlog.py.
-  bg mitmdump nsenter --net="/run/netns/$NS_INET" -- env HOME="$WORK" PYTHONUNBUFFERED=1 "$MITMDUMP" \
-    --listen-host "$INET_IP4" --listen-port "$PROXY_PORT" \
+# start_mitm NAME PORT FLOWLOG [EXTRA-ARGS...]: start one mitmdump in rde-inet.
+# It reads its CA from confdir (so it also answers a TLS-wrapped proxy
+# connection, an "https://" proxy, with a certificate for $INET_IP4 from our
+# CA); ssl_insecure because the origin's cert is self-signed; ports 7007 and
+# 7010 are forced to raw TCP and test names pinned (never DNS) by flowlog.py.
+start_mitm() {
+  local name=$1 port=$2 log=$3; shift 3
+  : >"$log"
+  bg "$name" nsenter --net="/run/netns/$NS_INET" -- env HOME="$WORK" PYTHONUNBUFFERED=1 "$MITMDUMP" \
+    --listen-host "$INET_IP4" --listen-port "$port" \
     --set confdir="$CA_DIR" --set ssl_insecure=true \
-    -s "$E2E_DIR/flowlog.py" --set flowlog="$FLOW_LOG" --set raw_ports=7007 \
-    --set refuse_ports="$REFUSED_PORT"
+    -s "$E2E_DIR/flowlog.py" --set flowlog="$log" --set raw_ports="7007,$BANNER_PORT" \
+    --set test_ip="$INET_IP4" "$@"
+}
+
+start_mitmproxy() {
+  # both at once: each takes a second or two to start
+  start_mitm mitmdump "$PROXY_PORT" "$FLOW_LOG" --set refuse_ports="$REFUSED_PORT"
+  start_mitm mitmdump-auth "$AUTH_PROXY_PORT" "$AUTH_FLOW_LOG" \
+    --set proxyauth="$AUTH_USER:$AUTH_PASS"
   ln -sf "$WORK/mitmdump.out" "$MITM_LOG"
   wait_for 30 "mitmdump listening on $INET_IP4:$PROXY_PORT" port_listening "$NS_INET" "$PROXY_PORT" \
     || { tail -n 20 "$WORK/mitmdump.out" >&2; return 1; }
+  wait_for 30 "mitmdump (proxyauth) listening on $INET_IP4:$AUTH_PROXY_PORT" \
+    port_listening "$NS_INET" "$AUTH_PROXY_PORT" \
+    || { tail -n 20 "$WORK/mitmdump-auth.out" >&2; return 1; }
 }
 
 # Before any hook exists: pods reach the inet directly and mitmproxy tunnels.
@@ -422,6 +474,32 @@ node_selfcheck() {
     "http://$INET_IP4/selfcheck") || { die "CONNECT through mitmproxy failed: $out"; return 1; }
   [[ $out == *"client=$INET_IP4 "* ]] || { die "via mitmproxy: unexpected body: $out"; return 1; }
   grep -q "^CONNECT $INET_IP4:80 " "$FLOW_LOG" || { die "flowlog addon wrote no CONNECT line"; return 1; }
+  # Test names are pinned by the addon, anything else is refused, not resolved.
+  out=$(in_netns "$NS_NODE" curl -q -sS --max-time 10 -p -x "http://$INET_IP4:$PROXY_PORT" \
+    "http://origin.test/selfcheck-name") || { die "CONNECT origin.test through mitmproxy failed: $out"; return 1; }
+  [[ $out == *"client=$INET_IP4 "* ]] || { die "via mitmproxy by name: unexpected body: $out"; return 1; }
+  out=$(in_netns "$NS_NODE" curl -q -sS --max-time 10 -p -x "http://$INET_IP4:$PROXY_PORT" \
+    "http://no-such-name.invalid/selfcheck" 2>&1) && { die "a non-test name was not refused: $out"; return 1; }
+  grep -q "^NAME-REFUSED no-such-name.invalid:80 " "$FLOW_LOG" \
+    || { die "flowlog addon did not refuse a non-test name"; return 1; }
+  # The "https://" proxy: mitmproxy takes TLS from its client, with a
+  # certificate for its IP that our CA verifies.
+  out=$(in_netns "$NS_NODE" curl -q -sS --max-time 10 -p -x "https://$INET_IP4:$PROXY_PORT" \
+    --proxy-cacert "$CA_CERT" "http://$INET_IP4/selfcheck-tls-proxy") \
+    || { die "CONNECT through mitmproxy over TLS failed: $out"; return 1; }
+  [[ $out == *"client=$INET_IP4 "* ]] || { die "via mitmproxy over TLS: unexpected body: $out"; return 1; }
+  grep -q "^CONNECT $INET_IP4:80 .* proxy_tls=yes" "$FLOW_LOG" \
+    || { die "flowlog addon did not see the TLS-wrapped proxy connection"; return 1; }
+  # The proxyauth mitmdump: 407 without credentials, through with them.
+  out=$(in_netns "$NS_NODE" curl -q -s -o /dev/null -w '%{http_code}' --max-time 10 \
+    -x "http://$INET_IP4:$AUTH_PROXY_PORT" "http://$INET_IP4/selfcheck-noauth")
+  [[ $out == 407 ]] || { die "auth proxy without credentials: status $out, expected 407"; return 1; }
+  out=$(in_netns "$NS_NODE" curl -q -sS --max-time 10 -p \
+    -x "http://$AUTH_USER:$AUTH_PASS@$INET_IP4:$AUTH_PROXY_PORT" "http://$INET_IP4/selfcheck-auth") \
+    || { die "CONNECT through the auth proxy failed: $out"; return 1; }
+  [[ $out == *"client=$INET_IP4 "* ]] || { die "via the auth proxy: unexpected body: $out"; return 1; }
+  grep -q "^CONNECT $INET_IP4:80 .* user=$AUTH_USER" "$AUTH_FLOW_LOG" \
+    || { die "auth flow log has no authenticated CONNECT"; return 1; }
 }
 
 # node_up: the whole node minus the daemon. Call it as a plain command under
@@ -442,6 +520,8 @@ node_up() {
   make_origin_cert
   make_ca
   write_proxy_config "$PROXY_CONFIG"
+  write_policy_config "$POLICY_CONFIG"
+  make_other_ca
   start_origin
   start_mitmproxy
   node_selfcheck
@@ -480,19 +560,25 @@ daemon_run_args() { # daemon_run_args CONFIGFILE
   printf '%s\n' run --proxy-config "$1" --cgroup "$CG_ROOT" \
     --listen "$NODE_IP4:$LISTEN_PORT" --listen "[$NODE_IP6]:$LISTEN_PORT" \
     --bpffs "$PIN_DIR" --exempt-cgroup "$CG_ROOT/pods/pod-b"
+  if ((${#DAEMON_EXTRA[@]})); then printf '%s\n' "${DAEMON_EXTRA[@]}"; fi
 }
 
 start_daemon() { # start_daemon [CONFIGFILE]
   local args CMD_ARRAY
   mapfile -t args < <(daemon_run_args "${1:-$PROXY_CONFIG}")
   daemon_cmd "${args[@]}"
+  # Empty the log here, not only by the redirection below: that one runs in
+  # the forked child, and until it has, the loop below could find the
+  # previous instance's "ready".
+  : >"$DAEMON_LOG"
   # a plain command (not a function) in the background: $! is the daemon
   "${CMD_ARRAY[@]}" >"$DAEMON_LOG" 2>&1 9>&- &
   DAEMON_PID=$!
   BG_PIDS+=("$DAEMON_PID")
+  DAEMON_CONFIG="${1:-$PROXY_CONFIG} ${DAEMON_EXTRA[*]}"
   local deadline=$(( $(now_ms) + 30000 ))
   while (( $(now_ms) < deadline )); do
-    if grep -q ready "$DAEMON_LOG"; then
+    if grep -qw ready "$DAEMON_LOG"; then
       # the pid we will SIGKILL later must be the daemon itself
       grep -qx "$DAEMON_PID" "$CG_ROOT/system/redirector/cgroup.procs" \
         || { die "pid $DAEMON_PID is not the process in system/redirector"; return 1; }
@@ -514,6 +600,29 @@ stop_daemon() { # SIGTERM: the hooks stay pinned
   kill -TERM "$DAEMON_PID" 2>/dev/null
   wait "$DAEMON_PID" 2>/dev/null
   DAEMON_PID=""
+  DAEMON_CONFIG=""
+}
+
+# use_daemon CONFIGFILE [RUN-FLAGS...]: make sure the daemon runs with this
+# config and these extra `run` flags, restarting it (a takeover) only if
+# needed. The previous instance's log is kept as redirector.log.N.
+DAEMON_LOG_GEN=0
+use_daemon() {
+  local config=$1 rc=0; shift
+  DAEMON_EXTRA=("$@")
+  if [[ -n $DAEMON_PID && $DAEMON_CONFIG == "$config ${DAEMON_EXTRA[*]}" ]] \
+    && kill -0 "$DAEMON_PID" 2>/dev/null; then
+    DAEMON_EXTRA=()
+    return 0
+  fi
+  stop_daemon
+  if [[ -s $DAEMON_LOG ]]; then
+    DAEMON_LOG_GEN=$((DAEMON_LOG_GEN + 1))
+    cp "$DAEMON_LOG" "$DAEMON_LOG.$DAEMON_LOG_GEN"
+  fi
+  start_daemon "$config" || rc=$?
+  DAEMON_EXTRA=()
+  return "$rc"
 }
 
 redirector_status() {

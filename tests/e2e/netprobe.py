@@ -9,6 +9,11 @@
   netprobe.py connect HOST PORT
       Try a TCP connect. Prints "connected" or the errno name (e.g.
       ECONNREFUSED) and the elapsed milliseconds; exit 0 only if connected.
+  netprobe.py banner HOST PORT
+      Server speaks first: connect, send NOTHING, read one line. Prints
+      "banner ok elapsed_ms=N line=..." where N counts from connect() to the
+      line's end, then checks that the connection still echoes (exit 0), or
+      what went wrong (exit 1).
   netprobe.py raw-send HOST PORT DATA
       Connect, send DATA (Python escapes such as \\r\\n are decoded), read
       until the peer closes. Prints "closed bytes=0", "reset bytes=0",
@@ -100,6 +105,38 @@ def connect(args):
     return code
 
 
+def banner(args):
+    start = time.monotonic()
+    try:
+        sock = open_conn(args.host, args.port, family_of(args.host, args.family))
+        got = b""
+        while b"\n" not in got:
+            chunk = sock.recv(4096)
+            if not chunk:
+                print(f"banner failed: closed after {len(got)} bytes {got[:200]!r}")
+                return 1
+            got += chunk
+        elapsed = int((time.monotonic() - start) * 1000)
+        line = got.split(b"\n", 1)[0].rstrip(b"\r").decode(errors="replace")
+        sock.sendall(b"after-banner\n")
+        echo = b""
+        while b"after-banner\n" not in echo:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            echo += chunk
+        sock.close()
+    except OSError as exc:
+        print(f"banner failed: {errname(exc)} after "
+              f"{int((time.monotonic() - start) * 1000)} ms ({exc})")
+        return 1
+    if b"after-banner\n" not in echo:
+        print(f"banner ok but no echo afterwards: {echo[:200]!r}")
+        return 1
+    print(f"banner ok elapsed_ms={elapsed} line={line}")
+    return 0
+
+
 def raw_send(args):
     data = args.data.encode().decode("unicode_escape").encode("latin-1")
     try:
@@ -140,7 +177,8 @@ def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, fn in (("tcp-echo", tcp_echo), ("udp-echo", udp_echo),
-                     ("connect", connect), ("raw-send", raw_send)):
+                     ("connect", connect), ("banner", banner),
+                     ("raw-send", raw_send)):
         p = sub.add_parser(name)
         p.add_argument("host")
         p.add_argument("port", type=int)

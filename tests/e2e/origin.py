@@ -8,7 +8,14 @@ namespace, IPv4 and IPv6 alike:
   * HTTPS on 443 (certificate given on the command line),
   * plain HTTP on 80,
   * raw TCP echo on 7007,
-  * UDP echo on 7008.
+  * UDP echo on 7008,
+  * a server-speaks-first banner on 7010 ("220 origin banner client=IP\r\n"
+    on connect, then an echo), for clients that never send first.
+
+The plain HTTP server answers a connection that opens with a TLS record
+(e.g. a client that was told to speak TLS to an "https://" proxy that is
+really plain HTTP) with "400 Bad Request" at once, as a real HTTP server or
+proxy would, instead of waiting for a request line that never comes.
 
 HTTP(S) responses and UDP answers name the client's source address as the
 server saw it, so a test can tell "came via the proxy" (client = the proxy's
@@ -16,7 +23,7 @@ address) from "came directly" (client = the pod's address). Every request,
 connection and datagram is appended to the log file, one flushed line each.
 
 Usage: origin.py --log FILE --cert CERT --key KEY [--http 80] [--https 443]
-                 [--echo 7007] [--udp 7008]
+                 [--echo 7007] [--udp 7008] [--banner 7010]
 """
 
 import argparse
@@ -94,6 +101,32 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class PlainOriginHandler(OriginHandler):
+    """Plain HTTP; a TLS ClientHello gets a prompt 400 (see the module doc)."""
+
+    def handle(self):
+        try:
+            self.connection.settimeout(15)
+            first = self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return
+        if first == b"\x16":  # TLS handshake record
+            client = client_ip(self.client_address)
+            log(f"HTTP-GOT-TLS client={client}")
+            body = b"plain HTTP here; this is not a TLS server\n"
+            try:
+                self.connection.sendall(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                    b"Connection: close\r\nContent-Length: " + str(len(body)).encode()
+                    + b"\r\n\r\n" + body)
+            except OSError:
+                pass
+            self.close_connection = True
+            return
+        self.connection.settimeout(None)
+        super().handle()
+
+
 class TLSOriginHandler(OriginHandler):
     scheme = "https"
 
@@ -138,6 +171,27 @@ class EchoHandler(socketserver.BaseRequestHandler):
         log(f"ECHO client={client} closed bytes={total}")
 
 
+class BannerHandler(socketserver.BaseRequestHandler):
+    """Server speaks first: a banner line on connect, then an echo."""
+
+    def handle(self):
+        client = client_ip(self.client_address)
+        log(f"BANNER client={client} open")
+        self.request.settimeout(30)
+        total = 0
+        try:
+            self.request.sendall(f"220 origin banner client={client}\r\n".encode())
+            while True:
+                data = self.request.recv(65536)
+                if not data:
+                    break
+                total += len(data)
+                self.request.sendall(data)
+        except OSError:
+            pass
+        log(f"BANNER client={client} closed bytes={total}")
+
+
 class DualStackTCPServer(socketserver.ThreadingTCPServer):
     address_family = socket.AF_INET6
     allow_reuse_address = True
@@ -174,20 +228,23 @@ def main():
     ap.add_argument("--https", type=int, default=443)
     ap.add_argument("--echo", type=int, default=7007)
     ap.add_argument("--udp", type=int, default=7008)
+    ap.add_argument("--banner", type=int, default=7010)
     args = ap.parse_args()
     LOG_FILE = open(args.log, "a", buffering=1)
 
-    http_srv = DualStackHTTPServer(("::", args.http), OriginHandler)
+    http_srv = DualStackHTTPServer(("::", args.http), PlainOriginHandler)
     https_srv = TLSHTTPServer(("::", args.https), TLSOriginHandler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
     https_srv.ssl_context = ctx
     echo_srv = DualStackTCPServer(("::", args.echo), EchoHandler)
+    banner_srv = DualStackTCPServer(("::", args.banner), BannerHandler)
 
-    threads = [serve(http_srv), serve(https_srv), serve(echo_srv)]
+    threads = [serve(http_srv), serve(https_srv), serve(echo_srv), serve(banner_srv)]
     threads.append(threading.Thread(target=udp_echo, args=(args.udp,), daemon=True))
     threads[-1].start()
-    log(f"STARTED http={args.http} https={args.https} echo={args.echo} udp={args.udp}")
+    log(f"STARTED http={args.http} https={args.https} echo={args.echo} udp={args.udp} "
+        f"banner={args.banner}")
     print("origin ready", flush=True)
     for t in threads:
         t.join()

@@ -1,0 +1,351 @@
+//! Plain HTTP through `httpProxy`, as an env-var client sends it: each
+//! request in absolute form (`GET http://host/path HTTP/1.1`) on a
+//! keep-alive connection to the proxy, never `CONNECT` (many corporate
+//! proxies refuse `CONNECT` to port 80).
+//!
+//! The client side is a hyper server on the redirected connection, the
+//! proxy side a hyper client connection opened on the first request and
+//! reopened if the proxy closes it between requests. The proxy's answers,
+//! a 407 included, go back to the client as they are; when the proxy
+//! cannot be reached the client gets a 502 naming why.
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{body::Incoming, client::conn::http1::SendRequest, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, sync::Mutex};
+
+use crate::{
+    config::ProxyUrl,
+    dial::{DialError, Dialer, proxy_authorization},
+};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What one forwarded client connection did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Requests answered by the proxy (any status).
+    pub requests: u64,
+    /// Of those, 407 answers (wrong or missing proxy credentials).
+    pub auth_failures: u64,
+}
+
+/// Serves the client's requests until it closes the connection.
+pub async fn serve(
+    client: TcpStream,
+    proxy: ProxyUrl,
+    dst: SocketAddr,
+    dialer: Dialer,
+) -> Result<Served, hyper::Error> {
+    let forwarder = Arc::new(Forwarder {
+        proxy,
+        dst,
+        dialer,
+        upstream: Mutex::new(None),
+        served: std::sync::Mutex::new(Served::default()),
+    });
+    let service = {
+        let forwarder = forwarder.clone();
+        service_fn(move |req| {
+            let forwarder = forwarder.clone();
+            async move { Ok::<_, std::convert::Infallible>(forwarder.forward(req).await) }
+        })
+    };
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(client), service)
+        .await?;
+    let served = *forwarder.served.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(served)
+}
+
+struct Forwarder {
+    proxy: ProxyUrl,
+    /// The original destination: names the origin when a request has no Host.
+    dst: SocketAddr,
+    dialer: Dialer,
+    /// The proxy connection, shared by the client's successive requests.
+    upstream: Mutex<Option<SendRequest<Incoming>>>,
+    served: std::sync::Mutex<Served>,
+}
+
+impl Forwarder {
+    async fn forward(&self, mut req: Request<Incoming>) -> Response<Body> {
+        match absolute_uri(&req, self.dst) {
+            Some(uri) => *req.uri_mut() = uri,
+            None => return error_response(StatusCode::BAD_REQUEST, "cannot form an absolute URL"),
+        }
+        if let Some(value) = proxy_authorization(&self.proxy) {
+            req.headers_mut().insert(header::PROXY_AUTHORIZATION, value);
+        }
+        let mut upstream = self.upstream.lock().await;
+        let sender = match upstream.as_mut() {
+            Some(s) if s.is_ready() => s,
+            _ => match self.connect().await {
+                Ok(s) => upstream.insert(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "plain HTTP: proxy connection failed");
+                    return error_response(StatusCode::BAD_GATEWAY, &e.to_string());
+                }
+            },
+        };
+        match sender.send_request(req).await {
+            Ok(response) => {
+                let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+                served.requests += 1;
+                if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+                    served.auth_failures += 1;
+                    tracing::warn!(
+                        proxy = %self.proxy,
+                        "proxy answered 407 Proxy Authentication Required (auth failed: \
+                         check the credentials in the proxy URL); passed to the client"
+                    );
+                }
+                response.map(BodyExt::boxed)
+            }
+            Err(e) => {
+                *upstream = None;
+                tracing::warn!(proxy = %self.proxy, error = %e, "plain HTTP: request to the proxy failed");
+                error_response(StatusCode::BAD_GATEWAY, "the proxy connection failed")
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Incoming>, DialError> {
+        let io = self.dialer.proxy_connection(&self.proxy).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| DialError::Protocol {
+                proxy: self.proxy.clone(),
+                authority: self.dst.to_string(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "proxy connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// `http://host[:port]/path?query` for a request: the Host header names
+/// the origin (an absolute-form target is kept as it is); without either,
+/// the original destination does.
+fn absolute_uri<B>(req: &Request<B>, dst: SocketAddr) -> Option<Uri> {
+    if req.uri().scheme().is_some() && req.uri().authority().is_some() {
+        return Some(req.uri().clone());
+    }
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h: &HeaderValue| h.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| match dst.port() {
+            80 => match dst {
+                SocketAddr::V4(a) => a.ip().to_string(),
+                SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            },
+            _ => dst.to_string(),
+        });
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .ok()
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let body = Full::new(Bytes::from(format!("egress-redirector: {message}\n")))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    #[test]
+    fn absolute_uri_forms() {
+        let dst: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        let req = |uri: &str, host: Option<&str>| {
+            let mut b = Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap()
+        };
+        let cases = [
+            (
+                req("/a?b=1", Some("example.com")),
+                "http://example.com/a?b=1",
+            ),
+            (
+                req("/", Some("example.com:8080")),
+                "http://example.com:8080/",
+            ),
+            (req("/x", None), "http://10.0.0.1:8080/x"),
+            (
+                req("http://other.example/y", Some("example.com")),
+                "http://other.example/y",
+            ),
+        ];
+        for (r, want) in cases {
+            assert_eq!(absolute_uri(&r, dst).unwrap().to_string(), want);
+        }
+        let v6: SocketAddr = "[fd00::1]:80".parse().unwrap();
+        assert_eq!(
+            absolute_uri(&req("/", None), v6).unwrap().to_string(),
+            "http://[fd00::1]/"
+        );
+    }
+
+    /// A fake HTTP proxy that records request heads and answers each with
+    /// `status`, keeping the connection alive.
+    async fn fake_http_proxy(status: u16) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            loop {
+                let mut chunk = [0u8; 1024];
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head: Vec<u8> = buf.drain(..end + 4).collect();
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+                    s.write_all(reply.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        (addr, heads)
+    }
+
+    fn dialer() -> Dialer {
+        Dialer {
+            socket_mark: 0,
+            timeout: Duration::from_secs(2),
+            tls: crate::dial::proxy_tls_config(&[]).unwrap(),
+        }
+    }
+
+    /// Runs `serve` on one accepted connection and returns the client end.
+    async fn serve_one(proxy: ProxyUrl) -> (TcpStream, tokio::task::JoinHandle<Served>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            serve(s, proxy, "10.0.0.1:80".parse().unwrap(), dialer())
+                .await
+                .unwrap()
+        });
+        (TcpStream::connect(addr).await.unwrap(), task)
+    }
+
+    #[tokio::test]
+    async fn keep_alive_requests_go_in_absolute_form_with_credentials() {
+        let (proxy_addr, heads) = fake_http_proxy(200).await;
+        let proxy = ProxyUrl::parse(&format!("http://u:p@{proxy_addr}")).unwrap();
+        let (mut client, task) = serve_one(proxy).await;
+        client
+            .write_all(b"GET /one HTTP/1.1\r\nHost: plain.example\r\n\r\nGET /two HTTP/1.1\r\nHost: plain.example\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(
+            heads.len(),
+            2,
+            "one proxy connection, two requests: {heads:?}"
+        );
+        assert!(
+            heads[0].starts_with("GET http://plain.example/one HTTP/1.1\r\n"),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[1].starts_with("GET http://plain.example/two HTTP/1.1\r\n"),
+            "{}",
+            heads[1]
+        );
+        assert!(
+            heads[0]
+                .to_ascii_lowercase()
+                .contains("proxy-authorization: basic dtpw"),
+            "{}",
+            heads[0]
+        );
+        assert_eq!(
+            task.await.unwrap(),
+            Served {
+                requests: 2,
+                auth_failures: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_407_goes_back_to_the_client() {
+        let (proxy_addr, _) = fake_http_proxy(407).await;
+        let (mut client, task) =
+            serve_one(ProxyUrl::parse(&format!("http://{proxy_addr}")).unwrap()).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
+        assert_eq!(task.await.unwrap().auth_failures, 1);
+    }
+
+    #[tokio::test]
+    async fn unreachable_proxy_gives_502() {
+        let dead = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (mut client, _task) =
+            serve_one(ProxyUrl::parse(&format!("http://{dead}")).unwrap()).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+        assert!(answer.contains("unreachable"), "{answer}");
+    }
+}
