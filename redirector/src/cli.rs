@@ -26,7 +26,7 @@ pub enum Command {
     /// Remove the hooks and pinned maps of an instance.
     Detach(PinArgs),
     /// Show attached hooks, exempt cgroups and kernel counters.
-    Status(PinArgs),
+    Status(StatusArgs),
     /// Generate a MITM CA for the upstream proxy (mitmproxy's confdir file
     /// set) and print it as base64 for `trustedCA`.
     GenCa(GenCaArgs),
@@ -116,6 +116,15 @@ pub struct PinArgs {
     /// Directory on a bpffs where links and maps are pinned.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// Exit non-zero unless all hooks are attached (for probes and scripts).
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]

@@ -35,6 +35,8 @@ static EBPF_OBJECT: &[u8] =
 /// The programs, by their names in the kernel crate.
 const CONNECT_PROGRAMS: [&str; 2] = ["connect4", "connect6"];
 const SOCK_OPS_PROGRAM: &str = "rekey_client";
+/// Every program whose link an attached instance pins.
+pub const PROGRAMS: [&str; 3] = ["connect4", "connect6", "rekey_client"];
 
 /// Pinned paths of one redirector instance.
 #[derive(Debug, Clone)]
@@ -58,11 +60,13 @@ impl PinDir {
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps().join(name)
     }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
     /// Names of the programs whose links are pinned here.
     pub fn pinned_links(&self) -> Vec<String> {
-        CONNECT_PROGRAMS
+        PROGRAMS
             .iter()
-            .chain([&SOCK_OPS_PROGRAM])
             .filter(|p| self.link(p).exists())
             .map(|p| p.to_string())
             .collect()
@@ -189,6 +193,18 @@ impl LoadedHooks {
     /// Starts forwarding the programs' log records to `tracing`.
     pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
+    /// The exempt-cgroup map, for exemptions that change at run time.
+    #[allow(dead_code)] // until the Kubernetes watcher uses it
+    pub fn take_exempt_cgroups(&mut self) -> Result<KernelExemptCgroups> {
+        let map = self
+            .ebpf
+            .take_map(maps::EXEMPT_CGROUPS)
+            .context("the eBPF object has no EXEMPT_CGROUPS map")?;
+        Ok(KernelExemptCgroups {
+            map: std::sync::Mutex::new(HashMap::try_from(map)?),
+        })
     }
 
     /// The map the daemon reads original destinations from.
@@ -342,6 +358,41 @@ pub fn read_counters(pins: &PinDir) -> Result<Vec<(Counter, u64)>> {
         out.push((counter, per_cpu.iter().sum()));
     }
     Ok(out)
+}
+
+/// Cgroups whose processes are not redirected, changed at run time (the
+/// Kubernetes watcher). A process's next connect sees the change.
+#[allow(dead_code)] // until the Kubernetes watcher uses it
+pub trait ExemptCgroups: Send + Sync + 'static {
+    /// Exempts (or stops exempting) the cgroup with this id (its inode).
+    fn set(&self, cgroup_id: u64, exempt: bool) -> Result<()>;
+}
+
+/// [`ExemptCgroups`] backed by the kernel's `EXEMPT_CGROUPS` map.
+#[allow(dead_code)] // until the Kubernetes watcher uses it
+pub struct KernelExemptCgroups {
+    map: std::sync::Mutex<HashMap<MapData, u64, u8>>,
+}
+
+impl ExemptCgroups for KernelExemptCgroups {
+    fn set(&self, cgroup_id: u64, exempt: bool) -> Result<()> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if exempt {
+            map.insert(cgroup_id, 1, 0)
+                .with_context(|| format!("exempting cgroup id {cgroup_id}"))?;
+        } else {
+            match map.remove(&cgroup_id) {
+                Ok(()) => {}
+                // Not there: nothing to undo.
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("un-exempting cgroup id {cgroup_id}"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The exempt cgroup ids, read from the pinned map.

@@ -65,7 +65,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Status(args) => status::print(&hook::PinDir::new(&args.bpffs)),
+        Command::Status(args) => status::print(&hook::PinDir::new(&args.pins.bpffs), args.check),
         Command::Explain(args) => explain::run(&args),
         Command::GenCa(args) => {
             let ca = ca::GeneratedCa::generate()?;

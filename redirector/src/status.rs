@@ -1,10 +1,11 @@
 //! `redirector status`: what is attached, read from the pins, so it works
 //! whether or not the daemon runs.
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::hook::{self, PinDir};
 
-pub fn print(pins: &PinDir) -> Result<()> {
+/// Prints the status; with `check`, fails unless every hook is attached.
+pub fn print(pins: &PinDir, check: bool) -> Result<()> {
     let links = pins.pinned_links();
     println!(
         "attached: {}",
@@ -14,6 +15,9 @@ pub fn print(pins: &PinDir) -> Result<()> {
             links.join(", ")
         }
     );
+    if check && links.len() != hook::PROGRAMS.len() {
+        bail!("not all hooks are attached under {}", pins.root().display());
+    }
     if links.is_empty() {
         return Ok(());
     }
