@@ -14,6 +14,18 @@
       "banner ok elapsed_ms=N line=..." where N counts from connect() to the
       line's end, then checks that the connection still echoes (exit 0), or
       what went wrong (exit 1).
+  netprobe.py send-split HOST PORT --pause MS PART...
+      Send the PARTs (Python escapes decoded) with a pause between them, as
+      separate TCP segments, then read until the peer closes (at most 5 s).
+      Prints "reply first-line=..." (exit 0 if any reply came) or
+      "no reply ..." (exit 1).
+  netprobe.py tls-hello HOST PORT --sni NAME [--pad N] [--split-at K] [--pause MS]
+      Send a syntactically valid TLS ClientHello naming NAME (SNI; Python
+      escapes such as \\r\\n are decoded), padded by N bytes (a large
+      hello, like a post-quantum key share), in two writes split at byte K
+      with a pause between. Waits up to 2 s for the first bytes of an answer
+      (or the close). Only the first bytes matter (what a proxy or a peeking
+      daemon makes of them): prints "hello sent bytes=N" (exit 0).
   netprobe.py raw-send HOST PORT DATA
       Connect, send DATA (Python escapes such as \\r\\n are decoded), read
       until the peer closes. Prints "closed bytes=0", "reset bytes=0",
@@ -137,6 +149,89 @@ def banner(args):
     return 0
 
 
+def _decode(text):
+    return text.encode().decode("unicode_escape").encode("latin-1")
+
+
+def send_parts(sock, parts, pause_ms):
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i, part in enumerate(parts):
+        if i:
+            time.sleep(pause_ms / 1000)
+        sock.sendall(part)
+
+
+def read_reply(sock, secs, first_only=False):
+    got = b""
+    deadline = time.monotonic() + secs
+    try:
+        while time.monotonic() < deadline and not (first_only and got):
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except (socket.timeout, OSError):
+        pass
+    return got
+
+
+def send_split(args):
+    try:
+        sock = open_conn(args.host, args.port, family_of(args.host, args.family))
+        send_parts(sock, [_decode(p) for p in args.parts], args.pause)
+        got = read_reply(sock, TIMEOUT)
+        sock.close()
+    except OSError as exc:
+        print(f"no reply: {errname(exc)} ({exc})")
+        return 1
+    if not got:
+        print("no reply: closed or timed out without a byte")
+        return 1
+    first = got.split(b"\r\n", 1)[0].decode(errors="replace")
+    print(f"reply first-line={first} bytes={len(got)}")
+    return 0
+
+
+def client_hello(sni, pad):
+    """A TLS 1.2/1.3 ClientHello with SNI and a padding extension (RFC 7685)."""
+    def u16(n):
+        return n.to_bytes(2, "big")
+
+    def ext(kind, body):
+        return u16(kind) + u16(len(body)) + body
+
+    name = sni if isinstance(sni, bytes) else sni.encode()
+    server_name = ext(0, u16(len(name) + 3) + b"\x00" + u16(len(name)) + name)
+    groups = ext(10, u16(4) + u16(0x001D) + u16(0x0017))            # x25519, P-256
+    sig_algs = ext(13, u16(6) + u16(0x0403) + u16(0x0804) + u16(0x0401))
+    versions = ext(43, b"\x04" + u16(0x0304) + u16(0x0303))
+    key_share = ext(51, u16(36) + u16(0x001D) + u16(32) + os.urandom(32))
+    padding = ext(21, b"\x00" * pad) if pad else b""
+    extensions = server_name + groups + sig_algs + versions + key_share + padding
+    suites = u16(0x1301) + u16(0x1302) + u16(0xC02B) + u16(0xC02F)
+    session_id = os.urandom(32)
+    body = (u16(0x0303) + os.urandom(32) + bytes([len(session_id)]) + session_id
+            + u16(len(suites)) + suites + b"\x01\x00" + u16(len(extensions)) + extensions)
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + u16(len(handshake)) + handshake
+
+
+def tls_hello(args):
+    hello = client_hello(_decode(args.sni), args.pad)
+    k = args.split_at if 0 < args.split_at < len(hello) else len(hello)
+    try:
+        sock = open_conn(args.host, args.port, family_of(args.host, args.family))
+        send_parts(sock, [hello[:k], hello[k:]] if k < len(hello) else [hello], args.pause)
+        read_reply(sock, 2.0, first_only=True)
+        sock.close()
+    except OSError as exc:
+        print(f"hello failed: {errname(exc)} ({exc})")
+        return 1
+    print(f"hello sent bytes={len(hello)} split_at={k}")
+    return 0
+
+
 def raw_send(args):
     data = args.data.encode().decode("unicode_escape").encode("latin-1")
     try:
@@ -178,6 +273,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, fn in (("tcp-echo", tcp_echo), ("udp-echo", udp_echo),
                      ("connect", connect), ("banner", banner),
+                     ("send-split", send_split), ("tls-hello", tls_hello),
                      ("raw-send", raw_send)):
         p = sub.add_parser(name)
         p.add_argument("host")
@@ -187,6 +283,14 @@ def main():
             p.add_argument("--bytes", type=int, default=4096)
         if name == "raw-send":
             p.add_argument("data")
+        if name in ("send-split", "tls-hello"):
+            p.add_argument("--pause", type=int, default=200, help="milliseconds")
+        if name == "send-split":
+            p.add_argument("parts", nargs="+")
+        if name == "tls-hello":
+            p.add_argument("--sni", required=True)
+            p.add_argument("--pad", type=int, default=0)
+            p.add_argument("--split-at", type=int, default=0)
         p.set_defaults(fn=fn)
     args = ap.parse_args()
     return args.fn(args)

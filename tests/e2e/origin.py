@@ -17,6 +17,9 @@ The plain HTTP server answers a connection that opens with a TLS record
 really plain HTTP) with "400 Bad Request" at once, as a real HTTP server or
 proxy would, instead of waiting for a request line that never comes.
 
+GET /bytes/N and /chunked/N on HTTP(S) answer N bytes (0..255 repeated),
+with a Content-Length or chunked, for bulk transfers.
+
 HTTP(S) responses and UDP answers name the client's source address as the
 server saw it, so a test can tell "came via the proxy" (client = the proxy's
 address) from "came directly" (client = the pod's address). Every request,
@@ -75,8 +78,11 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
     def _answer(self, with_body):
         client = client_ip(self.client_address)
         host = self.headers.get("Host", "-")
+        extra = f" bytes={self.body_bytes}" if self.command == "POST" else ""
         log(f"{self.scheme.upper()} client={client} method={self.command} "
-            f"host={host} path={self.path}")
+            f"host={host} path={self.path}{extra}")
+        if self.path.startswith(("/bytes/", "/chunked/")):
+            return self._bulk(with_body)
         body = f"origin ok client={client} path={self.path}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -84,6 +90,36 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if with_body:
             self.wfile.write(body)
+
+    def _bulk(self, with_body):
+        """/bytes/N: N bytes with a Content-Length; /chunked/N: N bytes in
+        64 KiB chunks (Transfer-Encoding: chunked). The bytes repeat
+        0..255, so a client can check them."""
+        chunked = self.path.startswith("/chunked/")
+        try:
+            n = int(self.path.rsplit("/", 1)[1])
+        except ValueError:
+            n = 0
+        block = bytes(range(256)) * 256  # 64 KiB
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(n))
+        self.end_headers()
+        if not with_body:
+            return
+        left = n
+        while left > 0:
+            part = block[:min(left, len(block))]
+            if chunked:
+                self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
+            else:
+                self.wfile.write(part)
+            left -= len(part)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
     def do_GET(self):
         self._answer(True)
@@ -93,8 +129,8 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length", "0") or "0")
-        if length:
-            self.rfile.read(length)
+        got = len(self.rfile.read(length)) if length else 0
+        self.body_bytes = got
         self._answer(True)
 
     def log_message(self, fmt, *args):  # keep stderr quiet; we log ourselves

@@ -386,13 +386,18 @@ t_upstream_unreachable() {
 explain() {
   in_netns "$NS_NODE" timeout 10 "$REDIRECTOR_BIN" explain "$@" 2>&1
 }
+unmask() { # unmask URL: without a masked userinfo (scheme://***@) and a trailing /
+  local u=${1%/}
+  [[ $u =~ ^([a-z]+://)\*+@(.*)$ ]] && u=${BASH_REMATCH[1]}${BASH_REMATCH[2]}
+  printf '%s' "$u"
+}
 field() { # field TEXT KEY: the value of the first "KEY: value" line
   sed -n "s/^$2: //p" <<<"$1" | head -n 1
 }
 # expect_explain DECISION RULE-ERE PROXY ARGS...: `explain ARGS...` exits 0
 # and prints that decision, a rule matching ^(RULE-ERE)$ and, if PROXY is
-# not "-", that proxy URL (a trailing slash does not matter); with "-" no
-# proxy line at all.
+# not "-", that proxy URL (a trailing slash does not matter, nor masked
+# credentials such as http://***@host:port); with "-" no proxy line at all.
 expect_explain() {
   local decision=$1 rule=$2 proxy=$3 out rc got what; shift 3
   what="explain ${*:3}"  # without --proxy-config FILE
@@ -407,7 +412,7 @@ expect_explain() {
   if [[ $proxy == - ]]; then
     [[ -z $got ]] || why "$what: a proxy line for decision $decision:" "$out" || return 1
   else
-    [[ ${got%/} == "${proxy%/}" ]] || why "$what: proxy '$got', expected '$proxy':" "$out" || return 1
+    [[ $(unmask "$got") == "${proxy%/}" ]] || why "$what: proxy '$got', expected '$proxy':" "$out" || return 1
   fi
   info "  $what: $(grep -E '^(decision|proxy|rule):' <<<"$out" | tr '\n' ' ')"
 }
@@ -436,7 +441,7 @@ t_explain() {
   expect_explain proxy httpsProxy "$P" "${c[@]}" --no-bypass-loopback 127.0.0.1:80 || return 1
   expect_explain kernel-bypass '.*([Ll]ink-?local|169\.254\.0\.0/16).*' - "${c[@]}" 169.254.169.254:80 || return 1
   expect_explain proxy httpsProxy "$P" "${c[@]}" --no-bypass-link-local 169.254.169.254:80 || return 1
-  expect_explain kernel-bypass '10\.96\.0\.0/12' - "${c[@]}" --cluster-cidr 10.96.0.0/12 10.96.0.10:443 || return 1
+  expect_explain kernel-bypass '(--cluster-cidr )?10\.96\.0\.0/12' - "${c[@]}" --cluster-cidr 10.96.0.0/12 10.96.0.10:443 || return 1
   expect_explain proxy httpsProxy "$P" "${c[@]}" --cluster-cidr 10.96.0.0/12 10.112.0.10:443 || return 1
   # credentials stay out of the output
   out=$(explain "${c[@]}" https://origin.test/)
@@ -446,12 +451,13 @@ t_explain() {
   out=$(explain "${c[@]}" --json https://origin.test/) || why "explain --json: exit $?:" "$out" || return 1
   expect_not_contains "$out" "$AUTH_PASS" "explain --json output (password)" || return 1
   "$PYTHON" -c '
-import json, sys
+import json, re, sys
 d = json.loads(sys.argv[1])
 assert isinstance(d, dict), "not an object"
 assert d.get("decision") == "proxy", "decision %r" % d.get("decision")
 assert d.get("rule") == "httpsProxy", "rule %r" % d.get("rule")
-assert str(d.get("proxy", "")).rstrip("/") == sys.argv[2], "proxy %r" % d.get("proxy")
+proxy = re.sub(r"^([a-z]+://)[*]+@", r"\1", str(d.get("proxy", ""))).rstrip("/")
+assert proxy == sys.argv[2], "proxy %r" % d.get("proxy")
 ' "$out" "$P" 2>&1 || why "explain --json https://origin.test/:" "$out" || return 1
   out=$(explain "${c[@]}" --json https://direct.test/) || why "explain --json: exit $?:" "$out" || return 1
   "$PYTHON" -c '
@@ -461,9 +467,14 @@ assert d.get("decision") == "direct", "decision %r" % d.get("decision")
 assert d.get("rule") == "direct.test", "rule %r" % d.get("rule")
 assert d.get("proxy") in (None, ""), "proxy %r for a direct decision" % d.get("proxy")
 ' "$out" 2>&1 || why "explain --json https://direct.test/:" "$out" || return 1
-  # noProxy as one comma-separated string, as in a NO_PROXY variable
-  write_config "$str" "$P/" "$P/" '"direct.test,10.249.3.0/24"'
+  # noProxy as one comma-separated string, as in a NO_PROXY variable (with
+  # Go's spellings: *.domain = subdomains only, names match in any case)
+  write_config "$str" "$P/" "$P/" '"direct.test, 10.249.3.0/24,*.wild.test,.Upper.TEST"'
   expect_explain direct 'direct\.test' - --proxy-config "$str" https://direct.test/ || return 1
+  expect_explain direct '\*\.wild\.test' - --proxy-config "$str" https://a.wild.test/ || return 1
+  expect_explain proxy httpsProxy "$P" --proxy-config "$str" https://wild.test/ || return 1
+  expect_explain direct '\.Upper\.TEST' - --proxy-config "$str" https://x.upper.test/ || return 1
+  expect_explain direct 'direct\.test' - --proxy-config "$str" https://SUB.Direct.Test/ || return 1
   expect_explain kernel-bypass '10\.249\.3\.0/24' - --proxy-config "$str" "$NOPROXY_IP4:80" || return 1
   expect_explain proxy httpsProxy "$P" --proxy-config "$str" https://origin.test/ || return 1
   # an invalid entry: non-zero exit, naming the entry
@@ -490,6 +501,12 @@ t_connect_hostname() {
   expect_count "$new" "^CONNECT $INET_IP4:443 " 0 "flow log: CONNECT by IP" || return 1
   expect_match "$new" "^REQUEST GET https://origin\.test/x " "flow log: the request" || return 1
   expect_count "$new" "^NAME-REFUSED " 0 "flow log: names mitmproxy refused" || return 1
+  # the same over IPv6 (connect6, v6 listener)
+  m=$(flow_count)
+  out=$(pod_curl pod-a --cacert "$CA_CERT" --resolve "origin.test:443:[$INET_IP6]" \
+    https://origin.test/x6 2>&1) || why "curl (IPv6) failed:" "$out" || return 1
+  expect_contains "$out" "origin ok client=$INET_IP4 path=/x6" "body (client = the proxy)" || return 1
+  expect_count "$(flow_since "$m")" "^CONNECT origin\.test:443 " 1 "flow log: CONNECT by the SNI name (IPv6)" || return 1
   # no SNI at all: the IP it is
   m=$(flow_count)
   out=$(in_pod pod-a timeout 10 openssl s_client -connect "$INET_IP4:443" -noservername \
@@ -573,9 +590,103 @@ t_http_absolute() {
   expect_count "$new" "^REQUEST GET http://plain\.test/ka[12] .*form=absolute" 2 "flow log: both keep-alive requests" || return 1
   expect_count "$new" "^REQUEST POST http://plain\.test/post .*form=absolute" 1 "flow log: the POST" || return 1
   expect_count "$new" "^CONNECT " 0 "flow log: CONNECT for plain HTTP" || return 1
+  # each request's own Host makes its URL, also when the second request on
+  # a connection names another host
+  m=$(flow_count)
+  out=$(probe pod-a send-split "$INET_IP4" 80 --pause 100 'GET /first HTTP/1.1\r\nHost: plain.test\r\n\r\n' \
+    'GET /second HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n' 2>&1) \
+    || why "two hosts on one connection: $out" || return 1
+  new=$(flow_since "$m")
+  expect_count "$new" "^REQUEST GET http://plain\.test/first .*form=absolute" 1 "flow log: first request" || return 1
+  expect_count "$new" "^REQUEST GET http://other\.test/second .*form=absolute" 1 \
+    "flow log: second request, with its own Host" || return 1
+  # a 2 MiB body (curl sends Expect: 100-continue for it)
+  head -c 2097152 /dev/zero >"$WORK/post-2m.bin"
+  local t0 ms
+  t0=$(now_ms)
+  out=$(pod_curl pod-a --resolve "plain.test:80:$INET_IP4" --data-binary "@$WORK/post-2m.bin" \
+    http://plain.test/post-2m 2>&1) || why "curl POST 2 MiB failed:" "$out" || return 1
+  ms=$(( $(now_ms) - t0 ))
+  info "  POST 2 MiB: ${ms} ms"
+  expect_contains "$out" "origin ok client=$INET_IP4 path=/post-2m" "POST 2 MiB body" || return 1
 }
 
-# 20. A client that sends nothing first (server speaks first, like SMTP):
+# expect_bulk WHAT N CURL-ARGS...: a pod downloads N bytes of 0..255 repeated
+# (origin.py /bytes/N or /chunked/N) and gets exactly them.
+expect_bulk() {
+  local what=$1 n=$2 out t0 ms; shift 2
+  rm -f "$WORK/bulk.bin"
+  t0=$(now_ms)
+  out=$(pod_curl pod-a -o "$WORK/bulk.bin" "$@" 2>&1) || why "$what: curl failed:" "$out" || return 1
+  ms=$(( $(now_ms) - t0 ))
+  out=$("$PYTHON" -c '
+import sys
+n = int(sys.argv[2])
+data = open(sys.argv[1], "rb").read()
+want = (bytes(range(256)) * (n // 256 + 1))[:n]
+print("ok" if data == want else "got %d bytes, expected %d%s" % (
+    len(data), n, "" if len(data) != n else " (content differs)"))
+' "$WORK/bulk.bin" "$n" 2>&1)
+  [[ $out == ok ]] || why "$what: $out" || return 1
+  info "  $what: $n bytes in ${ms} ms"
+}
+
+# 20. Bulk transfers in both paths: 8 MiB with a Content-Length and chunked
+#     through the absolute-form path, 8 MiB through a CONNECT tunnel, and an
+#     8 MiB upload in absolute form; every byte arrives.
+t_bulk() {
+  local n=8388608 out
+  use_daemon "$POLICY_CONFIG" || why "daemon with $POLICY_CONFIG did not start:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
+  expect_bulk "absolute form, Content-Length" "$n" --resolve "plain.test:80:$INET_IP4" \
+    "http://plain.test/bytes/$n" || return 1
+  expect_bulk "absolute form, chunked" "$n" --resolve "plain.test:80:$INET_IP4" \
+    "http://plain.test/chunked/$n" || return 1
+  expect_bulk "CONNECT tunnel" "$n" --cacert "$CA_CERT" --resolve "origin.test:443:$INET_IP4" \
+    "https://origin.test/bytes/$n" || return 1
+  head -c "$n" /dev/urandom >"$WORK/upload.bin"
+  out=$(pod_curl pod-a --resolve "plain.test:80:$INET_IP4" --data-binary "@$WORK/upload.bin" \
+    http://plain.test/upload-8m 2>&1) || why "8 MiB upload failed:" "$out" || return 1
+  expect_contains "$out" "origin ok client=$INET_IP4 path=/upload-8m" "8 MiB upload answered" || return 1
+  expect_match "$(tail -n 5 "$ORIGIN_LOG")" "path=/upload-8m bytes=$n\$" "origin read all 8 MiB" || return 1
+}
+
+# 21. First bytes that arrive in pieces: a large ClientHello (2 KiB of
+#     padding, like a post-quantum key share) split before the SNI, and an
+#     HTTP request whose Host line comes 200 ms after the request line. The
+#     daemon peeks until it can decide (within --peek-timeout), so the name
+#     is still found. A request line cut off for longer than the timeout is
+#     routed by IP, and the bytes already peeked are not lost. An SNI with
+#     CR LF in it must not become a header of the CONNECT: it is ignored
+#     (routed by IP).
+t_split_first_bytes() {
+  local m out new
+  use_daemon "$POLICY_CONFIG" || why "daemon with $POLICY_CONFIG did not start:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
+  m=$(flow_count)
+  out=$(probe pod-a tls-hello "$INET_IP4" 443 --sni split.test --pad 2000 --split-at 60 --pause 200 2>&1) \
+    || why "$out" || return 1
+  info "  $out"
+  out=$(probe pod-a send-split "$INET_IP4" 80 --pause 200 'GET /split-http HTTP/1.1\r\n' \
+    'Host: split.test\r\nConnection: close\r\n\r\n' 2>&1) || why "split HTTP request: $out" || return 1
+  expect_contains "$out" "reply first-line=HTTP/1.1 200" "split HTTP request answered" || return 1
+  new=$(flow_since "$m")
+  expect_count "$new" "^CONNECT split\.test:443 " 1 "flow log: CONNECT by the SNI of the split hello" || return 1
+  expect_count "$new" "^REQUEST GET http://split\.test/split-http .*form=absolute" 1 \
+    "flow log: the split HTTP request, by its Host" || return 1
+  expect_count "$new" "^CONNECT $INET_IP4:" 0 "flow log: CONNECT by IP (the name was missed)" || return 1
+  # stalled past --peek-timeout (0.5 s) in the middle of the request line
+  out=$(probe pod-a send-split "$INET_IP4" 80 --pause 800 'GET /stalled HTT' \
+    'P/1.1\r\nHost: stalled.test\r\nConnection: close\r\n\r\n' 2>&1) || why "stalled request: $out" || return 1
+  expect_contains "$out" "reply first-line=HTTP/1.1 200" "stalled request answered (no bytes lost)" || return 1
+  # an SNI that would inject a header line
+  m=$(flow_count)
+  out=$(probe pod-a tls-hello "$INET_IP4" 443 --sni 'evil.test\r\nX-Injected: 1' --pause 0 2>&1) \
+    || why "$out" || return 1
+  new=$(flow_since "$m")
+  expect_count "$new" "^CONNECT $INET_IP4:443 " 1 "flow log: the CR LF SNI ignored, CONNECT by IP" || return 1
+  expect_not_contains "$new" "evil" "flow log" || return 1
+}
+
+# 22. A client that sends nothing first (server speaks first, like SMTP):
 #     after --peek-timeout the connection is tunnelled by IP and the banner
 #     arrives.
 t_silent_client() {
@@ -605,7 +716,7 @@ no_secrets() {
   done
 }
 
-# 21. Basic auth to the proxy (user:pass@ in the URL): HTTPS and plain HTTP
+# 23. Basic auth to the proxy (user:pass@ in the URL): HTTPS and plain HTTP
 #     (every request of a keep-alive connection) get through; with a wrong
 #     password the tunnel is reset at once, plain HTTP gets the proxy's 407,
 #     the daemon logs an auth failure, and no password is ever logged.
@@ -642,7 +753,7 @@ t_proxy_auth() {
   no_secrets "wrong credentials" || return 1
 }
 
-# 22. TLS to the proxy (https:// proxy URL, verified against trustedCA): both
+# 24. TLS to the proxy (https:// proxy URL, verified against trustedCA): both
 #     classes work through mitmproxy over TLS; a proxy certificate from a CA
 #     we do not trust fails; a plain-HTTP server given as https:// fails
 #     promptly and the daemon says it speaks plain HTTP.
@@ -671,6 +782,8 @@ t_proxy_tls() {
   expect_prompt_failure "TLS proxy with an untrusted certificate" -k --resolve "origin.test:443:$INET_IP4" \
     https://origin.test/tls-untrusted || return 1
   expect_count "$(flow_since "$m")" "^(CONNECT|REQUEST) " 0 "flow log: nothing reached the proxy's HTTP layer" || return 1
+  wait_for 2 "daemon log reports the TLS failure" grep -Eiq "tls.*(certificate|issuer)|(certificate|issuer).*tls" "$DAEMON_LOG" \
+    || why "daemon log:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
 
   # https:// for a server that speaks plain HTTP (origin.py's port 80
   # answers a ClientHello with "HTTP/1.1 400")
@@ -682,9 +795,12 @@ t_proxy_tls() {
   expect_match "$(origin_since "$o")" "^HTTP-GOT-TLS " "origin :80 got the daemon's ClientHello" || return 1
   wait_for 2 "daemon log says 'speaks plain HTTP'" grep -q "speaks plain HTTP" "$DAEMON_LOG" \
     || why "daemon log:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
+  grep "speaks plain HTTP" "$DAEMON_LOG" | grep -q "http://" \
+    || why "the 'speaks plain HTTP' error does not say to write http://:" \
+      "$(grep "speaks plain HTTP" "$DAEMON_LOG" | head -n 2)" || return 1
 }
 
-# 23. detach removes the hooks and the pins; pods connect directly again.
+# 25. detach removes the hooks and the pins; pods connect directly again.
 t_detach() {
   local out
   out=$(timeout 20 "$REDIRECTOR_BIN" detach --bpffs "$PIN_DIR" 2>&1) || why "detach failed:" "$out" || return 1
@@ -701,7 +817,8 @@ DAEMON_TESTS=(https:t_https http:t_http tcp_echo:t_tcp_echo ipv6:t_ipv6
   fail_closed:t_fail_closed restart_takeover:t_restart
   upstream_refused:t_upstream_refused upstream_unreachable:t_upstream_unreachable
   explain:t_explain connect_hostname:t_connect_hostname noproxy_names:t_noproxy_names
-  http_absolute_form:t_http_absolute silent_client:t_silent_client
+  http_absolute_form:t_http_absolute bulk_transfer:t_bulk split_first_bytes:t_split_first_bytes
+  silent_client:t_silent_client
   proxy_auth:t_proxy_auth proxy_tls:t_proxy_tls
   detach:t_detach)
 
