@@ -16,8 +16,8 @@
 //! | entry | matches | where |
 //! | --- | --- | --- |
 //! | `*` (alone or among others) | every connection | kernel (`0.0.0.0/0`, `::/0`) |
-//! | `10.1.2.3`, `::1`, `[::1]` | destination IP (or an IP-literal hostname) equal to it | kernel |
-//! | `10.0.0.0/8`, `fd00::/8` | destination IP (or an IP-literal hostname) inside it | kernel |
+//! | `10.1.2.3`, `::1`, `[::1]` | destination IP equal to it | kernel |
+//! | `10.0.0.0/8`, `fd00::/8` | destination IP inside it | kernel |
 //! | `10.1.2.3:8080`, `[fd00::1]:443` | that IP, on that port | user space |
 //! | `example.com` | hostname `example.com` and every `*.example.com` | user space |
 //! | `.example.com`, `*.example.com` | every `*.example.com`, not `example.com` itself | user space |
@@ -27,8 +27,10 @@
 //! without one (raw TCP, TLS without SNI) can only be matched by `*` and
 //! IP/CIDR rules; name rules never match it, so it goes through the proxy.
 //! IP/CIDR rules match the destination IP even when a hostname is known
-//! (the kernel applies them before any byte is read); a hostname that is an
-//! IP literal is matched against IP/CIDR rules as well, never name rules.
+//! (the kernel applies them before any byte is read). A hostname that is an
+//! IP literal is never matched when the destination IP is known (a pod
+//! could write `Host: 10.0.0.5` to go direct to anywhere); it stands in for
+//! the destination only where there is none (`explain 10.0.0.5:80`).
 //!
 //! Refused, so that the daemon never runs with a half-understood policy
 //! (Go ignores most of these silently): URLs, `/` outside a CIDR, a bad
@@ -289,7 +291,7 @@ impl NoProxy {
 /// A connection's hostname, as rules see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Host<'a> {
-    /// An IP literal in SNI/Host: matched by IP/CIDR rules only.
+    /// An IP literal in SNI/Host: stands in for a missing destination IP.
     Ip(IpAddr),
     /// A DNS name without its trailing dot: matched by name rules only.
     Name(&'a str),
