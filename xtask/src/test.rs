@@ -1,7 +1,8 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first
-//! failing stage: setup, build, fmt, clippy, unit tests, end-to-end tests.
-//! Ends with a summary of the stages and one `N passed, M failed` line that
-//! adds up the unit and end-to-end test counts.
+//! failing stage: setup, build, fmt, clippy, unit tests, manifest
+//! validation, end-to-end tests. Ends with a summary of the stages and one
+//! `N passed, M failed` line that adds up the unit, manifest and end-to-end
+//! test counts.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,10 +11,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::build::{self, EBPF_OBJ_ENV};
-use crate::setup;
 use crate::toolchain::{self, Paths, run, run_scanning};
+use crate::{manifests, setup};
 
-const STAGES: &[&str] = &["setup", "build", "fmt", "clippy", "unit tests", "e2e tests"];
+const STAGES: &[&str] = &[
+    "setup",
+    "build",
+    "fmt",
+    "clippy",
+    "unit tests",
+    "manifests",
+    "e2e tests",
+];
 
 /// Fails unless running as root, saying what needs it.
 pub fn require_root(what: &str) -> Result<()> {
@@ -124,6 +133,7 @@ pub fn parse_plain_result(line: &str) -> Option<Counts> {
 struct Report {
     stages: Vec<(&'static str, Duration, bool)>,
     unit: Option<Counts>,
+    manifests: Option<Counts>,
     e2e: Option<Counts>,
 }
 
@@ -150,12 +160,16 @@ impl Report {
         if let Some(unit) = self.unit {
             println!("  unit tests: {unit}");
         }
+        if let Some(manifests) = self.manifests {
+            println!("  manifests: {manifests}");
+        }
         if let Some(e2e) = self.e2e {
             println!("  e2e tests: {e2e}");
         }
-        if self.unit.is_some() || self.e2e.is_some() {
+        if self.unit.is_some() || self.manifests.is_some() || self.e2e.is_some() {
             let mut total = Counts::default();
             total.add(self.unit.unwrap_or_default());
+            total.add(self.manifests.unwrap_or_default());
             total.add(self.e2e.unwrap_or_default());
             println!("{total}");
         }
@@ -201,6 +215,22 @@ fn run_stages(paths: &Paths, report: &mut Report) -> Result<()> {
         })
     });
     report.unit = Some(unit);
+    result?;
+
+    // deploy/: every kustomization renders and validates strictly, offline.
+    let mut counts = None;
+    let result = report.stage("manifests", || {
+        let c = manifests::check(paths)?;
+        counts = Some(c);
+        manifests::fail_on(c)
+    });
+    // Tools missing (nothing counted): one failure, so that the total line
+    // never looks clean.
+    report.manifests = Some(counts.unwrap_or(Counts {
+        passed: 0,
+        failed: 1,
+        skipped: 0,
+    }));
     result?;
 
     let mut e2e = None;
