@@ -109,6 +109,25 @@ pub struct RunArgs {
     pub peek_timeout: f64,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// Live exemption of pods and namespaces from the Kubernetes API.
+#[derive(Debug, Args)]
+pub struct KubeArgs {
+    /// Follow this node's pods and the cluster's namespaces, and exempt pods
+    /// live: namespace label `egress-redirector/exempt=true`, pod annotation
+    /// `egress-redirector/exempt: "true"` or
+    /// `kubernetes.azure.com/no-http-proxy-vars: "true"` (`"false"` on the
+    /// pod re-includes it). The API client is configured in-cluster or from
+    /// KUBECONFIG.
+    #[arg(long, requires = "node_name")]
+    pub kube: bool,
+    /// This node's name, as in the pods' `spec.nodeName` (the downward API's
+    /// `spec.nodeName`); required with --kube.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -179,5 +198,29 @@ mod tests {
         assert_eq!(run.listen.len(), 2);
         assert_eq!(run.socket_mark, 16);
         assert_eq!(run.pins.bpffs, PathBuf::from(DEFAULT_BPFFS));
+        assert!(!run.kube.kube);
+    }
+
+    #[test]
+    fn kube_needs_a_node_name() {
+        let base = [
+            "redirector",
+            "run",
+            "--proxy-config",
+            "p",
+            "--cgroup",
+            "/cg",
+        ];
+        let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
+        // NODE_NAME from the environment would satisfy --kube.
+        if std::env::var_os("NODE_NAME").is_none() {
+            assert!(with(&["--kube"]).is_err());
+        }
+        let cli = with(&["--kube", "--node-name", "node-1"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert!(run.kube.kube);
+        assert_eq!(run.kube.node_name.as_deref(), Some("node-1"));
     }
 }

@@ -1,7 +1,7 @@
 //! `redirector run`: validate the configuration, load the programs, bind
 //! the listeners, and only then attach the hooks, so a pod's connect is
 //! never redirected to an address nobody listens on because of us.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use tokio::{
@@ -16,7 +16,8 @@ use crate::{
     config::ProxyConfig,
     connection::Shared,
     dial::{self, Dialer},
-    hook::{HookSettings, LoadedHooks, PinDir},
+    exemption,
+    hook::{self, HookSettings, LoadedHooks, PinDir},
     lookup::KernelOriginalDst,
     policy::Policy,
     server,
@@ -54,6 +55,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
             ..PeekLimits::default()
         },
     });
+    // The API client before anything is attached: a bad kubeconfig stops
+    // the start, not the watcher later.
+    let kube = match (&args.kube.kube, &args.kube.node_name) {
+        (true, Some(node)) => Some((
+            exemption::client::infer(args.socket_mark).await?,
+            node.clone(),
+        )),
+        (true, None) => bail!("--kube needs --node-name (or NODE_NAME)"),
+        (false, _) => None,
+    };
     let mut listeners = Vec::new();
     for addr in &listen {
         let listener = TcpListener::bind(addr)
@@ -63,9 +74,31 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
 
     let pins = PinDir::new(&args.pins.bpffs);
+    // With --kube, keep what an earlier instance exempted until our first
+    // complete view of the API says otherwise: a restart must not send
+    // exempt pods to the proxy, even while the API is unreachable.
+    let inherited = match &kube {
+        Some(_) => hook::read_exempt_cgroups(&pins).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    hooks.exempt_cgroup_ids(&inherited)?;
     hooks.attach(&args.cgroup, &pins)?;
     for listener in listeners {
         tokio::spawn(server::serve(listener, shared.clone()));
+    }
+    if let Some((client, node)) = kube {
+        // Taken after attach, which pins the map for `redirector status`.
+        let exempt = Arc::new(hooks.take_exempt_cgroups()?);
+        let static_ids = args
+            .exempt_cgroup
+            .iter()
+            .map(|dir| hook::cgroup_id(dir))
+            .collect::<Result<HashSet<_>>>()?;
+        let mut reconciler =
+            exemption::reconcile::Reconciler::new(exempt, &args.cgroup, static_ids);
+        reconciler.adopt(inherited);
+        tracing::info!(node = %node, "following the Kubernetes API for exempt pods and namespaces");
+        tokio::spawn(exemption::watcher::run(client, node, reconciler));
     }
     tracing::info!(
         cgroup = %args.cgroup.display(), listen = ?listen, bpffs = %args.pins.bpffs.display(),

@@ -147,6 +147,17 @@ impl LoadedHooks {
         Ok(())
     }
 
+    /// Exempts cgroups by id before attaching (e.g. the exemptions an
+    /// earlier instance had in force, so a restart does not drop them).
+    pub fn exempt_cgroup_ids(&mut self, ids: &[u64]) -> Result<()> {
+        let mut map: HashMap<_, u64, u8> = HashMap::try_from(self.map_mut(maps::EXEMPT_CGROUPS)?)?;
+        for id in ids {
+            map.insert(*id, 1, 0)
+                .with_context(|| format!("exempting cgroup id {id}"))?;
+        }
+        Ok(())
+    }
+
     fn write_exempt_cgroups(&mut self, dirs: &[PathBuf]) -> Result<()> {
         let mut map: HashMap<_, u64, u8> = HashMap::try_from(self.map_mut(maps::EXEMPT_CGROUPS)?)?;
         for dir in dirs {
@@ -196,7 +207,6 @@ impl LoadedHooks {
     }
 
     /// The exempt-cgroup map, for exemptions that change at run time.
-    #[allow(dead_code)] // until the Kubernetes watcher uses it
     pub fn take_exempt_cgroups(&mut self) -> Result<KernelExemptCgroups> {
         let map = self
             .ebpf
@@ -362,14 +372,12 @@ pub fn read_counters(pins: &PinDir) -> Result<Vec<(Counter, u64)>> {
 
 /// Cgroups whose processes are not redirected, changed at run time (the
 /// Kubernetes watcher). A process's next connect sees the change.
-#[allow(dead_code)] // until the Kubernetes watcher uses it
 pub trait ExemptCgroups: Send + Sync + 'static {
     /// Exempts (or stops exempting) the cgroup with this id (its inode).
     fn set(&self, cgroup_id: u64, exempt: bool) -> Result<()>;
 }
 
 /// [`ExemptCgroups`] backed by the kernel's `EXEMPT_CGROUPS` map.
-#[allow(dead_code)] // until the Kubernetes watcher uses it
 pub struct KernelExemptCgroups {
     map: std::sync::Mutex<HashMap<MapData, u64, u8>>,
 }

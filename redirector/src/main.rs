@@ -9,7 +9,8 @@
 //!   with the daemon's SO_MARK;
 //! - `relay`: bytes both ways, half-close aware; `http_forward`: plain HTTP
 //!   to `httpProxy` in absolute form;
-//! - `connection`: ties these together for one connection; `server` accepts.
+//! - `connection`: ties these together for one connection; `server` accepts;
+//! - `exemption`: with `--kube`, pods exempted live from the Kubernetes API.
 mod ca;
 mod classify;
 mod cli;
@@ -18,6 +19,7 @@ mod connection;
 mod daemon;
 mod dial;
 mod endpoint;
+mod exemption;
 mod explain;
 mod hook;
 mod http_forward;

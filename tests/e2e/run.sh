@@ -15,6 +15,8 @@ set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=kube.sh
+source "$(dirname "${BASH_SOURCE[0]}")/kube.sh"
 
 PASSED=0
 FAILED=0
@@ -820,6 +822,7 @@ DAEMON_TESTS=(https:t_https http:t_http tcp_echo:t_tcp_echo ipv6:t_ipv6
   http_absolute_form:t_http_absolute bulk_transfer:t_bulk split_first_bytes:t_split_first_bytes
   silent_client:t_silent_client
   proxy_auth:t_proxy_auth proxy_tls:t_proxy_tls
+  "${KUBE_TESTS[@]}"
   detach:t_detach)
 
 main() {

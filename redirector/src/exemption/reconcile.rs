@@ -1,0 +1,472 @@
+//! The mirror of the API objects we need and the reconciler that turns it
+//! into the kernel's exempt-cgroup map, applying only the difference.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use kube::runtime::watcher::Event;
+
+use super::{cgroups, policy};
+use crate::hook::{ExemptCgroups, cgroup_id};
+
+/// What the reconciler keeps of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    /// `namespace/name`, for logs.
+    pub name: String,
+    /// Its namespace, to look up the namespace's label.
+    pub namespace: String,
+    /// `metadata.uid`, which names the pod's cgroup.
+    pub uid: String,
+    /// `status.qosClass`, a hint for the cgroup's middle level.
+    pub qos: Option<cgroups::Qos>,
+    /// Only the annotations the policy reads.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Objects of one kind as last listed and watched, by key. A relist fills a
+/// side buffer and replaces the current set only when complete (`InitDone`),
+/// so a lost or restarted watch never empties it: stale beats empty.
+#[derive(Debug)]
+pub struct Mirror<T> {
+    current: HashMap<String, T>,
+    relist: Option<HashMap<String, T>>,
+    /// A complete list has been seen at least once.
+    synced: bool,
+}
+
+impl<T> Default for Mirror<T> {
+    fn default() -> Self {
+        Self {
+            current: HashMap::new(),
+            relist: None,
+            synced: false,
+        }
+    }
+}
+
+impl<T> Mirror<T> {
+    /// Applies one watcher event; `convert` gives an object's key and what
+    /// we keep of it (`None`: the object is of no use, e.g. has no UID).
+    pub fn handle<K>(&mut self, event: Event<K>, convert: impl Fn(K) -> Option<(String, T)>) {
+        match event {
+            Event::Apply(obj) => {
+                if let Some((key, value)) = convert(obj) {
+                    self.current.insert(key, value);
+                }
+            }
+            Event::Delete(obj) => {
+                if let Some((key, _)) = convert(obj) {
+                    self.current.remove(&key);
+                }
+            }
+            Event::Init => self.relist = Some(HashMap::new()),
+            Event::InitApply(obj) => {
+                if let (Some(buffer), Some((key, value))) = (self.relist.as_mut(), convert(obj)) {
+                    buffer.insert(key, value);
+                }
+            }
+            Event::InitDone => {
+                if let Some(buffer) = self.relist.take() {
+                    self.current = buffer;
+                    self.synced = true;
+                }
+            }
+        }
+    }
+
+    /// Whether a complete list has been seen: until then, what we have is
+    /// not the cluster's state, only part of it.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    pub fn get(&self, key: &str) -> Option<&T> {
+        self.current.get(key)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.current.values()
+    }
+}
+
+/// Everything the decision needs: this node's pods (by UID) and the
+/// namespaces' labels (by name, only the label the policy reads).
+#[derive(Debug, Default)]
+pub struct View {
+    pub pods: Mirror<PodInfo>,
+    pub namespaces: Mirror<BTreeMap<String, String>>,
+}
+
+/// Keeps the kernel's exempt-cgroup map equal to the exempt pods' cgroups,
+/// plus the static `--exempt-cgroup` entries it never touches.
+pub struct Reconciler {
+    /// The map we write.
+    exempt: Arc<dyn ExemptCgroups>,
+    /// The hooks' attach root, under which pods' cgroups are looked up.
+    root: PathBuf,
+    /// `--exempt-cgroup` ids: put in the map at load, never removed here.
+    static_ids: HashSet<u64>,
+    /// Ids we put in the map, with the pod they belong to (for logs).
+    applied: HashMap<u64, String>,
+    /// The last (exempt pods, exempt cgroups) counts logged.
+    last_counts: Option<(usize, usize)>,
+}
+
+/// The result of one pass, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pass {
+    /// Pods the policy exempts.
+    pub exempt_pods: usize,
+    /// Of those, pods whose cgroup is not there (yet).
+    pub unresolved: usize,
+    /// Ids added to and removed from the map in this pass.
+    pub added: usize,
+    pub removed: usize,
+}
+
+impl Reconciler {
+    pub fn new(
+        exempt: Arc<dyn ExemptCgroups>,
+        root: impl Into<PathBuf>,
+        static_ids: HashSet<u64>,
+    ) -> Self {
+        Self {
+            exempt,
+            root: root.into(),
+            static_ids,
+            applied: HashMap::new(),
+            last_counts: None,
+        }
+    }
+
+    /// Takes over ids already in the map (an earlier instance's): they stay
+    /// until a pass finds them no longer wanted. Static ids stay static.
+    pub fn adopt(&mut self, ids: impl IntoIterator<Item = u64>) {
+        for id in ids {
+            if !self.static_ids.contains(&id) {
+                self.applied.insert(id, "(earlier instance)".to_string());
+            }
+        }
+    }
+
+    /// The exempt cgroup ids we manage now (static ones excluded).
+    #[cfg(test)]
+    pub fn applied(&self) -> HashSet<u64> {
+        self.applied.keys().copied().collect()
+    }
+
+    /// One pass: resolve every exempt pod's cgroup as it is on disk now and
+    /// apply the difference to the map. A failed write is retried by the
+    /// next pass.
+    pub fn reconcile(&mut self, view: &View) -> Pass {
+        let mut pass = Pass::default();
+        let mut desired: HashMap<u64, &str> = HashMap::new();
+        for pod in view.pods.values() {
+            let ns_labels = view.namespaces.get(&pod.namespace);
+            if !policy::is_exempt(ns_labels, Some(&pod.annotations)) {
+                continue;
+            }
+            pass.exempt_pods += 1;
+            match cgroups::resolve(&self.root, &pod.uid, pod.qos).map(|dir| cgroup_id(&dir)) {
+                Some(Ok(id)) => {
+                    desired.insert(id, &pod.name);
+                }
+                // Not there yet (the usual race with kubelet) or just gone:
+                // the next pass looks again.
+                Some(Err(_)) | None => pass.unresolved += 1,
+            }
+        }
+
+        let stale: Vec<u64> = self
+            .applied
+            .keys()
+            .filter(|id| !desired.contains_key(id))
+            .copied()
+            .collect();
+        for id in stale {
+            match self.exempt.set(id, false) {
+                Ok(()) => {
+                    let pod = self.applied.remove(&id).unwrap_or_default();
+                    tracing::info!(pod, cgroup_id = id, "pod no longer exempt");
+                    pass.removed += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(cgroup_id = id, error = %format!("{e:#}"), "cannot un-exempt a cgroup; retrying")
+                }
+            }
+        }
+        for (id, pod) in desired {
+            if self.applied.contains_key(&id) || self.static_ids.contains(&id) {
+                continue;
+            }
+            match self.exempt.set(id, true) {
+                Ok(()) => {
+                    tracing::info!(pod, cgroup_id = id, "pod exempt");
+                    self.applied.insert(id, pod.to_string());
+                    pass.added += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(pod, cgroup_id = id, error = %format!("{e:#}"), "cannot exempt a cgroup; retrying")
+                }
+            }
+        }
+
+        let counts = (pass.exempt_pods, self.applied.len());
+        if self.last_counts != Some(counts) {
+            self.last_counts = Some(counts);
+            tracing::info!(
+                exempt_cgroups = counts.1,
+                waiting_for_cgroup = pass.unresolved,
+                "exempt pods: {}",
+                counts.0
+            );
+        }
+        pass
+    }
+}
+
+/// The kernel map, in memory, for tests.
+#[cfg(test)]
+pub mod fake {
+    use std::{collections::HashSet, sync::Mutex};
+
+    use crate::hook::ExemptCgroups;
+
+    #[derive(Default)]
+    pub struct FakeMap {
+        pub ids: Mutex<HashSet<u64>>,
+        /// Makes every write fail while set.
+        pub fail: Mutex<bool>,
+    }
+
+    impl ExemptCgroups for FakeMap {
+        fn set(&self, id: u64, exempt: bool) -> anyhow::Result<()> {
+            if *self.fail.lock().unwrap() {
+                anyhow::bail!("map full");
+            }
+            let mut ids = self.ids.lock().unwrap();
+            if exempt {
+                ids.insert(id);
+            } else {
+                ids.remove(&id);
+            }
+            Ok(())
+        }
+    }
+
+    impl FakeMap {
+        pub fn ids(&self) -> HashSet<u64> {
+            self.ids.lock().unwrap().clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::{fake::FakeMap, *};
+    use crate::exemption::policy::{AKS_NO_PROXY_KEY, EXEMPT_KEY};
+
+    fn pod(ns: &str, name: &str, uid: &str, annotations: &[(&str, &str)]) -> PodInfo {
+        PodInfo {
+            name: format!("{ns}/{name}"),
+            namespace: ns.into(),
+            uid: uid.into(),
+            qos: Some(cgroups::Qos::Burstable),
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn apply_pod(view: &mut View, p: PodInfo) {
+        view.pods
+            .handle(Event::Apply(p), |p: PodInfo| Some((p.uid.clone(), p)));
+    }
+
+    fn apply_ns(view: &mut View, name: &str, l: &[(&str, &str)]) {
+        view.namespaces
+            .handle(Event::Apply((name, labels(l))), |(n, l)| {
+                Some((n.to_string(), l))
+            });
+    }
+
+    fn mkpod(root: &Path, uid: &str) -> u64 {
+        let dir = root.join(format!("burstable/pod{uid}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        cgroup_id(&dir).unwrap()
+    }
+
+    const A: &str = "aaaaaaaa-0000-0000-0000-000000000001";
+    const B: &str = "bbbbbbbb-0000-0000-0000-000000000002";
+
+    #[test]
+    fn follows_labels_annotations_and_deletions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let map = Arc::new(FakeMap::default());
+        let mut r = Reconciler::new(map.clone(), tmp.path(), HashSet::new());
+        let mut view = View::default();
+        let (a, b) = (mkpod(tmp.path(), A), mkpod(tmp.path(), B));
+        apply_ns(&mut view, "ns1", &[]);
+        apply_pod(&mut view, pod("ns1", "a", A, &[]));
+        apply_pod(&mut view, pod("ns1", "b", B, &[]));
+        assert_eq!(r.reconcile(&view).exempt_pods, 0);
+        assert!(map.ids().is_empty());
+
+        // namespace label exempts both; pod b opts back in
+        apply_ns(&mut view, "ns1", &[(EXEMPT_KEY, "true")]);
+        apply_pod(&mut view, pod("ns1", "b", B, &[(EXEMPT_KEY, "false")]));
+        r.reconcile(&view);
+        assert_eq!(map.ids(), HashSet::from([a]));
+
+        // AKS annotation on b, label lifted: only b
+        apply_ns(&mut view, "ns1", &[]);
+        apply_pod(&mut view, pod("ns1", "b", B, &[(AKS_NO_PROXY_KEY, "true")]));
+        let pass = r.reconcile(&view);
+        assert_eq!((pass.added, pass.removed), (1, 1));
+        assert_eq!(map.ids(), HashSet::from([b]));
+
+        // an unchanged view writes nothing
+        assert_eq!(
+            r.reconcile(&view),
+            Pass {
+                exempt_pods: 1,
+                ..Pass::default()
+            }
+        );
+
+        // b deleted
+        view.pods
+            .handle(Event::Delete(pod("ns1", "b", B, &[])), |p: PodInfo| {
+                Some((p.uid.clone(), p))
+            });
+        r.reconcile(&view);
+        assert!(map.ids().is_empty());
+    }
+
+    #[test]
+    fn cgroup_that_appears_late_or_churns_is_picked_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let map = Arc::new(FakeMap::default());
+        let mut r = Reconciler::new(map.clone(), tmp.path(), HashSet::new());
+        let mut view = View::default();
+        apply_pod(&mut view, pod("ns", "a", A, &[(EXEMPT_KEY, "true")]));
+        let pass = r.reconcile(&view);
+        assert_eq!((pass.exempt_pods, pass.unresolved), (1, 1));
+        assert!(map.ids().is_empty());
+
+        let first = mkpod(tmp.path(), A);
+        r.reconcile(&view);
+        assert_eq!(map.ids(), HashSet::from([first]));
+
+        // recreated: a new inode replaces the old id. Hold a file open
+        // in the old directory's place so the inode is not reused at once.
+        let dir = tmp.path().join(format!("burstable/pod{A}"));
+        std::fs::remove_dir(&dir).unwrap();
+        let _keep = tempfile::tempfile_in(tmp.path()).unwrap();
+        let second = mkpod(tmp.path(), A);
+        r.reconcile(&view);
+        if second != first {
+            assert_eq!(map.ids(), HashSet::from([second]));
+        }
+        std::fs::remove_dir(&dir).unwrap();
+        r.reconcile(&view);
+        assert!(map.ids().is_empty());
+    }
+
+    #[test]
+    fn static_entries_are_never_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let map = Arc::new(FakeMap::default());
+        let a = mkpod(tmp.path(), A);
+        map.set(a, true).unwrap(); // as load() does for --exempt-cgroup
+        let mut r = Reconciler::new(map.clone(), tmp.path(), HashSet::from([a]));
+        let mut view = View::default();
+        apply_pod(&mut view, pod("ns", "a", A, &[(EXEMPT_KEY, "true")]));
+        r.reconcile(&view);
+        apply_pod(&mut view, pod("ns", "a", A, &[]));
+        r.reconcile(&view);
+        assert_eq!(map.ids(), HashSet::from([a]));
+    }
+
+    #[test]
+    fn adopted_ids_stay_until_a_pass_drops_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let map = Arc::new(FakeMap::default());
+        let a = mkpod(tmp.path(), A);
+        let b = mkpod(tmp.path(), B);
+        for id in [a, b, 7] {
+            map.set(id, true).unwrap(); // the earlier instance's map, copied
+        }
+        let mut r = Reconciler::new(map.clone(), tmp.path(), HashSet::from([7]));
+        r.adopt([a, b, 7]);
+        assert_eq!(r.applied(), HashSet::from([a, b]));
+        let mut view = View::default();
+        apply_pod(&mut view, pod("ns", "a", A, &[(EXEMPT_KEY, "true")]));
+        apply_pod(&mut view, pod("ns", "b", B, &[]));
+        let pass = r.reconcile(&view);
+        assert_eq!((pass.added, pass.removed), (0, 1));
+        assert_eq!(map.ids(), HashSet::from([a, 7]));
+    }
+
+    #[test]
+    fn failed_writes_are_retried() {
+        let tmp = tempfile::tempdir().unwrap();
+        let map = Arc::new(FakeMap::default());
+        let mut r = Reconciler::new(map.clone(), tmp.path(), HashSet::new());
+        let a = mkpod(tmp.path(), A);
+        let mut view = View::default();
+        apply_pod(&mut view, pod("ns", "a", A, &[(EXEMPT_KEY, "true")]));
+        *map.fail.lock().unwrap() = true;
+        assert_eq!(r.reconcile(&view).added, 0);
+        *map.fail.lock().unwrap() = false;
+        assert_eq!(r.reconcile(&view).added, 1);
+        assert_eq!(r.applied(), HashSet::from([a]));
+    }
+
+    /// A relist replaces the set only when complete; a watch that restarts
+    /// and never finishes its relist keeps the old set.
+    #[test]
+    fn relist_swaps_only_when_done() {
+        let mut m: Mirror<u32> = Mirror::default();
+        let key = |(k, v): (&str, u32)| Some((k.to_string(), v));
+        m.handle(Event::Init, key);
+        m.handle(Event::InitApply(("a", 1)), key);
+        m.handle(Event::InitApply(("b", 2)), key);
+        assert_eq!(m.values().count(), 0);
+        assert!(!m.synced());
+        m.handle(Event::InitDone, key);
+        assert!(m.synced());
+        assert_eq!(m.get("a"), Some(&1));
+
+        m.handle(Event::Init, key); // watch lost (410): relisting
+        m.handle(Event::InitApply(("a", 3)), key);
+        assert_eq!(
+            (m.get("a"), m.get("b")),
+            (Some(&1), Some(&2)),
+            "stale, not empty"
+        );
+        m.handle(Event::Init, key); // lost again mid-list
+        m.handle(Event::InitApply(("c", 4)), key);
+        m.handle(Event::InitDone, key);
+        assert_eq!((m.get("a"), m.get("b"), m.get("c")), (None, None, Some(&4)));
+
+        m.handle(Event::Apply(("d", 5)), key);
+        m.handle(Event::Delete(("c", 0)), key);
+        let mut v: Vec<_> = m.values().copied().collect();
+        v.sort();
+        assert_eq!(v, vec![5]);
+    }
+}

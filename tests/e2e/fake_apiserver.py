@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""A fake Kubernetes API server for the redirector's --kube tests.
+
+Plain HTTP. Speaks the real list/watch protocol for the two resources the
+daemon follows, as kube-rs's watcher uses it:
+
+  GET /api/v1/pods?fieldSelector=spec.nodeName=N[&limit=..]    -> PodList
+  GET /api/v1/namespaces                                       -> NamespaceList
+  GET ...?watch=true&resourceVersion=RV&allowWatchBookmarks=true[&timeoutSeconds=T]
+      -> a chunked stream of JSON lines {"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR,
+         "object": ...}: the changes after RV, then live ones, a BOOKMARK each
+         second. An RV older than the history kept gets an ERROR event with
+         code 410 (Gone), which makes a client relist.
+
+A control endpoint lets the test change the cluster (one JSON object per POST):
+
+  POST /control {"op": "ns", "name": N, "labels": {...}}        create or relabel
+  POST /control {"op": "pod", "namespace": NS, "name": N, "uid": U, "node": NODE,
+                 "qos": "Burstable", "annotations": {...}}      create or modify
+  POST /control {"op": "delete-pod", "namespace": NS, "name": N}
+  POST /control {"op": "gone"}           forget the history and end every watch
+                                          with a 410 (clients must relist)
+  POST /control {"op": "fail-lists", "seconds": S}   lists answer 500 for S s
+  GET  /control                          the state, for debugging
+
+The state is saved to --state FILE after each change and loaded at start, so a
+restarted server comes back with the same objects (and a history that starts
+at its current resourceVersion, like a real apiserver after compaction).
+
+Usage: fake_apiserver.py --listen 127.0.0.1:PORT --state FILE [--log FILE]
+(PORT 0 picks a free port; the "ready" line on stdout names it.)
+"""
+
+import argparse
+import http.server
+import json
+import socketserver
+import sys
+import threading
+import time
+import urllib.parse
+
+LOCK = threading.Condition()
+STATE = {"rv": 1, "pods": {}, "namespaces": {}}
+HISTORY = []        # (rv, resource, type, object), oldest first
+FLOOR = [1]         # the oldest RV a watch can start from (410 below it)
+EPOCH = [0]         # bumped by "gone": running watches end with a 410
+FAIL_LISTS_UNTIL = [0.0]
+ARGS = None
+
+
+def log(msg):
+    if ARGS and ARGS.log:
+        with open(ARGS.log, "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+
+
+def save():
+    with open(ARGS.state + ".tmp", "w") as f:
+        json.dump(STATE, f)
+    import os
+    os.replace(ARGS.state + ".tmp", ARGS.state)
+
+
+def bump(resource, etype, obj):
+    """Record a change (LOCK held): new resourceVersion, history, wake watches."""
+    STATE["rv"] += 1
+    obj["metadata"]["resourceVersion"] = str(STATE["rv"])
+    HISTORY.append((STATE["rv"], resource, etype, json.loads(json.dumps(obj))))
+    save()
+    LOCK.notify_all()
+
+
+def pod_object(c):
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": c["name"], "namespace": c["namespace"], "uid": c["uid"],
+                     "annotations": c.get("annotations") or {}},
+        "spec": {"nodeName": c["node"], "containers": [{"name": "c", "image": "none"}]},
+        "status": {"phase": "Running", "qosClass": c.get("qos", "Burstable")},
+    }
+
+
+def control(cmd):
+    op = cmd["op"]
+    with LOCK:
+        if op == "ns":
+            name = cmd["name"]
+            obj = STATE["namespaces"].get(name) or {
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "uid": "ns-" + name}}
+            etype = "MODIFIED" if name in STATE["namespaces"] else "ADDED"
+            obj["metadata"]["labels"] = cmd.get("labels") or {}
+            STATE["namespaces"][name] = obj
+            bump("namespaces", etype, obj)
+        elif op == "pod":
+            key = cmd["namespace"] + "/" + cmd["name"]
+            etype = "MODIFIED" if key in STATE["pods"] else "ADDED"
+            obj = pod_object(cmd)
+            STATE["pods"][key] = obj
+            bump("pods", etype, obj)
+        elif op == "delete-pod":
+            obj = STATE["pods"].pop(cmd["namespace"] + "/" + cmd["name"])
+            bump("pods", "DELETED", obj)
+        elif op == "gone":
+            HISTORY.clear()
+            FLOOR[0] = STATE["rv"]
+            EPOCH[0] += 1
+            LOCK.notify_all()
+        elif op == "fail-lists":
+            FAIL_LISTS_UNTIL[0] = time.time() + float(cmd["seconds"])
+        else:
+            raise ValueError(f"unknown op {op}")
+        return {"rv": STATE["rv"]}
+
+
+def node_filter(query):
+    sel = query.get("fieldSelector", [""])[0]
+    if not sel:
+        return None
+    key, _, value = sel.partition("=")
+    if key != "spec.nodeName":
+        raise ValueError(f"unsupported fieldSelector {sel}")
+    return value
+
+
+def matches(resource, obj, node):
+    return resource != "pods" or node is None or obj["spec"]["nodeName"] == node
+
+
+def status(code, reason, message):
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        log("%s %s" % (self.address_string(), fmt % args))
+
+    def send_json(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        if self.path != "/control":
+            return self.send_json(404, status(404, "NotFound", self.path))
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        try:
+            self.send_json(200, control(json.loads(body)))
+        except (KeyError, ValueError) as e:
+            self.send_json(400, {"error": str(e)})
+
+    def do_GET(self):
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        if url.path == "/control":
+            with LOCK:
+                return self.send_json(200, {"state": STATE, "floor": FLOOR[0]})
+        resource = {"/api/v1/pods": "pods", "/api/v1/namespaces": "namespaces"}.get(url.path)
+        if resource is None:
+            return self.send_json(404, status(404, "NotFound", url.path))
+        try:
+            node = node_filter(query)
+        except ValueError as e:
+            return self.send_json(400, status(400, "BadRequest", str(e)))
+        if query.get("watch", ["false"])[0] in ("true", "1"):
+            return self.watch(resource, node, query)
+        if time.time() < FAIL_LISTS_UNTIL[0]:
+            return self.send_json(500, status(500, "InternalError", "lists failing (test)"))
+        with LOCK:
+            items = [o for o in STATE[resource].values() if matches(resource, o, node)]
+            kind = "PodList" if resource == "pods" else "NamespaceList"
+            body = {"apiVersion": "v1", "kind": kind,
+                    "metadata": {"resourceVersion": str(STATE["rv"])}, "items": items}
+        self.send_json(200, body)
+
+    def chunk(self, event):
+        data = (json.dumps(event) + "\n").encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def watch(self, resource, node, query):
+        try:
+            since = int(query.get("resourceVersion", ["0"])[0] or "0")
+        except ValueError:
+            return self.send_json(400, status(400, "BadRequest", "resourceVersion"))
+        timeout = float(query.get("timeoutSeconds", ["290"])[0])
+        bookmarks = query.get("allowWatchBookmarks", ["false"])[0] == "true"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        deadline = time.time() + timeout
+        try:
+            with LOCK:
+                epoch = EPOCH[0]
+                if since < FLOOR[0]:
+                    log(f"watch {resource} rv={since}: too old (floor {FLOOR[0]}), 410")
+                    self.chunk({"type": "ERROR", "object": status(410, "Expired", "too old resource version")})
+                    return self.end_chunks()
+                sent = since
+                while time.time() < deadline:
+                    if EPOCH[0] != epoch:
+                        log(f"watch {resource}: history gone, 410")
+                        self.chunk({"type": "ERROR", "object": status(410, "Expired", "too old resource version")})
+                        break
+                    for rv, res, etype, obj in HISTORY:
+                        if rv > sent and res == resource and matches(resource, obj, node):
+                            self.chunk({"type": etype, "object": obj})
+                    sent = STATE["rv"]
+                    if bookmarks:
+                        kind = "Pod" if resource == "pods" else "Namespace"
+                        self.chunk({"type": "BOOKMARK", "object": {
+                            "apiVersion": "v1", "kind": kind,
+                            "metadata": {"resourceVersion": str(sent)}}})
+                    LOCK.wait(timeout=1.0)
+            self.end_chunks()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def end_chunks(self):
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def main():
+    global ARGS
+    p = argparse.ArgumentParser()
+    p.add_argument("--listen", required=True)
+    p.add_argument("--state", required=True)
+    p.add_argument("--log")
+    ARGS = p.parse_args()
+    try:
+        with open(ARGS.state) as f:
+            STATE.update(json.load(f))
+    except FileNotFoundError:
+        pass
+    FLOOR[0] = STATE["rv"]
+    host, _, port = ARGS.listen.rpartition(":")
+    server = Server((host, int(port)), Handler)
+    # port 0: the kernel picks one; say which
+    print(f"fake apiserver ready on {host}:{server.server_address[1]} rv={STATE['rv']}", flush=True)
+    log(f"started rv={STATE['rv']}")
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
