@@ -1,7 +1,12 @@
 //! `redirector run`: validate the configuration, load the programs, bind
 //! the listeners, and only then attach the hooks, so a pod's connect is
 //! never redirected to an address nobody listens on because of us.
-use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use tokio::{
@@ -125,13 +130,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
 /// loopback is its own, so it could never reach the daemon there.
 fn listen_addrs(given: &[SocketAddr]) -> Result<Vec<SocketAddr>> {
     let addrs = if given.is_empty() {
-        let ip = std::env::var("NODE_IP").context(
-            "no --listen given and NODE_IP is not set: give the node's IP, reachable from pods",
-        )?;
-        let ip = ip
-            .parse()
-            .with_context(|| format!("NODE_IP `{ip}` is not an IP address"))?;
-        vec![SocketAddr::new(ip, DEFAULT_PORT)]
+        node_ips(
+            std::env::var("NODE_IPS").ok().as_deref(),
+            std::env::var("NODE_IP").ok().as_deref(),
+        )?
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, DEFAULT_PORT))
+        .collect()
     } else {
         given.to_vec()
     };
@@ -144,6 +149,31 @@ fn listen_addrs(given: &[SocketAddr]) -> Result<Vec<SocketAddr>> {
         }
     }
     Ok(addrs)
+}
+
+/// The node's addresses from the downward API: `NODE_IPS` (`status.hostIPs`,
+/// "v4,v6" on a dual-stack node) or else `NODE_IP` (`status.hostIP`); the
+/// first of each family, since the hooks redirect to one address per family.
+fn node_ips(node_ips: Option<&str>, node_ip: Option<&str>) -> Result<Vec<IpAddr>> {
+    let Some(list) = node_ips.filter(|l| !l.trim().is_empty()).or(node_ip) else {
+        bail!(
+            "no --listen given and neither NODE_IPS nor NODE_IP is set: give the node's IP, \
+             reachable from pods"
+        );
+    };
+    let mut out: Vec<IpAddr> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let ip: IpAddr = item
+            .parse()
+            .with_context(|| format!("node IP `{item}` is not an IP address"))?;
+        if !out.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+            out.push(ip);
+        }
+    }
+    if out.is_empty() {
+        bail!("NODE_IPS/NODE_IP `{list}` holds no address");
+    }
+    Ok(out)
 }
 
 async fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
@@ -171,5 +201,20 @@ mod tests {
             assert!(listen_addrs(&[bad.parse().unwrap()]).is_err(), "{bad}");
         }
         assert!(listen_addrs(&["10.0.0.4:15001".parse().unwrap()]).is_ok());
+    }
+
+    #[test]
+    fn node_ips_from_the_downward_api() {
+        let ips =
+            |a, b| node_ips(a, b).map(|v| v.iter().map(|i| i.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            ips(Some("10.0.0.4,fd00::4"), Some("10.0.0.4")).unwrap(),
+            ["10.0.0.4", "fd00::4"]
+        );
+        assert_eq!(ips(None, Some("10.0.0.4")).unwrap(), ["10.0.0.4"]);
+        assert_eq!(ips(Some(""), Some("10.0.0.4")).unwrap(), ["10.0.0.4"]);
+        assert_eq!(ips(Some("10.0.0.4,10.0.0.5"), None).unwrap(), ["10.0.0.4"]);
+        assert!(ips(None, None).is_err());
+        assert!(ips(Some("nope"), None).is_err());
     }
 }
