@@ -17,6 +17,16 @@ pub const DEFAULT_PORT: u16 = 15001;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log line format on stderr: `text` for people, `json` (one object per
+    /// line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,6 +42,9 @@ pub enum Command {
     GenCa(GenCaArgs),
     /// Say how the daemon would route a connection, and which rule decided.
     Explain(ExplainArgs),
+    /// Write the config's `trustedCA` certificates into a host's trust
+    /// store (Debian/Ubuntu or RHEL family) and rebuild its bundle.
+    InstallCa(InstallCaArgs),
 }
 
 /// Built-in bypasses, shared by `run` and `explain` so both decide alike.
@@ -111,6 +124,10 @@ pub struct RunArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
+    /// Serve `/metrics` (Prometheus/OpenMetrics text), `/healthz` and
+    /// `/readyz` on this address; off when absent.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Live exemption of pods and namespaces from the Kubernetes API.
@@ -144,6 +161,36 @@ pub struct StatusArgs {
     /// Exit non-zero unless all hooks are attached (for probes and scripts).
     #[arg(long)]
     pub check: bool,
+    /// Print one JSON object instead of `key: value` lines.
+    #[arg(long)]
+    pub json: bool,
+    /// The cgroup2 tree in which cgroup ids are looked up to print paths
+    /// (`/host/sys/fs/cgroup` in the DaemonSet's container).
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+    /// Print the digest of this config file, as the daemon logs it when it
+    /// loads or reloads one.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallCaArgs {
+    /// The host's root directory (`/host` in the init container).
+    #[arg(long, value_name = "DIR")]
+    pub host_root: PathBuf,
+    /// The AKS proxy JSON whose `trustedCA` is installed; an empty or
+    /// missing `trustedCA` removes what an earlier run installed.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/egress-redirector/proxy.json"
+    )]
+    pub proxy_config: PathBuf,
+    /// Only write the certificate files; do not run `update-ca-certificates`
+    /// / `update-ca-trust` chrooted into the host root.
+    #[arg(long)]
+    pub no_update: bool,
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +246,32 @@ mod tests {
         assert_eq!(run.socket_mark, 16);
         assert_eq!(run.pins.bpffs, PathBuf::from(DEFAULT_BPFFS));
         assert!(!run.kube.kube);
+    }
+
+    #[test]
+    fn log_format_and_metrics_flags() {
+        let base = [
+            "redirector",
+            "run",
+            "--proxy-config",
+            "p",
+            "--cgroup",
+            "/cg",
+        ];
+        let cli = Cli::try_parse_from(base).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Text);
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.metrics, None);
+        let extra = ["--log-format", "json", "--metrics", "127.0.0.1:9465"];
+        let cli = Cli::try_parse_from(base.iter().chain(&extra)).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.metrics, Some("127.0.0.1:9465".parse().unwrap()));
+        assert!(Cli::try_parse_from(["redirector", "--log-format", "xml", "status"]).is_err());
     }
 
     #[test]

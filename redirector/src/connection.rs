@@ -1,6 +1,6 @@
 //! One redirected connection, start to end: original destination lookup →
 //! classify (peek for the TLS SNI or HTTP Host) → policy → dial → relay.
-//! Every connection ends in exactly one [`Outcome`], logged once.
+//! Every connection ends in exactly one [`Outcome`], logged and counted once.
 use std::{
     net::SocketAddr,
     sync::Arc,
@@ -14,20 +14,25 @@ use crate::{
     dial::{DialError, Dialer, UpstreamIo},
     http_forward::{self, Served},
     lookup::OriginalDst,
+    metrics::{Metrics, OutcomeKind},
     policy::{Decision, Mode, Policy, Target},
     relay::{Transferred, relay},
+    reload::Swappable,
 };
 
 /// What every connection handler shares.
 pub struct Shared {
-    /// The proxy configuration and built-ins in force.
-    pub policy: Arc<Policy>,
+    /// The proxy configuration and built-ins in force, swapped by a reload;
+    /// a connection decides on the one in force when it starts.
+    pub policy: Swappable<Policy>,
     /// Original destinations saved by the kernel hooks.
     pub original_dst: Arc<dyn OriginalDst>,
     /// How upstream sockets are opened.
     pub dialer: Dialer,
     /// Bounds on waiting for the client's first bytes.
     pub peek: PeekLimits,
+    /// Where each connection's decision, outcome and bytes are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// How a connection ended.
@@ -46,22 +51,28 @@ pub enum Outcome {
 /// Serves one accepted connection to the end.
 pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
+    let _active = shared.metrics.active_guard();
     let Some(dst) = shared.original_dst.take(peer) else {
         reset(client);
+        shared
+            .metrics
+            .record_outcome(OutcomeKind::NoOriginalDestination);
         tracing::warn!(
             client = %peer,
             "refused a connection that our hook did not redirect (no original destination)"
         );
         return;
     };
-    let class = classify::peek_classify(&client, shared.peek).await;
-    let decision = shared.policy.decide(&Target {
+    let (class, peek_timed_out) = classify::peek_classify_timed(&client, shared.peek).await;
+    let decision = shared.policy.load().decide(&Target {
         ip: Some(dst.ip()),
         host: class.hostname.as_deref(),
         port: dst.port(),
         protocol: class.protocol,
     });
+    shared.metrics.record_decision(&decision);
     let outcome = forward(&shared, client, dst, &class, &decision).await;
+    record(&shared.metrics, &outcome, peek_timed_out);
     log_outcome(peer, dst, &class, &decision, &outcome, started.elapsed());
 }
 
@@ -72,6 +83,7 @@ async fn forward(
     class: &Classification,
     decision: &Decision,
 ) -> Outcome {
+    let dialing = Instant::now();
     let upstream: Result<Box<dyn UpstreamIo>, DialError> = match decision {
         // A kernel-bypass destination only gets here if the maps changed
         // after the connect; it goes direct either way.
@@ -106,6 +118,7 @@ async fn forward(
             shared.dialer.tunnel(proxy, &authority).await
         }
     };
+    shared.metrics.observe_connect(dialing.elapsed());
     let mut upstream = match upstream {
         Ok(u) => u,
         Err(e) => {
@@ -118,6 +131,20 @@ async fn forward(
         Ok(transferred) => Outcome::Relayed { transferred },
         Err(error) => Outcome::BrokeOff(error.to_string()),
     }
+}
+
+/// Counts how the connection ended, once, with the bytes it moved.
+fn record(metrics: &Metrics, outcome: &Outcome, peek_timed_out: bool) {
+    metrics.record_outcome(OutcomeKind::of(outcome, peek_timed_out));
+    let transferred = match outcome {
+        Outcome::Relayed { transferred } => transferred,
+        Outcome::HttpServed { served } => &served.transferred,
+        Outcome::DialFailed(_) | Outcome::BrokeOff(_) => return,
+    };
+    metrics.record_bytes(
+        transferred.client_to_upstream,
+        transferred.upstream_to_client,
+    );
 }
 
 /// Closes with RST rather than FIN, so the client sees a failure, not an
@@ -148,6 +175,8 @@ fn log_outcome(
         Outcome::HttpServed { served } => tracing::debug!(
             client = %peer, %dst, host, %decision, rule, ms,
             requests = served.requests, auth_failures = served.auth_failures,
+            up = served.transferred.client_to_upstream,
+            down = served.transferred.upstream_to_client,
             "plain HTTP connection done"
         ),
         Outcome::DialFailed(e) => tracing::warn!(
@@ -195,6 +224,15 @@ mod tests {
 
     /// A listener running `handle` for every connection, with `table`.
     async fn redirector(config: &str, table: Arc<Table>) -> SocketAddr {
+        redirector_counted(config, table, Arc::new(Metrics::new(None))).await
+    }
+
+    /// [`redirector`], counting into `metrics`.
+    async fn redirector_counted(
+        config: &str,
+        table: Arc<Table>,
+        metrics: Arc<Metrics>,
+    ) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let config = crate::config::ProxyConfig::parse("t", config).unwrap();
@@ -205,17 +243,18 @@ mod tests {
             cluster_cidrs: vec![],
         };
         let shared = Arc::new(Shared {
-            policy: Arc::new(Policy::new(config, &builtins)),
+            policy: Swappable::new(Policy::new(config, &builtins)),
             original_dst: table,
             dialer: Dialer {
                 socket_mark: 0,
                 timeout: Duration::from_secs(2),
-                tls: crate::dial::proxy_tls_config(&[]).unwrap(),
+                tls: Swappable::new(crate::dial::proxy_tls_config(&[]).unwrap()),
             },
             peek: PeekLimits {
                 max_bytes: 1024,
                 timeout: Duration::from_millis(50),
             },
+            metrics,
         });
         tokio::spawn(async move {
             while let Ok((s, peer)) = l.accept().await {
@@ -223,6 +262,68 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// A connection from a redirected client, to `dst`.
+    async fn redirected(table: &Table, listen: SocketAddr, dst: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        table
+            .0
+            .lock()
+            .unwrap()
+            .insert(socket.local_addr().unwrap(), dst);
+        socket.connect(listen).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn counts_each_connection_once() {
+        let echo = echo_server().await;
+        let table = Arc::new(Table::default());
+        let metrics = Arc::new(Metrics::new(None));
+        let listen = redirector_counted("{}", table.clone(), metrics.clone()).await;
+        let echoed = |mut c: TcpStream| async move {
+            c.shutdown().await.unwrap();
+            let mut out = Vec::new();
+            c.read_to_end(&mut out).await.unwrap();
+            out
+        };
+
+        // Speaks first: classified at once, relayed.
+        let mut c = redirected(&table, listen, echo).await;
+        c.write_all(b"hello").await.unwrap();
+        assert_eq!(echoed(c).await, b"hello");
+        // Silent past the peek timeout (50 ms), then speaks: routed by IP.
+        let mut c = redirected(&table, listen, echo).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        c.write_all(b"late").await.unwrap();
+        assert_eq!(echoed(c).await, b"late");
+        // A stranger.
+        drop(TcpStream::connect(listen).await.unwrap());
+
+        let want = [
+            "redirector_connections_total{decision=\"direct\"} 2",
+            "redirector_connections_total{decision=\"proxy\"} 0",
+            "redirector_connection_outcomes_total{outcome=\"ok\"} 1",
+            "redirector_connection_outcomes_total{outcome=\"peek_timeout\"} 1",
+            "redirector_connection_outcomes_total{outcome=\"no_original_destination\"} 1",
+            "redirector_bytes_total{direction=\"upstream\"} 9",
+            "redirector_bytes_total{direction=\"downstream\"} 9",
+            "redirector_connect_duration_seconds_count 2",
+            "redirector_active_connections 0",
+        ];
+        // The handlers finish just after the clients see the end.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let text = loop {
+            let text = metrics.encode();
+            if want.iter().all(|w| text.lines().any(|l| l == *w)) || Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        for w in want {
+            assert!(text.lines().any(|l| l == w), "missing `{w}` in:\n{text}");
+        }
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -18,18 +18,21 @@ use tokio::{
 use crate::{
     classify::PeekLimits,
     cli::{DEFAULT_PORT, RunArgs},
-    config::ProxyConfig,
     connection::Shared,
     dial::{self, Dialer},
     exemption,
     hook::{self, HookSettings, LoadedHooks, PinDir},
     lookup::KernelOriginalDst,
+    metrics::{self, Metrics},
     policy::Policy,
+    reload::{self, ReloadStats, Reloader, Swappable, Watch},
     server,
 };
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    let config = ProxyConfig::load(&args.proxy_config)?;
+    // Before anything is attached: SIGHUP's default action would kill us.
+    let hangup = signal(SignalKind::hangup())?;
+    let (config, config_digest) = reload::load(&args.proxy_config)?;
     let listen = listen_addrs(&args.listen)?;
     let tls = dial::proxy_tls_config(&config.trusted_ca)?;
     let policy = Policy::new(config, &args.policy.builtins());
@@ -47,18 +50,28 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tokio::spawn(forward_kernel_logs(logger));
     }
 
+    let metrics = Arc::new(Metrics::new(Some(args.pins.bpffs.clone())));
+    metrics
+        .readiness
+        .config_loaded
+        .store(true, Ordering::Relaxed);
+    metrics
+        .readiness
+        .kube
+        .store(args.kube.kube, Ordering::Relaxed);
     let shared = Arc::new(Shared {
-        policy: Arc::new(policy),
+        policy: Swappable::new(policy),
         original_dst,
         dialer: Dialer {
             socket_mark: args.socket_mark,
             timeout: Duration::from_secs_f64(args.connect_timeout),
-            tls,
+            tls: Swappable::new(tls),
         },
         peek: PeekLimits {
             timeout: Duration::from_secs_f64(args.peek_timeout),
             ..PeekLimits::default()
         },
+        metrics: metrics.clone(),
     });
     // The API client before anything is attached: a bad kubeconfig stops
     // the start, not the watcher later.
@@ -77,6 +90,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .with_context(|| format!("listening on {addr}"))?;
         listeners.push(listener);
     }
+    let metrics_listener = match args.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
 
     let pins = PinDir::new(&args.pins.bpffs);
     // With --kube, keep what an earlier instance exempted until our first
@@ -88,9 +105,36 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     hooks.exempt_cgroup_ids(&inherited)?;
     hooks.attach(&args.cgroup, &pins)?;
+    metrics
+        .readiness
+        .programs_attached
+        .store(true, Ordering::Relaxed);
     for listener in listeners {
         tokio::spawn(server::serve(listener, shared.clone()));
     }
+    metrics
+        .readiness
+        .listeners_up
+        .store(true, Ordering::Relaxed);
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        }
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
+    }
+    // Read by the metrics endpoint.
+    let reload_stats = Arc::new(ReloadStats::default());
+    metrics.follow_reloads(reload_stats.clone());
+    let reloader = Reloader {
+        path: args.proxy_config.clone(),
+        builtins: args.policy.builtins(),
+        shared: shared.clone(),
+        // Taken after attach, which pins the tries for `redirector status`.
+        bypass: Box::new(hooks.take_bypass()?),
+        stats: reload_stats.clone(),
+        watch: Watch::new(config_digest.clone()),
+    };
+    tokio::spawn(reloader.run(hangup));
     if let Some((client, node)) = kube {
         // Taken after attach, which pins the map for `redirector status`.
         let exempt = Arc::new(hooks.take_exempt_cgroups()?);
@@ -100,17 +144,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .map(|dir| hook::cgroup_id(dir))
             .collect::<Result<HashSet<_>>>()?;
         let mut reconciler =
-            exemption::reconcile::Reconciler::new(exempt, &args.cgroup, static_ids);
+            exemption::reconcile::Reconciler::new(exempt, &args.cgroup, static_ids)
+                .with_metrics(metrics.clone());
         reconciler.adopt(inherited);
         tracing::info!(node = %node, "following the Kubernetes API for exempt pods and namespaces");
         tokio::spawn(exemption::watcher::run(client, node, reconciler));
     }
+    let policy = shared.policy.load();
     tracing::info!(
         cgroup = %args.cgroup.display(), listen = ?listen, bpffs = %args.pins.bpffs.display(),
-        https_proxy = ?shared.policy.config().https_proxy,
-        http_proxy = ?shared.policy.config().http_proxy,
-        no_proxy_rules = shared.policy.config().no_proxy.rules().len(),
-        trusted_ca_certs = shared.policy.config().trusted_ca.len(),
+        config_digest,
+        https_proxy = ?policy.config().https_proxy,
+        http_proxy = ?policy.config().http_proxy,
+        no_proxy_rules = policy.config().no_proxy.rules().len(),
+        trusted_ca_certs = policy.config().trusted_ca.len(),
         "ready"
     );
 

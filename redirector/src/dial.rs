@@ -20,7 +20,7 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
-use crate::config::ProxyUrl;
+use crate::{config::ProxyUrl, reload::Swappable};
 
 /// A byte stream to the upstream, whatever carries it.
 pub trait UpstreamIo: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -69,8 +69,8 @@ pub struct Dialer {
     pub socket_mark: u32,
     /// Bound on TCP connect plus the proxy's answer to CONNECT.
     pub timeout: Duration,
-    /// TLS settings for `https://` proxies.
-    pub tls: Arc<rustls::ClientConfig>,
+    /// TLS settings for `https://` proxies (`trustedCA` follows a reload).
+    pub tls: Swappable<rustls::ClientConfig>,
 }
 
 /// TLS client settings for `https://` proxies: `trustedCA` plus the
@@ -182,7 +182,7 @@ impl Dialer {
                 source: io::Error::new(io::ErrorKind::InvalidInput, e),
             }
         })?;
-        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let connector = tokio_rustls::TlsConnector::from(self.tls.load());
         match connector.connect(name, tcp).await {
             Ok(tls) => Ok(Box::new(tls)),
             Err(e) if answered_in_plain_http(&e) => Err(DialError::ProxySpeaksPlainHttp {
@@ -286,7 +286,7 @@ mod tests {
         Dialer {
             socket_mark: 0,
             timeout: Duration::from_secs(5),
-            tls: proxy_tls_config(&[]).unwrap(),
+            tls: Swappable::new(proxy_tls_config(&[]).unwrap()),
         }
     }
 

@@ -51,10 +51,10 @@ impl PinDir {
     fn links(&self) -> PathBuf {
         self.root.join("links")
     }
-    fn link(&self, program: &str) -> PathBuf {
+    pub fn link(&self, program: &str) -> PathBuf {
         self.links().join(program)
     }
-    fn maps(&self) -> PathBuf {
+    pub fn maps(&self) -> PathBuf {
         self.root.join("maps")
     }
     pub fn map(&self, name: &str) -> PathBuf {
@@ -214,6 +214,21 @@ impl LoadedHooks {
             .context("the eBPF object has no EXEMPT_CGROUPS map")?;
         Ok(KernelExemptCgroups {
             map: std::sync::Mutex::new(HashMap::try_from(map)?),
+        })
+    }
+
+    /// The bypass tries, for bypasses that change at run time (reload).
+    /// Taken after attach, which pins them.
+    pub fn take_bypass(&mut self) -> Result<KernelBypass> {
+        let mut take = |name: &str| {
+            self.ebpf
+                .take_map(name)
+                .with_context(|| format!("the eBPF object has no {name} map"))
+        };
+        let v4 = LpmTrie::try_from(take(maps::BYPASS_V4)?)?;
+        let v6 = LpmTrie::try_from(take(maps::BYPASS_V6)?)?;
+        Ok(KernelBypass {
+            tries: std::sync::Mutex::new((v4, v6)),
         })
     }
 
@@ -400,6 +415,71 @@ impl ExemptCgroups for KernelExemptCgroups {
             }
         }
         Ok(())
+    }
+}
+
+/// Destinations the kernel never redirects, changed at run time (reload).
+pub trait BypassTries: Send + Sync + 'static {
+    /// Makes the tries hold exactly `wanted`: new prefixes are inserted
+    /// before stale ones are removed, so the tries are never emptier than
+    /// either set. Returns (inserted, removed).
+    fn sync(&self, wanted: &[IpNet]) -> Result<(Vec<IpNet>, Vec<IpNet>)>;
+}
+
+type BypassV4 = LpmTrie<MapData, [u8; 4], u8>;
+type BypassV6 = LpmTrie<MapData, [u8; 16], u8>;
+
+/// [`BypassTries`] backed by the kernel's `BYPASS_V4` and `BYPASS_V6` tries.
+pub struct KernelBypass {
+    tries: std::sync::Mutex<(BypassV4, BypassV6)>,
+}
+
+impl KernelBypass {
+    fn current(v4: &BypassV4, v6: &BypassV6) -> Result<Vec<IpNet>> {
+        let mut out = Vec::new();
+        for key in v4.keys() {
+            let key = key.context("reading BYPASS_V4")?;
+            let net = ipnet::Ipv4Net::new(key.data().into(), key.prefix_len() as u8)?;
+            out.push(IpNet::V4(net));
+        }
+        for key in v6.keys() {
+            let key = key.context("reading BYPASS_V6")?;
+            let net = ipnet::Ipv6Net::new(key.data().into(), key.prefix_len() as u8)?;
+            out.push(IpNet::V6(net));
+        }
+        Ok(out)
+    }
+}
+
+impl BypassTries for KernelBypass {
+    fn sync(&self, wanted: &[IpNet]) -> Result<(Vec<IpNet>, Vec<IpNet>)> {
+        let mut guard = self.tries.lock().unwrap_or_else(|p| p.into_inner());
+        let (v4, v6) = &mut *guard;
+        let (add, remove) = crate::reload::bypass_diff(&Self::current(v4, v6)?, wanted);
+        for net in &add {
+            match net {
+                IpNet::V4(n) => {
+                    v4.insert(&Key::new(n.prefix_len().into(), n.addr().octets()), 1, 0)
+                }
+                IpNet::V6(n) => {
+                    v6.insert(&Key::new(n.prefix_len().into(), n.addr().octets()), 1, 0)
+                }
+            }
+            .with_context(|| format!("adding bypass {net}"))?;
+        }
+        for net in &remove {
+            let removed = match net {
+                IpNet::V4(n) => v4.remove(&Key::new(n.prefix_len().into(), n.addr().octets())),
+                IpNet::V6(n) => v6.remove(&Key::new(n.prefix_len().into(), n.addr().octets())),
+            };
+            match removed {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e).with_context(|| format!("removing bypass {net}")),
+            }
+        }
+        Ok((add, remove))
     }
 }
 

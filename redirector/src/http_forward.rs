@@ -8,18 +8,31 @@
 //! reopened if the proxy closes it between requests. The proxy's answers,
 //! a 407 included, go back to the client as they are; when the proxy
 //! cannot be reached the client gets a 502 naming why.
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{body::Incoming, client::conn::http1::SendRequest, service::service_fn};
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, sync::Mutex};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::Mutex,
+};
 
 use crate::{
     config::ProxyUrl,
     dial::{DialError, Dialer, proxy_authorization},
+    relay::Transferred,
 };
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -31,6 +44,8 @@ pub struct Served {
     pub requests: u64,
     /// Of those, 407 answers (wrong or missing proxy credentials).
     pub auth_failures: u64,
+    /// Bytes read from and written to the client, as it sent and got them.
+    pub transferred: Transferred,
 }
 
 /// Serves the client's requests until it closes the connection.
@@ -54,11 +69,69 @@ pub async fn serve(
             async move { Ok::<_, std::convert::Infallible>(forwarder.forward(req).await) }
         })
     };
+    let counts = Arc::new(Counts::default());
+    let client = Counted {
+        io: client,
+        counts: counts.clone(),
+    };
     hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(client), service)
         .await?;
-    let served = *forwarder.served.lock().unwrap_or_else(|p| p.into_inner());
+    let mut served = *forwarder.served.lock().unwrap_or_else(|p| p.into_inner());
+    served.transferred = Transferred {
+        client_to_upstream: counts.read.load(Ordering::Relaxed),
+        upstream_to_client: counts.written.load(Ordering::Relaxed),
+    };
     Ok(served)
+}
+
+/// Bytes through a [`Counted`] stream, readable after hyper dropped it.
+#[derive(Default)]
+struct Counts {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+/// The client's stream, counting what passes.
+struct Counted {
+    io: TcpStream,
+    counts: Arc<Counts>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.counts.read.fetch_add(n, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.counts.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 struct Forwarder {
@@ -254,7 +327,7 @@ mod tests {
         Dialer {
             socket_mark: 0,
             timeout: Duration::from_secs(2),
-            tls: crate::dial::proxy_tls_config(&[]).unwrap(),
+            tls: crate::reload::Swappable::new(crate::dial::proxy_tls_config(&[]).unwrap()),
         }
     }
 
@@ -306,13 +379,11 @@ mod tests {
             "{}",
             heads[0]
         );
-        assert_eq!(
-            task.await.unwrap(),
-            Served {
-                requests: 2,
-                auth_failures: 0
-            }
-        );
+        let served = task.await.unwrap();
+        assert_eq!((served.requests, served.auth_failures), (2, 0));
+        // Both request heads in, both answers out.
+        assert!(served.transferred.client_to_upstream > 60, "{served:?}");
+        assert!(served.transferred.upstream_to_client > 30, "{served:?}");
     }
 
     #[tokio::test]

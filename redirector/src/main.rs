@@ -10,7 +10,10 @@
 //! - `relay`: bytes both ways, half-close aware; `http_forward`: plain HTTP
 //!   to `httpProxy` in absolute form;
 //! - `connection`: ties these together for one connection; `server` accepts;
-//! - `exemption`: with `--kube`, pods exempted live from the Kubernetes API.
+//! - `exemption`: with `--kube`, pods exempted live from the Kubernetes API;
+//! - `metrics`: each connection's decision, outcome and bytes, the kernel
+//!   counters, and `/metrics`, `/healthz`, `/readyz` on `--metrics`;
+//! - `reload`: `--proxy-config` watched and re-applied (hot reload, SIGHUP).
 mod ca;
 mod classify;
 mod cli;
@@ -23,10 +26,13 @@ mod exemption;
 mod explain;
 mod hook;
 mod http_forward;
+mod install_ca;
 mod lookup;
+mod metrics;
 mod noproxy;
 mod policy;
 mod relay;
+mod reload;
 mod server;
 mod status;
 
@@ -37,13 +43,16 @@ use cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match dispatch(Cli::parse().command) {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        cli::LogFormat::Text => logs.init(),
+        cli::LogFormat::Json => logs.json().init(),
+    }
+    match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -67,8 +76,9 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Status(args) => status::print(&hook::PinDir::new(&args.pins.bpffs), args.check),
+        Command::Status(args) => status::run(&args),
         Command::Explain(args) => explain::run(&args),
+        Command::InstallCa(args) => install_ca::run(&args),
         Command::GenCa(args) => {
             let ca = ca::GeneratedCa::generate()?;
             ca.write_to(&args.out_dir)?;

@@ -47,6 +47,7 @@ NODE_IP6=fd42:e9e5::1
 INET_IP4=10.249.0.2
 INET_IP6=fd42:e9e5::2
 NOPROXY_IP4=10.249.3.2
+METRICS_ADDR=127.0.0.1:9465  # the daemon's --metrics, in netns rde-node
 POD_A_IP4=10.249.1.2
 POD_A_IP6=fd42:e9e5:1::2
 POD_B_IP4=10.249.2.2
@@ -559,7 +560,7 @@ daemon_cmd() { # daemon_cmd ARGS...: sets CMD_ARRAY
 daemon_run_args() { # daemon_run_args CONFIGFILE
   printf '%s\n' run --proxy-config "$1" --cgroup "$CG_ROOT" \
     --listen "$NODE_IP4:$LISTEN_PORT" --listen "[$NODE_IP6]:$LISTEN_PORT" \
-    --bpffs "$PIN_DIR" --exempt-cgroup "$CG_ROOT/pods/pod-b"
+    --bpffs "$PIN_DIR" --exempt-cgroup "$CG_ROOT/pods/pod-b" --metrics "$METRICS_ADDR"
   if ((${#DAEMON_EXTRA[@]})); then printf '%s\n' "${DAEMON_EXTRA[@]}"; fi
 }
 

@@ -811,6 +811,221 @@ t_detach() {
   expect_contains "$out" "origin ok client=$POD_A_IP4 path=/detached" "body (client = pod-a itself)" || return 1
 }
 
+# 26. Hot reload: the config file is replaced (write + rename, as a ConfigMap
+#     update does) under a running daemon. Within 2 s a new noProxy name goes
+#     direct and a new noProxy CIDR is bypassed in the kernel, while a
+#     download started before the change completes intact; a broken file is
+#     refused with its error logged and the previous rules stay; SIGHUP
+#     forces a reload. The daemon runs on its own file, so later tests are
+#     unaffected.
+t_reload() {
+  local cfg=$WORK/reload-config.json n=33554432 dl_pid rc t0 ms out c direct=0 m before after
+  local proxy="http://$INET_IP4:$PROXY_PORT/" base='"10.249.3.0/24","localhost"'
+  local name_curl=(pod_curl pod-a -k --max-time 3 --resolve "reload.test:443:$INET_IP4")
+  write_config "$cfg" "$proxy" "$proxy" "[$base]"
+  use_daemon "$cfg" || why "daemon with $cfg did not start:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
+  out=$("${name_curl[@]}" https://reload.test/reload-before 2>&1) || why "curl reload.test failed:" "$out" || return 1
+  expect_contains "$out" "origin ok client=$INET_IP4 " "reload.test via the proxy before the reload" || return 1
+
+  # A long download through the proxy (4 s at 8 MiB/s), under way before the change.
+  local CMD_ARRAY
+  rm -f "$WORK/reload-bulk.bin"
+  cg_ns_cmd "$CG_ROOT/pods/pod-a" "$NS_POD_A" curl -q -sS --max-time 60 --limit-rate 8M \
+    -o "$WORK/reload-bulk.bin" "http://$INET_IP4/bytes/$n"
+  "${CMD_ARRAY[@]}" >"$WORK/reload-bulk.out" 2>&1 9>&- &
+  dl_pid=$!
+  BG_PIDS+=("$dl_pid")
+  wait_for 10 "the download under way" \
+    eval "(( \$(stat -c %s '$WORK/reload-bulk.bin' 2>/dev/null || echo 0) > 1048576 ))" || return 1
+
+  before=$(status_counter skipped_bypass) || why "status has no skipped_bypass:" "$(redirector_status 2>&1)" || return 1
+  write_config "$cfg.tmp" "$proxy" "$proxy" "[$base,\"reload.test\",\"10.249.4.0/24\"]"
+  mv -f "$cfg.tmp" "$cfg"
+  t0=$(now_ms)
+  while (( $(now_ms) - t0 < 2000 )); do
+    out=$("${name_curl[@]}" https://reload.test/reload-after 2>&1) || true
+    c=$(body_client "$out")
+    if [[ $c == "$NODE_IP4" || $c == "$POD_A_IP4" ]]; then direct=1; break; fi
+    sleep 0.1
+  done
+  ms=$(( $(now_ms) - t0 ))
+  ((direct)) || why "reload.test not direct 2 s after the change; last answer:" "$out" \
+    "$(tail -n 5 "$DAEMON_LOG")" || return 1
+  info "  new noProxy name in force after ${ms} ms"
+  expect_count "$(cat "$DAEMON_LOG")" "config reloaded" 1 "daemon log after the change" || return 1
+  kill -0 "$dl_pid" 2>/dev/null || why "the download ended before the reload took effect (too fast to test)" || return 1
+  # The new CIDR: the connect is skipped in the kernel, nothing reaches the proxy.
+  m=$(flow_count)
+  in_pod pod-a curl -q -s --max-time 2 "http://10.249.4.2/reload-cidr" >/dev/null 2>&1 || true
+  after=$(status_counter skipped_bypass)
+  ((after > before)) || why "skipped_bypass did not grow for 10.249.4.2 ($before -> $after)" || return 1
+  expect_empty "$(flow_since "$m" | grep 10.249.4 || true)" "flow log for 10.249.4.2" || return 1
+
+  # The download started under the old config completes intact.
+  rc=0; wait "$dl_pid" || rc=$?
+  ((rc == 0)) || why "the download failed (exit $rc):" "$(cat "$WORK/reload-bulk.out")" || return 1
+  out=$("$PYTHON" -c '
+import sys
+n = int(sys.argv[2])
+data = open(sys.argv[1], "rb").read()
+want = (bytes(range(256)) * (n // 256 + 1))[:n]
+print("ok" if data == want else "got %d bytes, expected %d%s" % (
+    len(data), n, "" if len(data) != n else " (content differs)"))
+' "$WORK/reload-bulk.bin" "$n" 2>&1)
+  [[ $out == ok ]] || why "download across the reload: $out" || return 1
+
+  # A broken file: the error is logged, the previous rules stay in force.
+  printf '{"noProxy": ["*.*.com"]}\n' >"$cfg.tmp"
+  mv -f "$cfg.tmp" "$cfg"
+  wait_for 3 "the reload error in the daemon log" grep -q "config reload failed" "$DAEMON_LOG" || return 1
+  expect_match "$(grep "config reload failed" "$DAEMON_LOG")" 'noProxy.*\*\.\*\.com' \
+    "the error names the bad entry" || return 1
+  out=$("${name_curl[@]}" https://reload.test/reload-broken 2>&1) || why "curl reload.test failed:" "$out" || return 1
+  expect_direct_body "$out" "reload.test after a broken file (previous rules)" || return 1
+  kill -0 "$DAEMON_PID" 2>/dev/null || why "the daemon died on a broken file" || return 1
+
+  # Back to a good file, then SIGHUP: one more reload of unchanged content.
+  write_config "$cfg.tmp" "$proxy" "$proxy" "[$base,\"reload.test\"]"
+  mv -f "$cfg.tmp" "$cfg"
+  wait_for 3 "the second reload" eval "(( \$(grep -c 'config reloaded' '$DAEMON_LOG') == 2 ))" || return 1
+  kill -HUP "$DAEMON_PID"
+  wait_for 2 "a reload forced by SIGHUP" eval "(( \$(grep -c 'config reloaded' '$DAEMON_LOG') == 3 ))" || return 1
+  kill -0 "$DAEMON_PID" 2>/dev/null || why "the daemon died on SIGHUP" || return 1
+  expect_count "$(cat "$DAEMON_LOG")" "config reload failed" 1 "exactly one refused reload" || return 1
+}
+
+# 27. Metrics on --metrics (in the node's netns): after exactly 3 HTTPS
+#     connections (CONNECT) and 1 plain HTTP connection through the
+#     authenticating proxy, and 1 noProxy-CIDR connect, all from pod-a, the
+#     counters moved by exactly that and bytes grew; /healthz and /readyz
+#     answer 200; /metrics shows no credential and no hostname.
+scrape() { # scrape PATH: the body (fails on a non-2xx status)
+  in_netns "$NS_NODE" curl -q -sS --fail --max-time 5 "http://$METRICS_ADDR$1"
+}
+metric() { # metric TEXT 'NAME{LABELS}': its value, 0 when absent
+  awk -v k="$2" '$1 == k { v = $2 } END { print v + 0 }' <<<"$1"
+}
+t_metrics() {
+  local cfg=$WORK/auth-config.json url before after out path i k d s
+  url="http://$AUTH_USER:$AUTH_PASS@$INET_IP4:$AUTH_PROXY_PORT/"
+  write_config "$cfg" "$url" "$url" "$POLICY_NOPROXY"
+  use_daemon "$cfg" || why "daemon with $cfg did not start:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
+  for path in /healthz /readyz; do
+    out=$(scrape "$path" 2>&1) || why "GET $path failed:" "$out" || return 1
+  done
+  before=$(scrape /metrics 2>&1) || why "GET /metrics failed:" "$before" || return 1
+  expect_match "$before" '^# EOF$' "OpenMetrics text ends with # EOF" || return 1
+  for i in 1 2 3; do
+    out=$(pod_curl pod-a --cacert "$CA_CERT" --resolve "origin.test:443:$INET_IP4" \
+      "https://origin.test/metrics-$i" 2>&1) || why "HTTPS $i failed:" "$out" || return 1
+  done
+  out=$(pod_curl pod-a --resolve "plain.test:80:$INET_IP4" http://plain.test/metrics-plain 2>&1) \
+    || why "plain HTTP failed:" "$out" || return 1
+  expect_contains "$out" "origin ok client=$INET_IP4 path=/metrics-plain" "plain body (client = the proxy)" || return 1
+  out=$(pod_curl pod-a "http://$NOPROXY_IP4/metrics-noproxy" 2>&1) || why "noProxy curl failed:" "$out" || return 1
+  expect_contains "$out" "client=$POD_A_IP4 " "noProxy body (client = pod-a itself)" || return 1
+  # An outcome is counted when the relay ends, a moment after curl exits.
+  local ok='redirector_connection_outcomes_total{outcome="ok"}'
+  wait_for 5 "4 more ok outcomes" \
+    eval "(( \$(metric \"\$(scrape /metrics)\" '$ok') >= $(metric "$before" "$ok") + 4 ))" || return 1
+  after=$(scrape /metrics 2>&1) || why "GET /metrics failed:" "$after" || return 1
+  for k in \
+    'redirector_connections_total{decision="proxy"} 4' \
+    'redirector_connections_total{decision="kernel-bypass"} 1' \
+    'redirector_connections_total{decision="direct"} 0' \
+    "$ok 4" \
+    'redirector_connection_outcomes_total{outcome="auth_failed"} 0' \
+    'redirector_connection_outcomes_total{outcome="no_original_destination"} 0' \
+    'redirector_kernel_connects_total{reason="redirected"} 4' \
+    'redirector_kernel_connects_total{reason="skipped_bypass"} 1' \
+    'redirector_connect_duration_seconds_count 3' \
+    'redirector_connection_outcomes_total{outcome="peek_timeout"} 0' \
+    'redirector_active_connections 0'; do
+    d=$(( $(metric "$after" "${k% *}") - $(metric "$before" "${k% *}") ))
+    [[ $d == "${k##* }" ]] || why "${k% *} moved by $d, expected ${k##* }" \
+      "before: $(grep -F -- "${k% *}" <<<"$before")" "after:  $(grep -F -- "${k% *}" <<<"$after")" || return 1
+  done
+  for d in upstream downstream; do
+    k="redirector_bytes_total{direction=\"$d\"}"
+    (( $(metric "$after" "$k") > $(metric "$before" "$k") )) || why "$k did not grow:" "$(grep -F -- "$k" <<<"$after")" || return 1
+  done
+  for s in "$AUTH_PASS" "$(printf '%s' "$AUTH_USER:$AUTH_PASS" | base64)" origin.test plain.test "$INET_IP4"; do
+    expect_not_contains "$after" "$s" "/metrics" || return 1
+  done
+}
+
+# 28. Restart under load: a stream of new connections from pod-a (one every
+#     ~20 ms, each with its own path) while the daemon is SIGKILLed and, a
+#     second later, restarted. Nothing of that stream reaches the origin
+#     directly (every request seen there comes from the proxy), the
+#     connections of the gap fail fast (refused, never black-holed), and
+#     after the restart requests succeed again within 2 s.
+t_restart_under_load() {
+  local o stop=$WORK/restart-under-load.stop log=$WORK/restart-under-load.txt
+  local loop_pid t_kill t_start t_ready seen bad n ok_before gap gap_bad first_ok late_bad out
+  use_daemon "$PROXY_CONFIG" || why "daemon did not start:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
+  o=$(origin_count)
+  rm -f "$stop"
+  # One line per request: N START_MS EXIT_CODE DURATION_MS. Bounded at 20 s
+  # whatever happens to the rest of the test.
+  (
+    local i=0 t0 rc end=$(( $(now_ms) + 20000 ))
+    while [[ ! -e $stop ]] && (( $(now_ms) < end )); do
+      t0=$(now_ms)
+      pod_curl pod-a --max-time 1 -o /dev/null "http://$INET_IP4/restart-$i" 2>/dev/null
+      rc=$?
+      echo "$i $t0 $rc $(( $(now_ms) - t0 ))"
+      i=$((i + 1))
+      sleep 0.02
+    done
+  ) >"$log" 9>&- &
+  loop_pid=$!
+  BG_PIDS+=("$loop_pid")
+  sleep 1
+  t_kill=$(now_ms)
+  kill -KILL "$DAEMON_PID"
+  wait "$DAEMON_PID" 2>/dev/null
+  DAEMON_PID=""
+  sleep 1
+  t_start=$(now_ms)
+  start_daemon || { touch "$stop"; wait "$loop_pid"; why "restart failed:" "$(tail -n 5 "$DAEMON_LOG")"; return 1; }
+  t_ready=$(now_ms)
+  sleep 3
+  touch "$stop"
+  wait "$loop_pid" 2>/dev/null
+  info "  $(wc -l <"$log") requests; killed at +0, restarted at +$((t_start - t_kill)) ms, ready at +$((t_ready - t_kill)) ms"
+
+  # Nothing direct: every request of the stream the origin saw came from the proxy.
+  seen=$(origin_since "$o" | grep -E 'path=/restart-[0-9]+$')
+  [[ -n $seen ]] || why "the origin saw no request of the stream" || return 1
+  bad=$(grep -v "client=$INET_IP4 " <<<"$seen")
+  expect_empty "$bad" "origin requests not from the proxy ($INET_IP4)" || return 1
+
+  ok_before=$(awk -v k="$t_kill" '$2 < k && $3 == 0' "$log" | wc -l)
+  ((ok_before > 0)) || why "no request succeeded before the kill:" "$(head -n 5 "$log")" || return 1
+  # The gap: started after the kill, before the new instance began to start.
+  # Each is refused (curl 7) in well under a second.
+  gap=$(awk -v k="$t_kill" -v s="$t_start" '$2 > k + 50 && $2 + $4 < s' "$log")
+  [[ -n $gap ]] || why "no request fell in the gap" || return 1
+  gap_bad=$(awk '$3 != 7 || $4 >= 1000' <<<"$gap")
+  expect_empty "$gap_bad" "gap requests that were not refused fast (N start rc ms)" || return 1
+
+  # Flowing again within 2 s of the restart's start, and from then on.
+  first_ok=$(awk -v s="$t_start" '$2 >= s && $3 == 0 { printf "%.0f\n", $2 + $4; exit }' "$log")
+  [[ -n $first_ok ]] || why "no request succeeded after the restart:" "$(tail -n 5 "$log")" || return 1
+  info "  first success $((first_ok - t_start)) ms after the restart began ($((first_ok - t_ready)) ms after ready)"
+  ((first_ok - t_ready <= 2000)) || why "first success $((first_ok - t_ready)) ms after ready, expected <= 2000" || return 1
+  late_bad=$(awk -v r="$t_ready" '$2 >= r + 2000 && $3 != 0' "$log")
+  expect_empty "$late_bad" "failures more than 2 s after the restart (N start rc ms)" || return 1
+  n=$(awk '$3 == 0' "$log" | wc -l)
+  (( $(wc -l <<<"$seen") >= n )) || why "$n requests succeeded but the origin saw $(wc -l <<<"$seen")" || return 1
+  # status after the takeover: the new links on the same cgroup, by path.
+  out=$(redirector_status 2>&1) || why "status failed:" "$out" || return 1
+  expect_match "$out" "^cgroup: $CG_ROOT \\(id [0-9]+\\)$" "status" || return 1
+  expect_match "$out" "^exempt_cgroup [0-9]+: $CG_ROOT/pods/pod-b$" "status" || return 1
+  expect_match "$out" "^map EXEMPT_CGROUPS: hash, [1-9][0-9]* of [0-9]+ entries$" "status" || return 1
+}
+
 # ---------------------------------------------------------------- main
 
 DAEMON_TESTS=(https:t_https http:t_http tcp_echo:t_tcp_echo ipv6:t_ipv6
@@ -823,6 +1038,9 @@ DAEMON_TESTS=(https:t_https http:t_http tcp_echo:t_tcp_echo ipv6:t_ipv6
   silent_client:t_silent_client
   proxy_auth:t_proxy_auth proxy_tls:t_proxy_tls
   "${KUBE_TESTS[@]}"
+  reload:t_reload
+  metrics:t_metrics
+  restart_under_load:t_restart_under_load
   detach:t_detach)
 
 main() {

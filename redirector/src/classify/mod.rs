@@ -127,24 +127,32 @@ impl Default for PeekLimits {
 /// Peeks (never consuming) until [`classify`] decides, `max_bytes` are
 /// buffered, the client closes its side, or `timeout` passes, and returns
 /// the best answer then. Socket errors give [`Protocol::Other`].
+#[cfg(test)]
 pub async fn peek_classify(stream: &TcpStream, limits: PeekLimits) -> Classification {
+    peek_classify_timed(stream, limits).await.0
+}
+
+/// [`peek_classify`], and whether `timeout` passed before the bytes decided
+/// (for the `peek_timeout` metric).
+pub async fn peek_classify_timed(stream: &TcpStream, limits: PeekLimits) -> (Classification, bool) {
     let mut peeked = Peeked::new(limits.max_bytes);
     let deadline = Instant::now() + limits.timeout;
     match time::timeout_at(deadline, peek_until_decided(stream, &mut peeked)).await {
-        Ok(Ok(Some(decided))) => decided,
-        Ok(Ok(None)) => settle(peeked.bytes()),
+        Ok(Ok(Some(decided))) => (decided, false),
+        Ok(Ok(None)) => (settle(peeked.bytes()), false),
         Ok(Err(error)) => {
             tracing::debug!(%error, "peeking at the first bytes failed");
-            Classification::other()
+            (Classification::other(), false)
         }
         Err(_elapsed) => {
             // Bytes that arrived just as the timer fired still count; the
             // socket is non-blocking, so this cannot wait.
-            match peeked.peek(stream) {
+            let class = match peeked.peek(stream) {
                 Ok(_) => settle(peeked.bytes()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => settle(peeked.bytes()),
                 Err(_) => Classification::other(),
-            }
+            };
+            (class, true)
         }
     }
 }
@@ -637,9 +645,10 @@ mod tests {
     async fn peek_silent_client_is_other_after_the_timeout() {
         let (_client, accepted) = pair().await;
         let started = Instant::now();
-        let got = peek_classify(&accepted, limits(100)).await;
+        let (got, timed_out) = peek_classify_timed(&accepted, limits(100)).await;
         let elapsed = started.elapsed();
         assert_eq!(got, Classification::other());
+        assert!(timed_out);
         assert!(elapsed >= Duration::from_millis(100), "{elapsed:?}");
         assert!(elapsed < Duration::from_millis(600), "{elapsed:?}");
     }
@@ -649,8 +658,9 @@ mod tests {
         let request = b"GET /x HTTP/1.1\r\nHost: Web.Example:8080\r\nAccept: */*\r\n\r\n";
         let (mut client, accepted) = pair().await;
         client.write_all(request).await.unwrap();
-        let got = peek_classify(&accepted, limits(2_000)).await;
+        let (got, timed_out) = peek_classify_timed(&accepted, limits(2_000)).await;
         assert_eq!(got, http(Some("web.example")));
+        assert!(!timed_out);
         drop(client);
         assert_eq!(read_all(accepted).await, request);
     }

@@ -9,7 +9,10 @@ use std::{
 use kube::runtime::watcher::Event;
 
 use super::{cgroups, policy};
-use crate::hook::{ExemptCgroups, cgroup_id};
+use crate::{
+    hook::{ExemptCgroups, cgroup_id},
+    metrics::Metrics,
+};
 
 /// What the reconciler keeps of a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +116,9 @@ pub struct Reconciler {
     applied: HashMap<u64, String>,
     /// The last (exempt pods, exempt cgroups) counts logged.
     last_counts: Option<(usize, usize)>,
+    /// Gets the exempt pods gauge, and readiness once a pass ran (passes
+    /// run only on complete lists, so the first one means "API synced").
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The result of one pass, for logs and tests.
@@ -139,7 +145,14 @@ impl Reconciler {
             static_ids,
             applied: HashMap::new(),
             last_counts: None,
+            metrics: None,
         }
+    }
+
+    /// Reports to `metrics` from the next pass on.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Takes over ids already in the map (an earlier instance's): they stay
@@ -214,6 +227,13 @@ impl Reconciler {
             }
         }
 
+        if let Some(metrics) = &self.metrics {
+            metrics.set_exempt_pods(pass.exempt_pods);
+            metrics
+                .readiness
+                .api_synced
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let counts = (pass.exempt_pods, self.applied.len());
         if self.last_counts != Some(counts) {
             self.last_counts = Some(counts);
