@@ -1,45 +1,12 @@
-//! `redirector`: the node daemon and its CLI.
-//!
-//! A connection's path through the code, in order:
-//! - `hook`: the kernel programs (connect4/6 rewrite, sock_ops re-key), loaded and pinned;
-//! - `lookup`: on accept, the original destination by client address;
-//! - `classify`: peek at the first bytes for the TLS SNI or HTTP Host;
-//! - `policy`: kernel bypass, direct, or which proxy (`noproxy` matches rules);
-//! - `dial`: CONNECT tunnel (TLS and auth to the proxy) or direct socket,
-//!   with the daemon's SO_MARK;
-//! - `relay`: bytes both ways, half-close aware; `http_forward`: plain HTTP
-//!   to `httpProxy` in absolute form;
-//! - `connection`: ties these together for one connection; `server` accepts;
-//! - `exemption`: with `--kube`, pods exempted live from the Kubernetes API;
-//! - `metrics`: each connection's decision, outcome and bytes, the kernel
-//!   counters, and `/metrics`, `/healthz`, `/readyz` on `--metrics`;
-//! - `reload`: `--proxy-config` watched and re-applied (hot reload, SIGHUP).
-mod ca;
-mod classify;
-mod cli;
-mod config;
-mod connection;
-mod daemon;
-mod dial;
-mod endpoint;
-mod exemption;
-mod explain;
-mod hook;
-mod http_forward;
-mod install_ca;
-mod lookup;
-mod metrics;
-mod noproxy;
-mod policy;
-mod relay;
-mod reload;
-mod server;
-mod status;
-
+//! The `redirector` binary: parses the command line and runs the command.
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, Command};
+use redirector::{
+    ca, cli,
+    cli::{Cli, Command},
+    daemon, explain, hook, install_ca, status,
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
