@@ -128,6 +128,14 @@ pub struct RunArgs {
     /// `/readyz` on this address; off when absent.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// Most connections open at once on this node; more are reset at once.
+    /// Default: what the open-files limit allows (three descriptors each).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most connections open at once from one pod (client address), so one
+    /// pod cannot starve the others; more are reset at once.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections_per_pod: usize,
 }
 
 /// Live exemption of pods and namespaces from the Kubernetes API.

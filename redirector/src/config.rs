@@ -6,6 +6,10 @@
 //!   "noProxy": ["localhost", "10.0.0.0/16"], "trustedCA": "<base64 PEM>" }
 //! ```
 //!
+//! Two redirector-only keys extend it: `failMode` (`"closed"`, the default,
+//! or `"open"`) and `allowPodOptOut` (default `true`, as AKS honours pod
+//! annotations). Files without them are plain AKS files.
+//!
 //! Unknown keys are rejected rather than ignored: a typo such as
 //! `httpsProxyy` would otherwise silently send traffic direct.
 use std::{fmt, path::Path};
@@ -48,6 +52,44 @@ struct RawConfig {
     /// AKS's CLI file says `trustedCA`; its ARM API says `trustedCa`.
     #[serde(rename = "trustedCA", alias = "trustedCa")]
     trusted_ca: Option<String>,
+    /// Redirector extension: `"closed"` or `"open"`.
+    #[serde(rename = "failMode")]
+    fail_mode: Option<String>,
+    /// Redirector extension: whether pod annotations may exempt a pod.
+    #[serde(rename = "allowPodOptOut")]
+    allow_pod_opt_out: Option<bool>,
+}
+
+/// What a connection does when the upstream proxy cannot be reached.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Refuse the client: nothing ever bypasses the proxy.
+    #[default]
+    Closed,
+    /// Connect direct instead: the pod reaches the destination around the
+    /// proxy whenever the proxy is unreachable.
+    Open,
+}
+
+impl FailMode {
+    fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "closed" => Ok(Self::Closed),
+            "open" => Ok(Self::Open),
+            other => Err(format!(
+                "`{other}` is not a fail mode (allowed: \"closed\", \"open\")"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for FailMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+        })
+    }
 }
 
 /// `noProxy` as AKS writes it (an array) or as a `NO_PROXY` value copied
@@ -82,6 +124,11 @@ pub struct ProxyConfig {
     pub no_proxy: NoProxy,
     /// DER certificates from `trustedCA` (the MITM proxy's CA).
     pub trusted_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// `failMode`: what to do when the upstream proxy is unreachable.
+    pub fail_mode: FailMode,
+    /// `allowPodOptOut`: whether pod annotations may exempt a pod; when
+    /// false only namespace labels count.
+    pub allow_pod_opt_out: bool,
 }
 
 impl ProxyConfig {
@@ -127,11 +174,17 @@ impl ProxyConfig {
             None | Some("") => Vec::new(),
             Some(b64) => parse_trusted_ca(b64).map_err(|m| field_error("trustedCA", m))?,
         };
+        let fail_mode = match raw.fail_mode.as_deref() {
+            None => FailMode::default(),
+            Some(v) => FailMode::parse(v).map_err(|m| field_error("failMode", m))?,
+        };
         Ok(Self {
             http_proxy,
             https_proxy,
             no_proxy,
             trusted_ca,
+            fail_mode,
+            allow_pod_opt_out: raw.allow_pod_opt_out.unwrap_or(true),
         })
     }
 }
@@ -349,6 +402,45 @@ mod tests {
         let list = parse(r#"{"noProxy": ["a.example", "10.0.0.0/8"]}"#).unwrap();
         let csv = parse(r#"{"noProxy": "a.example, 10.0.0.0/8"}"#).unwrap();
         assert_eq!(list.no_proxy, csv.no_proxy);
+    }
+
+    #[test]
+    fn extension_keys_default_for_aks_files() {
+        let cfg = parse(r#"{"httpsProxy": "http://10.0.0.4:8080/"}"#).unwrap();
+        assert_eq!(cfg.fail_mode, FailMode::Closed);
+        assert!(cfg.allow_pod_opt_out);
+    }
+
+    #[test]
+    fn extension_keys_accept_their_values() {
+        let cfg = parse(r#"{"failMode": "open", "allowPodOptOut": false}"#).unwrap();
+        assert_eq!(cfg.fail_mode, FailMode::Open);
+        assert_eq!(cfg.fail_mode.to_string(), "open");
+        assert!(!cfg.allow_pod_opt_out);
+        let cfg = parse(r#"{"failMode": "closed", "allowPodOptOut": true}"#).unwrap();
+        assert_eq!(cfg.fail_mode, FailMode::Closed);
+        assert_eq!(cfg.fail_mode.to_string(), "closed");
+        assert!(cfg.allow_pod_opt_out);
+    }
+
+    #[test]
+    fn extension_keys_reject_bad_values() {
+        let err = parse(r#"{"failMode": "Open"}"#).unwrap_err().to_string();
+        assert!(err.contains("field `failMode`"), "{err}");
+        assert!(err.contains(r#""closed", "open""#), "{err}");
+        for text in [
+            r#"{"failMode": 1}"#,
+            r#"{"allowPodOptOut": "false"}"#,
+            r#"{"allowPodOptOut": 0}"#,
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            let field = if text.contains("failMode") {
+                "failMode"
+            } else {
+                "allowPodOptOut"
+            };
+            assert!(err.contains(field), "{text}: {err}");
+        }
     }
 
     #[test]

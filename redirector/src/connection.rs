@@ -7,16 +7,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::net::TcpStream;
+use bytes::Bytes;
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
     classify::{self, Classification, PeekLimits},
-    dial::{DialError, Dialer, UpstreamIo},
+    config::FailMode,
+    dial::{DialError, Dialer, Tunnel, Upstream},
     http_forward::{self, Served},
     lookup::OriginalDst,
     metrics::{Metrics, OutcomeKind},
     policy::{Decision, Mode, Policy, Target},
-    relay::{Transferred, relay},
+    relay::{Transferred, relay_buffered, relay_spliced},
     reload::Swappable,
 };
 
@@ -64,41 +66,73 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         return;
     };
     let (class, peek_timed_out) = classify::peek_classify_timed(&client, shared.peek).await;
-    let decision = shared.policy.load().decide(&Target {
+    let policy = shared.policy.load();
+    let decision = policy.decide(&Target {
         ip: Some(dst.ip()),
         host: class.hostname.as_deref(),
         port: dst.port(),
         protocol: class.protocol,
     });
     shared.metrics.record_decision(&decision);
-    let outcome = forward(&shared, client, dst, &class, &decision).await;
+    let fail_mode = policy.config().fail_mode;
+    drop(policy);
+    let outcome = forward(&shared, client, dst, &class, &decision, fail_mode).await;
     record(&shared.metrics, &outcome, peek_timed_out);
     log_outcome(peer, dst, &class, &decision, &outcome, started.elapsed());
 }
 
 async fn forward(
     shared: &Shared,
-    mut client: TcpStream,
+    client: TcpStream,
     dst: SocketAddr,
     class: &Classification,
     decision: &Decision,
+    fail_mode: FailMode,
 ) -> Outcome {
     let dialing = Instant::now();
-    let upstream: Result<Box<dyn UpstreamIo>, DialError> = match decision {
+    let tunnel: Result<Tunnel, DialError> = match decision {
         // A kernel-bypass destination only gets here if the maps changed
         // after the connect; it goes direct either way.
-        Decision::KernelBypass { .. } | Decision::Direct { .. } => shared
-            .dialer
-            .direct(dst)
-            .await
-            .map(|s| Box::new(s) as Box<dyn UpstreamIo>),
+        Decision::KernelBypass { .. } | Decision::Direct { .. } => {
+            shared.dialer.direct(dst).await.map(|s| Tunnel {
+                upstream: Upstream::Tcp(s),
+                early: Bytes::new(),
+            })
+        }
         Decision::Proxy {
             proxy,
             mode: Mode::AbsoluteForm,
             ..
         } => {
-            return match http_forward::serve(client, proxy.clone(), dst, shared.dialer.clone())
-                .await
+            // Failing open needs to know now whether the proxy answers; the
+            // connection opened to find out serves the first request.
+            let preopened = match fail_mode {
+                FailMode::Closed => None,
+                FailMode::Open => match shared.dialer.proxy_connection(proxy).await {
+                    Ok(io) => Some(io),
+                    Err(e) if e.is_unreachable() => {
+                        // The client's request goes to the origin as it was sent.
+                        return match fail_open(shared, dst, &e).await {
+                            Ok(upstream) => {
+                                relay_to(client, Upstream::Tcp(upstream), Bytes::new()).await
+                            }
+                            Err(e) => {
+                                reset(client);
+                                Outcome::DialFailed(e)
+                            }
+                        };
+                    }
+                    Err(_) => None,
+                },
+            };
+            return match http_forward::serve(
+                client,
+                proxy.clone(),
+                dst,
+                shared.dialer.clone(),
+                preopened,
+            )
+            .await
             {
                 Ok(served) => Outcome::HttpServed { served },
                 Err(e) => Outcome::BrokeOff(e.to_string()),
@@ -115,19 +149,60 @@ async fn forward(
                 Some(host) => format!("{host}:{}", dst.port()),
                 None => dst.to_string(),
             };
-            shared.dialer.tunnel(proxy, &authority).await
+            match shared.dialer.tunnel(proxy, &authority).await {
+                Err(e) if fail_mode == FailMode::Open && e.is_unreachable() => {
+                    fail_open(shared, dst, &e).await.map(|s| Tunnel {
+                        upstream: Upstream::Tcp(s),
+                        early: Bytes::new(),
+                    })
+                }
+                tunnel => tunnel,
+            }
         }
     };
     shared.metrics.observe_connect(dialing.elapsed());
-    let mut upstream = match upstream {
-        Ok(u) => u,
+    let Tunnel { upstream, early } = match tunnel {
+        Ok(t) => t,
         Err(e) => {
             // A reset tells the client at once; it must never hang or go direct.
             reset(client);
             return Outcome::DialFailed(e);
         }
     };
-    match relay(&mut client, &mut upstream).await {
+    relay_to(client, upstream, early).await
+}
+
+/// `failMode: open`: the proxy cannot be reached, so connect direct.
+async fn fail_open(
+    shared: &Shared,
+    dst: SocketAddr,
+    proxy_error: &DialError,
+) -> Result<TcpStream, DialError> {
+    tracing::warn!(
+        %dst, error = %proxy_error,
+        "upstream proxy unreachable; failMode open: connecting direct"
+    );
+    shared.metrics.record_fail_open();
+    shared.dialer.direct(dst).await
+}
+
+/// Relays until both sides are done, `early` (tunnel bytes that came with
+/// the proxy's answer) to the client first.
+async fn relay_to(mut client: TcpStream, upstream: Upstream, early: Bytes) -> Outcome {
+    let relayed = async {
+        let mut early_bytes = 0;
+        if !early.is_empty() {
+            client.write_all(&early).await?;
+            early_bytes = early.len() as u64;
+        }
+        let mut moved = match upstream {
+            Upstream::Tcp(upstream) => relay_spliced(&client, &upstream).await?,
+            Upstream::Tls(mut upstream) => relay_buffered(&mut client, &mut upstream).await?,
+        };
+        moved.upstream_to_client += early_bytes;
+        Ok::<_, std::io::Error>(moved)
+    };
+    match relayed.await {
         Ok(transferred) => Outcome::Relayed { transferred },
         Err(error) => Outcome::BrokeOff(error.to_string()),
     }

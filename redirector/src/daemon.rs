@@ -22,6 +22,7 @@ use crate::{
     dial::{self, Dialer},
     exemption,
     hook::{self, HookSettings, LoadedHooks, PinDir},
+    limits::{self, Limits},
     lookup::KernelOriginalDst,
     metrics::{self, Metrics},
     policy::Policy,
@@ -32,6 +33,20 @@ use crate::{
 pub async fn run(args: RunArgs) -> Result<()> {
     // Before anything is attached: SIGHUP's default action would kill us.
     let hangup = signal(SignalKind::hangup())?;
+    let open_files = limits::raise_open_files_limit()?;
+    let limits = Limits::new(
+        args.max_connections
+            .unwrap_or_else(limits::default_global_max),
+        args.max_connections_per_pod,
+    );
+    tracing::info!(
+        open_files,
+        max_connections = args
+            .max_connections
+            .unwrap_or_else(limits::default_global_max),
+        max_connections_per_pod = args.max_connections_per_pod,
+        "connection caps"
+    );
     let (config, config_digest) = reload::load(&args.proxy_config)?;
     let listen = listen_addrs(&args.listen)?;
     let tls = dial::proxy_tls_config(&config.trusted_ca)?;
@@ -44,6 +59,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         bypass: policy.kernel_bypass(),
         kernel_debug_logs: tracing::enabled!(target: "redirector::kernel", tracing::Level::DEBUG),
     };
+    // Named failures (not a cgroup v2 dir, no capability, old kernel)
+    // before the loader's bare errno.
+    hook::check_cgroup2(&args.cgroup)?;
+    hook::check_kernel()?;
     let mut hooks = LoadedHooks::load(&settings)?;
     let original_dst = Arc::new(KernelOriginalDst::new(hooks.take_dst_by_client()?));
     if let Some(logger) = hooks.take_logger() {
@@ -110,7 +129,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .programs_attached
         .store(true, Ordering::Relaxed);
     for listener in listeners {
-        tokio::spawn(server::serve(listener, shared.clone()));
+        tokio::spawn(server::serve(listener, shared.clone(), limits.clone()));
     }
     metrics
         .readiness
@@ -145,7 +164,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .collect::<Result<HashSet<_>>>()?;
         let mut reconciler =
             exemption::reconcile::Reconciler::new(exempt, &args.cgroup, static_ids)
-                .with_metrics(metrics.clone());
+                .with_metrics(metrics.clone())
+                .with_pod_opt_out({
+                    // The reloaded configuration's value, read on every pass.
+                    let shared = shared.clone();
+                    move || shared.policy.load().config().allow_pod_opt_out
+                });
         reconciler.adopt(inherited);
         tracing::info!(node = %node, "following the Kubernetes API for exempt pods and namespaces");
         tokio::spawn(exemption::watcher::run(client, node, reconciler));
@@ -158,6 +182,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         http_proxy = ?policy.config().http_proxy,
         no_proxy_rules = policy.config().no_proxy.rules().len(),
         trusted_ca_certs = policy.config().trusted_ca.len(),
+        fail_mode = %policy.config().fail_mode,
+        allow_pod_opt_out = policy.config().allow_pod_opt_out,
         "ready"
     );
 

@@ -28,6 +28,9 @@ use redirector_ebpf::{COUNTERS_LEN, Counter, Endpoint, RedirectConfig, maps};
 
 use crate::endpoint::to_endpoint;
 
+mod support;
+pub use support::{KernelSupportError, check_cgroup2, check_kernel};
+
 /// The eBPF object built by `cargo xtask build`, embedded at compile time.
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector.bpf.o"));
@@ -87,9 +90,43 @@ pub struct HookSettings {
     pub kernel_debug_logs: bool,
 }
 
+/// Test-only: shrinks maps to make "map full" reachable in end-to-end tests,
+/// e.g. `EXEMPT_CGROUPS=1,DST_BY_CLIENT=4`. Only the maps whose overflow
+/// must fail closed are accepted, and only made smaller.
+pub const DEBUG_MAP_MAX_ENV: &str = "REDIRECTOR_DEBUG_MAP_MAX";
+
+/// Parses [`DEBUG_MAP_MAX_ENV`]'s value into (map, entries).
+pub fn parse_debug_map_max(value: &str) -> Result<Vec<(&'static str, u32)>> {
+    let shrinkable = [
+        (maps::EXEMPT_CGROUPS, maps::EXEMPT_CGROUPS_MAX),
+        (maps::DST_BY_COOKIE, maps::DST_MAX),
+        (maps::DST_BY_CLIENT, maps::DST_MAX),
+    ];
+    let mut out = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, n) = item
+            .split_once('=')
+            .with_context(|| format!("{DEBUG_MAP_MAX_ENV}: `{item}` is not MAP=ENTRIES"))?;
+        let Some(&(name, max)) = shrinkable.iter().find(|(m, _)| *m == name.trim()) else {
+            bail!("{DEBUG_MAP_MAX_ENV}: `{name}` cannot be resized");
+        };
+        let n: u32 = n
+            .trim()
+            .parse()
+            .with_context(|| format!("{DEBUG_MAP_MAX_ENV}: `{item}`"))?;
+        if n == 0 || n > max {
+            bail!("{DEBUG_MAP_MAX_ENV}: `{item}`: between 1 and {max}");
+        }
+        out.push((name, n));
+    }
+    Ok(out)
+}
+
 /// Loaded (not yet attached) programs with their maps filled.
 pub struct LoadedHooks {
     ebpf: Ebpf,
+    /// Entries the exempt-cgroup map holds, for "map full" errors.
+    exempt_capacity: u32,
 }
 
 impl LoadedHooks {
@@ -106,10 +143,25 @@ impl LoadedHooks {
         } else {
             aya_log::Level::Warn
         } as u8;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &level, true)
+        let mut loader = EbpfLoader::new();
+        loader.override_global(aya_log::LEVEL, &level, true);
+        let mut exempt_capacity = maps::EXEMPT_CGROUPS_MAX;
+        if let Ok(value) = std::env::var(DEBUG_MAP_MAX_ENV) {
+            for (name, n) in parse_debug_map_max(&value)? {
+                tracing::warn!(
+                    map = name,
+                    entries = n,
+                    "test setting {DEBUG_MAP_MAX_ENV}: map shrunk"
+                );
+                loader.map_max_entries(name, n);
+                if name == maps::EXEMPT_CGROUPS {
+                    exempt_capacity = n;
+                }
+            }
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
-            .context("loading the eBPF object (needs root, BTF and a kernel >= 5.8)")?;
+            .context("loading the eBPF object")?;
         for name in CONNECT_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
             prog.load()
@@ -119,7 +171,10 @@ impl LoadedHooks {
         prog.load()
             .with_context(|| format!("loading program {SOCK_OPS_PROGRAM}"))?;
 
-        let mut hooks = Self { ebpf };
+        let mut hooks = Self {
+            ebpf,
+            exempt_capacity,
+        };
         hooks.write_config(settings)?;
         hooks.write_exempt_cgroups(&settings.exempt_cgroups)?;
         hooks.write_bypass(&settings.bypass)?;
@@ -214,6 +269,7 @@ impl LoadedHooks {
             .context("the eBPF object has no EXEMPT_CGROUPS map")?;
         Ok(KernelExemptCgroups {
             map: std::sync::Mutex::new(HashMap::try_from(map)?),
+            capacity: self.exempt_capacity,
         })
     }
 
@@ -395,14 +451,30 @@ pub trait ExemptCgroups: Send + Sync + 'static {
 /// [`ExemptCgroups`] backed by the kernel's `EXEMPT_CGROUPS` map.
 pub struct KernelExemptCgroups {
     map: std::sync::Mutex<HashMap<MapData, u64, u8>>,
+    /// Its `max_entries`, for the "map full" error.
+    capacity: u32,
 }
 
 impl ExemptCgroups for KernelExemptCgroups {
     fn set(&self, cgroup_id: u64, exempt: bool) -> Result<()> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if exempt {
-            map.insert(cgroup_id, 1, 0)
-                .with_context(|| format!("exempting cgroup id {cgroup_id}"))?;
+            match map.insert(cgroup_id, 1, 0) {
+                Ok(()) => {}
+                // The kernel's answer to an insert into a full hash map.
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    bail!(
+                        "exempting cgroup id {cgroup_id}: the {} map is full ({} entries)",
+                        maps::EXEMPT_CGROUPS,
+                        self.capacity
+                    );
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("exempting cgroup id {cgroup_id}"));
+                }
+            }
         } else {
             match map.remove(&cgroup_id) {
                 Ok(()) => {}
@@ -494,4 +566,28 @@ fn open_pinned(pins: &PinDir, name: &str) -> Result<aya::maps::Map> {
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;
     Ok(aya::maps::Map::from_map_data(data)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_map_max_only_shrinks_the_fail_closed_maps() {
+        assert_eq!(
+            parse_debug_map_max("EXEMPT_CGROUPS=1, DST_BY_CLIENT=4,").unwrap(),
+            vec![(maps::EXEMPT_CGROUPS, 1), (maps::DST_BY_CLIENT, 4)]
+        );
+        assert!(parse_debug_map_max("").unwrap().is_empty());
+        for bad in [
+            "CONFIG=1",
+            "BYPASS_V4=1",
+            "EXEMPT_CGROUPS",
+            "EXEMPT_CGROUPS=0",
+            "EXEMPT_CGROUPS=x",
+            "DST_BY_CLIENT=99999999",
+        ] {
+            assert!(parse_debug_map_max(bad).is_err(), "{bad}");
+        }
+    }
 }

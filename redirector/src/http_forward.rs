@@ -16,13 +16,14 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{body::Incoming, client::conn::http1::SendRequest, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -31,7 +32,7 @@ use tokio::{
 
 use crate::{
     config::ProxyUrl,
-    dial::{DialError, Dialer, proxy_authorization},
+    dial::{DialError, Dialer, UpstreamIo, proxy_authorization},
     relay::Transferred,
 };
 
@@ -48,12 +49,20 @@ pub struct Served {
     pub transferred: Transferred,
 }
 
+/// The longest request head a client may send (hyper's buffer bound).
+const MAX_HEAD: usize = 64 * 1024;
+/// How long a client may take to send a request head (slowloris bound).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the client's requests until it closes the connection.
+/// `preopened`: a connection to the proxy already open (else the first
+/// request opens one).
 pub async fn serve(
     client: TcpStream,
     proxy: ProxyUrl,
     dst: SocketAddr,
     dialer: Dialer,
+    preopened: Option<Box<dyn UpstreamIo>>,
 ) -> Result<Served, hyper::Error> {
     let forwarder = Arc::new(Forwarder {
         proxy,
@@ -62,6 +71,12 @@ pub async fn serve(
         upstream: Mutex::new(None),
         served: std::sync::Mutex::new(Served::default()),
     });
+    if let Some(io) = preopened {
+        // A failed handshake just leaves the first request to dial again.
+        if let Ok(sender) = forwarder.handshake(io).await {
+            *forwarder.upstream.lock().await = Some(sender);
+        }
+    }
     let service = {
         let forwarder = forwarder.clone();
         service_fn(move |req| {
@@ -75,6 +90,9 @@ pub async fn serve(
         counts: counts.clone(),
     };
     hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(client), service)
         .await?;
     let mut served = *forwarder.served.lock().unwrap_or_else(|p| p.into_inner());
@@ -188,6 +206,10 @@ impl Forwarder {
 
     async fn connect(&self) -> Result<SendRequest<Incoming>, DialError> {
         let io = self.dialer.proxy_connection(&self.proxy).await?;
+        self.handshake(io).await
+    }
+
+    async fn handshake(&self, io: Box<dyn UpstreamIo>) -> Result<SendRequest<Incoming>, DialError> {
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|source| DialError::Protocol {
@@ -337,7 +359,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
-            serve(s, proxy, "10.0.0.1:80".parse().unwrap(), dialer())
+            serve(s, proxy, "10.0.0.1:80".parse().unwrap(), dialer(), None)
                 .await
                 .unwrap()
         });

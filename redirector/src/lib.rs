@@ -28,6 +28,7 @@ pub mod explain;
 pub mod hook;
 pub mod http_forward;
 pub mod install_ca;
+pub mod limits;
 pub mod lookup;
 pub mod metrics;
 pub mod noproxy;
@@ -36,4 +37,3 @@ pub mod relay;
 pub mod reload;
 pub mod server;
 pub mod status;
-

@@ -37,6 +37,7 @@ use crate::{
     connection::Outcome,
     dial::DialError,
     hook::{self, PinDir},
+    limits::Refusal,
     policy::Decision,
     reload::ReloadStats,
 };
@@ -118,7 +119,9 @@ impl OutcomeKind {
                 OutcomeKind::TlsError
             }
             DialError::AuthFailed { .. } => OutcomeKind::AuthFailed,
-            DialError::Refused { .. } | DialError::Protocol { .. } => OutcomeKind::UpstreamRefused,
+            DialError::Refused { .. } | DialError::Connect { .. } | DialError::Protocol { .. } => {
+                OutcomeKind::UpstreamRefused
+            }
         }
     }
 }
@@ -156,6 +159,10 @@ pub struct Metrics {
     /// `kernel-bypass` comes from the kernel counters.
     routed: Arc<Routed>,
     outcomes: Family<Label, Counter>,
+    /// Connections reset at accept by a cap, by which cap.
+    refused: Family<Label, Counter>,
+    /// Connections sent direct because the proxy was unreachable (failMode open).
+    fail_open: Counter,
     bytes: Family<Label, Counter>,
     active: Gauge,
     connect_duration: Histogram,
@@ -163,6 +170,11 @@ pub struct Metrics {
     /// The reloader's counts, once it runs.
     reloads: Arc<OnceLock<Arc<ReloadStats>>>,
     pub readiness: Readiness,
+    /// Exempt pods whose cgroup could not be put in the kernel map (e.g.
+    /// map full): they stay redirected (fail closed).
+    exempt_unapplied: Gauge,
+    /// Failed writes to the kernel's exempt-cgroup map.
+    exempt_write_failures: Counter,
 }
 
 /// Connections routed by the daemon, read by [`KernelCollector`] so that
@@ -261,6 +273,22 @@ impl Metrics {
             "Redirected connections by how they ended",
             outcomes.clone(),
         );
+        let refused = Family::<Label, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections reset at accept because a cap was reached (--max-connections, \
+             --max-connections-per-pod)",
+            refused.clone(),
+        );
+        let fail_open = Counter::default();
+        registry.register(
+            "fail_open_connections",
+            "Connections sent direct because the proxy was unreachable (failMode: open)",
+            fail_open.clone(),
+        );
+        for refusal in [Refusal::Global, Refusal::Pod] {
+            let _ = refused.get_or_create(&[("reason", refusal.label())]);
+        }
         let bytes = Family::<Label, Counter>::default();
         registry.register(
             "bytes",
@@ -285,6 +313,18 @@ impl Metrics {
             "Pods exempted from redirection through the Kubernetes API (--kube)",
             exempt_pods.clone(),
         );
+        let exempt_unapplied = Gauge::default();
+        registry.register(
+            "exempt_pods_unapplied",
+            "Exempt pods left redirected because their cgroup could not be put in the kernel map",
+            exempt_unapplied.clone(),
+        );
+        let exempt_write_failures = Counter::default();
+        registry.register(
+            "exempt_map_write_failures",
+            "Failed writes to the kernel's exempt-cgroup map (e.g. map full); retried",
+            exempt_write_failures.clone(),
+        );
         // Every series present from the start, so rates work from zero.
         for kind in OutcomeKind::ALL {
             let _ = outcomes.get_or_create(&[("outcome", kind.name())]);
@@ -296,12 +336,16 @@ impl Metrics {
             registry,
             routed,
             outcomes,
+            refused,
+            fail_open,
             bytes,
             active,
             connect_duration,
             exempt_pods,
             reloads,
             readiness: Readiness::default(),
+            exempt_unapplied,
+            exempt_write_failures,
         }
     }
 
@@ -316,6 +360,18 @@ impl Metrics {
     }
 
     /// Counts how a connection ended; call once per connection.
+    /// Counts a connection sent direct by `failMode: open`.
+    pub fn record_fail_open(&self) {
+        self.fail_open.inc();
+    }
+
+    /// Counts a connection a cap refused at accept.
+    pub fn record_refusal(&self, refusal: Refusal) {
+        self.refused
+            .get_or_create(&[("reason", refusal.label())])
+            .inc();
+    }
+
     pub fn record_outcome(&self, kind: OutcomeKind) {
         self.outcomes
             .get_or_create(&[("outcome", kind.name())])
@@ -356,6 +412,14 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// One reconcile pass's failed exempt-map writes, and how many exempt
+    /// pods are left redirected because of them.
+    pub fn record_exempt_failures(&self, failed_writes: usize, unapplied: usize) {
+        self.exempt_write_failures.inc_by(failed_writes as u64);
+        self.exempt_unapplied
+            .set(i64::try_from(unapplied).unwrap_or(i64::MAX));
     }
 }
 

@@ -264,6 +264,18 @@ impl NoProxy {
         ip: impl Into<Option<IpAddr>>,
         port: u16,
     ) -> Option<&Rule> {
+        self.find_by_scan(host, ip, port)
+    }
+
+    /// [`NoProxy::find`] by looking at every rule in turn: the reference the
+    /// index is tested against, and the baseline of the benchmarks.
+    #[doc(hidden)]
+    pub fn find_by_scan(
+        &self,
+        host: Option<&str>,
+        ip: impl Into<Option<IpAddr>>,
+        port: u16,
+    ) -> Option<&Rule> {
         // IPv4-mapped destinations (dual-stack sockets) are IPv4 to the
         // kernel tries too, so `10.0.0.0/8` covers `::ffff:10.1.2.3`.
         let ip = ip.into().map(|ip| ip.to_canonical());

@@ -204,6 +204,8 @@ impl Reloader {
             http_proxy = ?config.http_proxy,
             no_proxy_rules = config.no_proxy.rules().len(),
             trusted_ca_certs = config.trusted_ca.len(),
+            fail_mode = %config.fail_mode,
+            allow_pod_opt_out = config.allow_pod_opt_out,
             bypass_added = ?added,
             bypass_removed = ?removed,
             "config reloaded"

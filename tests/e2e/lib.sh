@@ -644,3 +644,88 @@ origin_since() { tail -n "+$(( $1 + 1 ))" "$ORIGIN_LOG"; }
 pins_present() { # anything pinned under the daemon's bpffs dir?
   [[ -n $(find "$PIN_DIR" -mindepth 1 ! -type d 2>/dev/null | head -n 1) ]]
 }
+
+# ---------------------------------------------------------------- hostile.sh / soak.sh helpers
+
+# A third pod (not exempt): "another pod" whose connections go through the
+# daemon like pod-a's but from another client address (per-pod limits).
+# Listed in ALL_NS so that node_down removes it (and a crashed run's).
+NS_POD_C=rde-pod-c
+POD_C_IP4=10.249.5.2
+ALL_NS+=("$NS_POD_C")
+
+pod_c_up() { # idempotent; needs the node up
+  if [[ ! -e /run/netns/$NS_POD_C ]]; then
+    make_netns "$NS_POD_C"
+    veth_pair "$NS_NODE" rde-pc-n "$NS_POD_C" rde-pc-p
+    addr "$NS_NODE" rde-pc-n 10.249.5.1/24
+    addr "$NS_POD_C" rde-pc-p "$POD_C_IP4/24"
+    ip -n "$NS_POD_C" route add "$TEST_NET4" via 10.249.5.1
+  fi
+  mkdir -p "$CG_ROOT/pods/pod-c"
+}
+
+# pod_bg POD NAME CMD...: CMD as a process of that pod, in the background,
+# output in $WORK/NAME.out; its pid in POD_BG_PID (and BG_PIDS).
+POD_BG_PID=""
+pod_bg() {
+  local pod=$1 name=$2 CMD_ARRAY; shift 2
+  cg_ns_cmd "$CG_ROOT/pods/$pod" "rde-$pod" "$@"
+  "${CMD_ARRAY[@]}" >"$WORK/$name.out" 2>&1 9>&- &
+  POD_BG_PID=$!
+  BG_PIDS+=("$POD_BG_PID")
+}
+
+daemon_rss_kb() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$DAEMON_PID/status"; }
+daemon_fd_count() { find "/proc/$DAEMON_PID/fd" -mindepth 1 -maxdepth 1 | wc -l; }
+
+# daemon_rss_watch_start / daemon_rss_watch_stop: the daemon's peak VmRSS
+# (KiB) while something runs, sampled every 0.1 s; stop prints it.
+RSS_WATCH_PID=""
+daemon_rss_watch_start() {
+  local file=$WORK/rss-peak pid=$DAEMON_PID
+  daemon_rss_kb >"$file"
+  (
+    local r peak
+    peak=$(cat "$file")
+    while [[ ! -e $file.stop ]] && kill -0 "$pid" 2>/dev/null; do
+      r=$(awk '$1 == "VmRSS:" { print $2 }' "/proc/$pid/status" 2>/dev/null)
+      if [[ -n $r ]] && ((r > peak)); then peak=$r; echo "$peak" >"$file"; fi
+      sleep 0.1
+    done
+  ) 9>&- &
+  RSS_WATCH_PID=$!
+  BG_PIDS+=("$RSS_WATCH_PID")
+}
+daemon_rss_watch_stop() {
+  touch "$WORK/rss-peak.stop"
+  wait "$RSS_WATCH_PID" 2>/dev/null
+  rm -f "$WORK/rss-peak.stop"
+  RSS_WATCH_PID=""
+  cat "$WORK/rss-peak"
+}
+
+# daemon_metrics: the /metrics text; metric_value TEXT 'NAME{LABELS}': one
+# value, 0 when absent.
+daemon_metrics() {
+  in_netns "$NS_NODE" curl -q -sS --fail --max-time 5 "http://$METRICS_ADDR/metrics"
+}
+metric_value() {
+  awk -v k="$2" '$1 == k { v = $2 } END { printf "%d\n", v + 0 }' <<<"$1"
+}
+
+# map_entries NAME: the entry count `redirector status` shows for a map.
+map_entries() {
+  redirector_status 2>/dev/null | sed -n "s/^map $1: [^,]*, \([0-9]*\) of [0-9]* entries\$/\1/p"
+}
+
+# jget JSON KEY[.KEY...]: one field of a JSON object (lists and objects as JSON).
+jget() {
+  "$PYTHON" -c '
+import json, sys
+v = json.loads(sys.argv[1])
+for k in sys.argv[2].split("."):
+    v = v.get(k) if isinstance(v, dict) else None
+print(json.dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else v))
+' "$1" "$2"
+}

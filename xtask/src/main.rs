@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 
-use xtask::{Paths, bench, build, demo, image, kind, manifests, setup, test};
+use xtask::{Paths, bench, build, demo, fuzz, image, kind, manifests, setup, test};
 
 /// Build, test and demo tasks of egress-redirector.
 #[derive(Parser)]
@@ -51,6 +51,19 @@ enum Cmd {
     /// cgroups, and `cargo xtask bench --quick` (every path moves data).
     /// Ends with the stages' durations and an `N passed, M failed` line.
     Test,
+    /// Run the cargo-fuzz targets of redirector/fuzz for a while each
+    ///
+    /// Builds them instrumented (libFuzzer, AddressSanitizer) in target/fuzz
+    /// and runs each for --seconds; exits non-zero when one crashes, naming
+    /// the saved input (redirector/fuzz/artifacts/TARGET/) and how to re-run
+    /// it. Targets: tls_client_hello, http_head, connect_response, no_proxy,
+    /// proxy_config (all when none is named). Part of `test`.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+        targets: Vec<String>,
+    },
     /// Build everything and run the demo node (needs root)
     ///
     /// Runs setup and build, then tests/e2e/demo.sh: a miniature node where a
@@ -138,6 +151,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::setup(&paths),
         Cmd::Build { debug } => build::build(&paths, !debug).map(drop),
         Cmd::Test => test::test(&paths),
+        Cmd::Fuzz { seconds, targets } => fuzz::fuzz(&paths, seconds, &targets),
         Cmd::Demo => demo::demo(&paths),
         Cmd::Manifests => manifests::validate(&paths),
         Cmd::Image => image::image(&paths).map(drop),

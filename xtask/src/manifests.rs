@@ -3,6 +3,12 @@
 //! fields, missing required ones, wrong types) against the Kubernetes API
 //! schemas bundled by PyPI's `kubernetes-validate`. No API server is needed.
 //!
+//! Each rendering is also checked for least privilege ([`least_privilege`]):
+//! the DaemonSets' containers drop every capability and add only the ones
+//! listed in [`ALLOWED_CAPABILITIES`], run with a read-only root filesystem
+//! and without privilege escalation, and the daemon's service account can
+//! only get, list and watch pods and namespaces.
+//!
 //! Run by `cargo xtask test` (stage `manifests`) and alone by
 //! `cargo xtask manifests`. The tools come from `cargo xtask setup`.
 
@@ -11,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
+use serde_json::Value;
 
 use crate::test::Counts;
 use crate::toolchain::{self, Paths, describe, find_program};
@@ -154,6 +161,25 @@ fn check_counting(paths: &Paths) -> Result<Counts> {
             .count();
         println!("rendered {} ({objects} objects)", rel.display());
 
+        match rendered_objects(paths, &rendered) {
+            Ok(docs) => {
+                let violations = least_privilege(&docs);
+                for v in &violations {
+                    println!("FAIL least privilege {}: {v}", rel.display());
+                }
+                if violations.is_empty() {
+                    println!("  {} least privilege: ok", rel.display());
+                    counts.passed += 1;
+                } else {
+                    counts.failed += violations.len() as u64;
+                }
+            }
+            Err(e) => {
+                println!("FAIL least privilege {}: {e:#}", rel.display());
+                counts.failed += 1;
+            }
+        }
+
         for version in KUBE_VERSIONS {
             let mut check = Command::new(&validator);
             check
@@ -201,9 +227,365 @@ fn check_counting(paths: &Paths) -> Result<Counts> {
     Ok(counts)
 }
 
+/// The rendered YAML as JSON objects, converted by the validator venv's
+/// Python (PyYAML comes with kubernetes-validate), so the checks below need
+/// no YAML crate.
+fn rendered_objects(paths: &Paths, rendered: &Path) -> Result<Vec<Value>> {
+    let python = validator_venv(paths).join("bin/python");
+    let mut cmd = Command::new(&python);
+    cmd.args([
+        "-c",
+        "import json, sys, yaml\n\
+         json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d], sys.stdout)",
+    ])
+    .arg(rendered)
+    .stdin(Stdio::null());
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting `{}`", describe(&cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            describe(&cmd),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("parsing the converted manifests")
+}
+
+/// The daemon's service account, whose RBAC is checked.
+pub const SERVICE_ACCOUNT: &str = "egress-redirector";
+
+/// Capabilities each container of our DaemonSets may add (all others drop
+/// ALL and add nothing). The daemon's set must be exactly this: BPF for
+/// bpf(), NET_ADMIN for cgroup sock_addr/sock_ops programs and SO_MARK.
+pub const ALLOWED_CAPABILITIES: &[(&str, &[&str])] = &[
+    ("redirector", &["BPF", "NET_ADMIN"]),
+    // chroot into the host root to run its CA tool; write its 0444 bundles
+    ("install-ca", &["SYS_CHROOT", "DAC_OVERRIDE"]),
+];
+
+/// What the service account may do: read pods and namespaces.
+const ALLOWED_RESOURCES: &[&str] = &["pods", "namespaces"];
+const ALLOWED_VERBS: &[&str] = &["get", "list", "watch"];
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn name_of(obj: &Value) -> &str {
+    obj["metadata"]["name"].as_str().unwrap_or("?")
+}
+
+/// Least-privilege violations in a set of rendered objects (empty: none).
+pub fn least_privilege(objects: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    for ds in objects.iter().filter(|o| o["kind"] == "DaemonSet") {
+        check_daemonset(ds, &mut out);
+    }
+    check_rbac(objects, &mut out);
+    out
+}
+
+fn check_daemonset(ds: &Value, out: &mut Vec<String>) {
+    let ds_name = name_of(ds);
+    let pod = &ds["spec"]["template"]["spec"];
+    for field in ["hostPID", "hostIPC"] {
+        if pod[field] == true {
+            out.push(format!("DaemonSet {ds_name}: {field}: true"));
+        }
+    }
+    let containers =
+        strings_or_objects(&pod["initContainers"]).chain(strings_or_objects(&pod["containers"]));
+    for c in containers {
+        let name = c["name"].as_str().unwrap_or("?");
+        let what = format!("DaemonSet {ds_name} container {name}");
+        let sc = &c["securityContext"];
+        if sc["privileged"] == true {
+            out.push(format!("{what}: privileged: true"));
+        }
+        if sc["allowPrivilegeEscalation"] != false {
+            out.push(format!("{what}: allowPrivilegeEscalation is not false"));
+        }
+        if sc["readOnlyRootFilesystem"] != true {
+            out.push(format!("{what}: readOnlyRootFilesystem is not true"));
+        }
+        let drop = strings(&sc["capabilities"]["drop"]);
+        if !drop.contains(&"ALL") {
+            out.push(format!("{what}: capabilities.drop lacks ALL ({drop:?})"));
+        }
+        let allowed = ALLOWED_CAPABILITIES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(&[][..], |(_, caps)| *caps);
+        let add = strings(&sc["capabilities"]["add"]);
+        let extra: Vec<&str> = add
+            .iter()
+            .map(|c| c.trim_start_matches("CAP_"))
+            .filter(|c| !allowed.contains(c))
+            .collect();
+        if !extra.is_empty() {
+            out.push(format!("{what}: adds {extra:?}; allowed: {allowed:?}"));
+        }
+        // The daemon cannot work with less: a missing one is a broken
+        // manifest, not a safer one, so flag it too.
+        if name == "redirector" {
+            for cap in allowed {
+                if !add.iter().any(|c| c.trim_start_matches("CAP_") == *cap) {
+                    out.push(format!(
+                        "{what}: does not add {cap}, which the daemon needs"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn strings_or_objects(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
+/// Every role bound to the service account grants only reads of pods and
+/// namespaces; a binding to a role not in the rendering (e.g. a built-in
+/// like cluster-admin) cannot be checked and fails.
+fn check_rbac(objects: &[Value], out: &mut Vec<String>) {
+    let bindings = objects.iter().filter(|o| {
+        (o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
+            && strings_or_objects(&o["subjects"])
+                .any(|s| s["kind"] == "ServiceAccount" && s["name"] == SERVICE_ACCOUNT)
+    });
+    for binding in bindings {
+        let (kind, role) = (
+            binding["roleRef"]["kind"].as_str().unwrap_or("?"),
+            binding["roleRef"]["name"].as_str().unwrap_or("?"),
+        );
+        let what = format!(
+            "{} {} binds {SERVICE_ACCOUNT} to {kind} {role}",
+            binding["kind"].as_str().unwrap_or("?"),
+            name_of(binding)
+        );
+        let Some(role_obj) = objects
+            .iter()
+            .find(|o| o["kind"] == kind && name_of(o) == role)
+        else {
+            out.push(format!("{what}, which is not defined here"));
+            continue;
+        };
+        if !role_obj["aggregationRule"].is_null() {
+            out.push(format!(
+                "{what}: an aggregated role grants whatever it collects"
+            ));
+        }
+        for rule in strings_or_objects(&role_obj["rules"]) {
+            let groups = strings(&rule["apiGroups"]);
+            let resources = strings(&rule["resources"]);
+            let verbs = strings(&rule["verbs"]);
+            if !rule["nonResourceURLs"].is_null() {
+                out.push(format!("{what}: grants nonResourceURLs"));
+            }
+            if groups.iter().any(|g| !g.is_empty()) {
+                out.push(format!("{what}: grants API groups {groups:?} (only core)"));
+            }
+            let bad: Vec<_> = resources
+                .iter()
+                .filter(|r| !ALLOWED_RESOURCES.contains(r))
+                .collect();
+            if !bad.is_empty() {
+                out.push(format!(
+                    "{what}: grants resources {bad:?} (only {ALLOWED_RESOURCES:?})"
+                ));
+            }
+            let bad: Vec<_> = verbs
+                .iter()
+                .filter(|v| !ALLOWED_VERBS.contains(v))
+                .collect();
+            if !bad.is_empty() {
+                out.push(format!(
+                    "{what}: grants verbs {bad:?} (only {ALLOWED_VERBS:?})"
+                ));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The base's objects, reduced to what the checks read.
+    fn good() -> Vec<Value> {
+        let sc = |add: Value| {
+            json!({"privileged": false, "allowPrivilegeEscalation": false,
+                   "readOnlyRootFilesystem": true,
+                   "capabilities": {"drop": ["ALL"], "add": add}})
+        };
+        vec![
+            json!({"kind": "DaemonSet", "metadata": {"name": "egress-redirector"},
+              "spec": {"template": {"spec": {"hostNetwork": true,
+                "initContainers": [{"name": "install-ca",
+                    "securityContext": sc(json!(["SYS_CHROOT", "DAC_OVERRIDE"]))}],
+                "containers": [{"name": "redirector",
+                    "securityContext": sc(json!(["BPF", "NET_ADMIN"]))}]}}}}),
+            json!({"kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT}}),
+            json!({"kind": "ClusterRole", "metadata": {"name": "egress-redirector"},
+              "rules": [{"apiGroups": [""], "resources": ["pods", "namespaces"],
+                         "verbs": ["get", "list", "watch"]}]}),
+            json!({"kind": "ClusterRoleBinding", "metadata": {"name": "egress-redirector"},
+              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                          "name": "egress-redirector"},
+              "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT,
+                            "namespace": "egress-redirector"}]}),
+        ]
+    }
+
+    /// `good()` with one value set at a JSON pointer (`/OBJECT-INDEX/...`),
+    /// adding the last key if it is not there.
+    fn with(pointer: &str, value: Value) -> Vec<Value> {
+        let mut objs = good();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        let (index, parent) = parent[1..].split_once('/').unwrap_or((&parent[1..], ""));
+        let obj = &mut objs[index.parse::<usize>().unwrap()];
+        let target = if parent.is_empty() {
+            obj
+        } else {
+            obj.pointer_mut(&format!("/{parent}"))
+                .unwrap_or_else(|| panic!("no {pointer}"))
+        };
+        match target {
+            Value::Object(map) => {
+                map.insert(key.to_owned(), value);
+            }
+            Value::Array(items) => items[key.parse::<usize>().unwrap()] = value,
+            _ => panic!("{pointer}: not in an object or array"),
+        }
+        objs
+    }
+
+    const MAIN: &str = "/0/spec/template/spec/containers/0/securityContext";
+    const INIT: &str = "/0/spec/template/spec/initContainers/0/securityContext";
+
+    #[test]
+    fn the_good_manifest_passes() {
+        assert_eq!(least_privilege(&good()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_violation_fails() {
+        let cases: Vec<(Vec<Value>, &str)> = vec![
+            (
+                with(
+                    &format!("{MAIN}/capabilities/add"),
+                    json!(["BPF", "NET_ADMIN", "SYS_ADMIN"]),
+                ),
+                "adds [\"SYS_ADMIN\"]",
+            ),
+            (
+                with(
+                    &format!("{MAIN}/capabilities/add"),
+                    json!(["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]),
+                ),
+                "adds [\"PERFMON\"]",
+            ),
+            (
+                with(&format!("{MAIN}/capabilities/add"), json!(["BPF"])),
+                "does not add NET_ADMIN",
+            ),
+            (
+                with(&format!("{MAIN}/capabilities/drop"), json!(["NET_RAW"])),
+                "capabilities.drop lacks ALL",
+            ),
+            (
+                with(&format!("{MAIN}/readOnlyRootFilesystem"), json!(false)),
+                "container redirector: readOnlyRootFilesystem is not true",
+            ),
+            (
+                with(&format!("{MAIN}/allowPrivilegeEscalation"), json!(true)),
+                "allowPrivilegeEscalation is not false",
+            ),
+            (
+                with(&format!("{MAIN}/privileged"), json!(true)),
+                "privileged: true",
+            ),
+            (
+                with(
+                    &format!("{INIT}/capabilities/add"),
+                    json!(["SYS_CHROOT", "SYS_ADMIN"]),
+                ),
+                "container install-ca: adds [\"SYS_ADMIN\"]",
+            ),
+            (
+                with(&format!("{INIT}/readOnlyRootFilesystem"), Value::Null),
+                "container install-ca: readOnlyRootFilesystem is not true",
+            ),
+            (
+                with("/0/spec/template/spec/hostPID", json!(true)),
+                "hostPID: true",
+            ),
+            (
+                with("/2/rules/0/verbs", json!(["get", "list", "watch", "patch"])),
+                "grants verbs [\"patch\"]",
+            ),
+            (
+                with("/2/rules/0/verbs", json!(["*"])),
+                "grants verbs [\"*\"]",
+            ),
+            (
+                with("/2/rules/0/resources", json!(["pods", "secrets"])),
+                "grants resources [\"secrets\"]",
+            ),
+            (
+                with("/2/rules/0/apiGroups", json!(["", "apps"])),
+                "grants API groups",
+            ),
+            (
+                with("/3/roleRef/name", json!("cluster-admin")),
+                "ClusterRole cluster-admin, which is not defined here",
+            ),
+        ];
+        for (objs, want) in cases {
+            let found = least_privilege(&objs);
+            assert!(
+                found.iter().any(|v| v.contains(want)),
+                "expected a violation containing {want:?}, got {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_second_binding_is_checked_too() {
+        let mut objs = good();
+        objs.push(json!({"kind": "RoleBinding", "metadata": {"name": "extra"},
+            "roleRef": {"kind": "Role", "name": "secrets"},
+            "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT}]}));
+        objs.push(json!({"kind": "Role", "metadata": {"name": "secrets"},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}));
+        let found = least_privilege(&objs);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.contains("RoleBinding extra") && v.contains("secrets")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn other_containers_may_add_nothing() {
+        let objs = vec![
+            json!({"kind": "DaemonSet", "metadata": {"name": "egress-redirector-detach"},
+            "spec": {"template": {"spec": {"initContainers": [{"name": "detach",
+                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"], "add": ["BPF"]}}}]}}}}),
+        ];
+        let found = least_privilege(&objs);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("container detach: adds [\"BPF\"]"),
+            "{found:?}"
+        );
+    }
 
     #[test]
     fn validator_lines() {

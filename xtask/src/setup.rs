@@ -119,6 +119,7 @@ pub fn setup(paths: &Paths) -> Result<()> {
     summary.add("mitmproxy", install_mitmproxy(paths)?);
     summary.add("kubectl", install_kubectl(paths)?);
     summary.add("kubernetes-validate", install_kubernetes_validate(paths)?);
+    summary.add("cargo-fuzz", crate::fuzz::install_cargo_fuzz()?);
     summary.print();
     Ok(())
 }

@@ -8,6 +8,11 @@
 //! unchanged). The pod annotation `egress-redirector/exempt: "false"`
 //! re-includes a pod, whatever else says: the most specific word wins, and
 //! it errs towards the proxy.
+//!
+//! With `allowPodOptOut: false` a pod cannot exempt itself: only the
+//! namespace label exempts (changing it needs RBAC on namespaces, which a
+//! pod's author usually lacks). The re-including `"false"` still counts, as
+//! it can only send more traffic through the proxy.
 use std::collections::BTreeMap;
 
 /// Namespace label and pod annotation of our own.
@@ -29,17 +34,17 @@ fn flag(map: Option<&BTreeMap<String, String>>, key: &str) -> Option<bool> {
 }
 
 /// Whether a pod is exempt, from its namespace's labels and its own
-/// annotations.
+/// annotations; `pod_opt_out` is the configuration's `allowPodOptOut`.
 pub fn is_exempt(
     namespace_labels: Option<&BTreeMap<String, String>>,
     pod_annotations: Option<&BTreeMap<String, String>>,
+    pod_opt_out: bool,
 ) -> bool {
+    let namespace = flag(namespace_labels, EXEMPT_KEY) == Some(true);
     match flag(pod_annotations, EXEMPT_KEY) {
-        Some(pod) => pod,
-        None => {
-            flag(pod_annotations, AKS_NO_PROXY_KEY) == Some(true)
-                || flag(namespace_labels, EXEMPT_KEY) == Some(true)
-        }
+        Some(false) => false,
+        Some(true) if pod_opt_out => true,
+        _ => (pod_opt_out && flag(pod_annotations, AKS_NO_PROXY_KEY) == Some(true)) || namespace,
     }
 }
 
@@ -88,7 +93,37 @@ mod tests {
         for (ns, pod, want) in table {
             let (ns, pod) = (map(ns), map(pod));
             assert_eq!(
-                is_exempt(Some(&ns), Some(&pod)),
+                is_exempt(Some(&ns), Some(&pod), true),
+                *want,
+                "ns {ns:?} pod {pod:?}"
+            );
+        }
+    }
+
+    /// `allowPodOptOut: false`: pod annotations cannot exempt, the
+    /// namespace label still does, and re-including still works.
+    #[test]
+    fn without_pod_opt_out_only_namespaces_exempt() {
+        let ns_exempt = [(EXEMPT_KEY, "true")];
+        type Pairs<'a> = &'a [(&'a str, &'a str)];
+        let table: &[(Pairs, Pairs, bool)] = &[
+            (&[], &[], false),
+            (&[], &[(EXEMPT_KEY, "true")], false),
+            (&[], &[(AKS_NO_PROXY_KEY, "true")], false),
+            (
+                &[],
+                &[(EXEMPT_KEY, "true"), (AKS_NO_PROXY_KEY, "true")],
+                false,
+            ),
+            (&ns_exempt, &[], true),
+            (&ns_exempt, &[(EXEMPT_KEY, "true")], true),
+            (&ns_exempt, &[(AKS_NO_PROXY_KEY, "false")], true),
+            (&ns_exempt, &[(EXEMPT_KEY, "false")], false),
+        ];
+        for (ns, pod, want) in table {
+            let (ns, pod) = (map(ns), map(pod));
+            assert_eq!(
+                is_exempt(Some(&ns), Some(&pod), false),
                 *want,
                 "ns {ns:?} pod {pod:?}"
             );
@@ -97,8 +132,15 @@ mod tests {
 
     #[test]
     fn missing_maps_are_empty() {
-        assert!(!is_exempt(None, None));
-        assert!(is_exempt(Some(&map(&[(EXEMPT_KEY, "true")])), None));
-        assert!(is_exempt(None, Some(&map(&[(EXEMPT_KEY, "true")]))));
+        for opt_out in [true, false] {
+            assert!(!is_exempt(None, None, opt_out));
+            assert!(is_exempt(
+                Some(&map(&[(EXEMPT_KEY, "true")])),
+                None,
+                opt_out
+            ));
+        }
+        assert!(is_exempt(None, Some(&map(&[(EXEMPT_KEY, "true")])), true));
+        assert!(!is_exempt(None, Some(&map(&[(EXEMPT_KEY, "true")])), false));
     }
 }

@@ -1,5 +1,9 @@
 //! The mirror of the API objects we need and the reconciler that turns it
 //! into the kernel's exempt-cgroup map, applying only the difference.
+//!
+//! Fails closed: a pod whose cgroup cannot be put in the map (map full, any
+//! write error) stays redirected; the failure is logged once, counted, and
+//! the write retried on every pass.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
@@ -119,6 +123,14 @@ pub struct Reconciler {
     /// Gets the exempt pods gauge, and readiness once a pass ran (passes
     /// run only on complete lists, so the first one means "API synced").
     metrics: Option<Arc<Metrics>>,
+    /// The configuration's `allowPodOptOut` as in force now (it changes on
+    /// reload); read on every pass.
+    pod_opt_out: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The value the last pass used, to log a change once.
+    last_pod_opt_out: Option<bool>,
+    /// Ids whose exemption could not be written, with their pod: logged on
+    /// the first failure and on recovery, not on every retry.
+    failing: HashMap<u64, String>,
 }
 
 /// The result of one pass, for logs and tests.
@@ -131,6 +143,9 @@ pub struct Pass {
     /// Ids added to and removed from the map in this pass.
     pub added: usize,
     pub removed: usize,
+    /// Exempt pods whose cgroup could not be put in the map: they stay
+    /// redirected until a later pass succeeds.
+    pub failed: usize,
 }
 
 impl Reconciler {
@@ -146,7 +161,16 @@ impl Reconciler {
             applied: HashMap::new(),
             last_counts: None,
             metrics: None,
+            pod_opt_out: Arc::new(|| true),
+            last_pod_opt_out: None,
+            failing: HashMap::new(),
         }
+    }
+
+    /// Reads `allowPodOptOut` from `current` on every pass (default: true).
+    pub fn with_pod_opt_out(mut self, current: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.pod_opt_out = Arc::new(current);
+        self
     }
 
     /// Reports to `metrics` from the next pass on.
@@ -176,10 +200,26 @@ impl Reconciler {
     /// next pass.
     pub fn reconcile(&mut self, view: &View) -> Pass {
         let mut pass = Pass::default();
+        let pod_opt_out = (self.pod_opt_out)();
+        if self.last_pod_opt_out != Some(pod_opt_out) {
+            if self.last_pod_opt_out.is_some() || !pod_opt_out {
+                tracing::info!(
+                    allow_pod_opt_out = pod_opt_out,
+                    "{}",
+                    if pod_opt_out {
+                        "pod annotations may exempt pods again"
+                    } else {
+                        "pod annotations ignored: only namespace labels exempt pods"
+                    }
+                );
+            }
+            self.last_pod_opt_out = Some(pod_opt_out);
+        }
+        let mut write_failures = 0;
         let mut desired: HashMap<u64, &str> = HashMap::new();
         for pod in view.pods.values() {
             let ns_labels = view.namespaces.get(&pod.namespace);
-            if !policy::is_exempt(ns_labels, Some(&pod.annotations)) {
+            if !policy::is_exempt(ns_labels, Some(&pod.annotations), pod_opt_out) {
                 continue;
             }
             pass.exempt_pods += 1;
@@ -207,27 +247,44 @@ impl Reconciler {
                     pass.removed += 1;
                 }
                 Err(e) => {
+                    write_failures += 1;
                     tracing::warn!(cgroup_id = id, error = %format!("{e:#}"), "cannot un-exempt a cgroup; retrying")
                 }
             }
         }
+        // Pods no longer wanted, or gone, are no longer failing.
+        self.failing.retain(|id, _| desired.contains_key(id));
         for (id, pod) in desired {
             if self.applied.contains_key(&id) || self.static_ids.contains(&id) {
                 continue;
             }
             match self.exempt.set(id, true) {
                 Ok(()) => {
-                    tracing::info!(pod, cgroup_id = id, "pod exempt");
+                    if self.failing.remove(&id).is_some() {
+                        tracing::info!(pod, cgroup_id = id, "pod exempt after earlier failures");
+                    } else {
+                        tracing::info!(pod, cgroup_id = id, "pod exempt");
+                    }
                     self.applied.insert(id, pod.to_string());
                     pass.added += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(pod, cgroup_id = id, error = %format!("{e:#}"), "cannot exempt a cgroup; retrying")
+                    write_failures += 1;
+                    pass.failed += 1;
+                    if self.failing.insert(id, pod.to_string()).is_none() {
+                        tracing::warn!(
+                            pod,
+                            cgroup_id = id,
+                            error = %format!("{e:#}"),
+                            "cannot exempt a pod: it stays redirected through the proxy (fail closed); retrying"
+                        );
+                    }
                 }
             }
         }
 
         if let Some(metrics) = &self.metrics {
+            metrics.record_exempt_failures(write_failures, pass.failed);
             metrics.set_exempt_pods(pass.exempt_pods);
             metrics
                 .readiness
@@ -260,6 +317,8 @@ pub mod fake {
         pub ids: Mutex<HashSet<u64>>,
         /// Makes every write fail while set.
         pub fail: Mutex<bool>,
+        /// Refuses inserts beyond this many entries, as a full kernel map does.
+        pub capacity: Option<usize>,
     }
 
     impl ExemptCgroups for FakeMap {
@@ -268,6 +327,9 @@ pub mod fake {
                 anyhow::bail!("map full");
             }
             let mut ids = self.ids.lock().unwrap();
+            if exempt && !ids.contains(&id) && self.capacity.is_some_and(|c| ids.len() >= c) {
+                anyhow::bail!("map full");
+            }
             if exempt {
                 ids.insert(id);
             } else {
@@ -454,6 +516,96 @@ mod tests {
         *map.fail.lock().unwrap() = false;
         assert_eq!(r.reconcile(&view).added, 1);
         assert_eq!(r.applied(), HashSet::from([a]));
+    }
+
+    /// A full map: the pods that fit are exempt, the others stay
+    /// redirected (never "exempt" without being in the map), counted in
+    /// the metrics, and exempted once room frees up.
+    #[test]
+    fn a_full_map_leaves_pods_redirected_and_counts_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let map = Arc::new(FakeMap {
+            capacity: Some(1),
+            ..FakeMap::default()
+        });
+        let metrics = Arc::new(Metrics::new(None));
+        let mut r =
+            Reconciler::new(map.clone(), tmp.path(), HashSet::new()).with_metrics(metrics.clone());
+        let (a, b) = (mkpod(tmp.path(), A), mkpod(tmp.path(), B));
+        let mut view = View::default();
+        apply_pod(&mut view, pod("ns", "a", A, &[(EXEMPT_KEY, "true")]));
+        apply_pod(&mut view, pod("ns", "b", B, &[(EXEMPT_KEY, "true")]));
+        let pass = r.reconcile(&view);
+        assert_eq!((pass.exempt_pods, pass.added, pass.failed), (2, 1, 1));
+        assert_eq!(map.ids().len(), 1);
+        assert_eq!(r.applied(), map.ids(), "only what is in the map counts");
+        let text = metrics.encode();
+        assert!(
+            text.contains("redirector_exempt_pods_unapplied 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redirector_exempt_map_write_failures_total 1"),
+            "{text}"
+        );
+
+        // Retried on every pass, counted each time.
+        assert_eq!(r.reconcile(&view).failed, 1);
+        assert!(
+            metrics
+                .encode()
+                .contains("redirector_exempt_map_write_failures_total 2")
+        );
+
+        // The exempt pod that fitted goes: the other one takes its place.
+        let fitted = *map.ids().iter().next().unwrap();
+        let (gone, other) = if fitted == a { (A, b) } else { (B, a) };
+        view.pods
+            .handle(Event::Delete(pod("ns", "x", gone, &[])), |p: PodInfo| {
+                Some((p.uid.clone(), p))
+            });
+        let pass = r.reconcile(&view);
+        assert_eq!((pass.added, pass.removed, pass.failed), (1, 1, 0));
+        assert_eq!(map.ids(), HashSet::from([other]));
+        assert!(
+            metrics
+                .encode()
+                .contains("redirector_exempt_pods_unapplied 0")
+        );
+    }
+
+    /// `allowPodOptOut` is read on every pass: turning it off re-includes
+    /// pods that annotated themselves out, not those of exempt namespaces.
+    #[test]
+    fn pod_opt_out_follows_the_configuration() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let map = Arc::new(FakeMap::default());
+        let allowed = Arc::new(AtomicBool::new(true));
+        let mut r = Reconciler::new(map.clone(), tmp.path(), HashSet::new()).with_pod_opt_out({
+            let allowed = allowed.clone();
+            move || allowed.load(Ordering::Relaxed)
+        });
+        let (a, b) = (mkpod(tmp.path(), A), mkpod(tmp.path(), B));
+        let mut view = View::default();
+        apply_ns(&mut view, "free", &[(EXEMPT_KEY, "true")]);
+        apply_ns(&mut view, "shop", &[]);
+        apply_pod(
+            &mut view,
+            pod("shop", "a", A, &[(AKS_NO_PROXY_KEY, "true")]),
+        );
+        apply_pod(&mut view, pod("free", "b", B, &[]));
+        r.reconcile(&view);
+        assert_eq!(map.ids(), HashSet::from([a, b]));
+
+        allowed.store(false, Ordering::Relaxed);
+        let pass = r.reconcile(&view);
+        assert_eq!((pass.exempt_pods, pass.removed), (1, 1));
+        assert_eq!(map.ids(), HashSet::from([b]));
+
+        allowed.store(true, Ordering::Relaxed);
+        r.reconcile(&view);
+        assert_eq!(map.ids(), HashSet::from([a, b]));
     }
 
     /// A relist replaces the set only when complete; a watch that restarts

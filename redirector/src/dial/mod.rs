@@ -7,24 +7,43 @@
 //! system roots; `user:password@` in its URL becomes Basic
 //! `Proxy-Authorization`. A refused or failed tunnel is an error: the
 //! caller resets the client, it never falls back to direct.
+pub mod connect;
+
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use thiserror::Error;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpSocket, TcpStream},
 };
+use tokio_rustls::client::TlsStream;
 
 use crate::{config::ProxyUrl, reload::Swappable};
+pub use connect::ConnectError;
 
 /// A byte stream to the upstream, whatever carries it.
 pub trait UpstreamIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpstreamIo for T {}
+
+/// The upstream side of a relayed connection.
+pub enum Upstream {
+    /// A TCP socket: a direct connection, or a tunnel through a plain-HTTP
+    /// proxy. Both ends are sockets, so the relay can splice.
+    Tcp(TcpStream),
+    /// A tunnel inside TLS to an `https://` proxy.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// An open `CONNECT` tunnel.
+pub struct Tunnel {
+    pub upstream: Upstream,
+    /// Tunnel bytes that arrived with the proxy's answer (an origin that
+    /// speaks first); the client gets them before anything else.
+    pub early: Bytes,
+}
 
 /// Why the upstream side could not be opened. Never carries credentials.
 #[derive(Debug, Error)]
@@ -52,6 +71,12 @@ pub enum DialError {
         status: StatusCode,
     },
     #[error("proxy {proxy}: CONNECT {authority} failed: {source}")]
+    Connect {
+        proxy: ProxyUrl,
+        authority: String,
+        source: ConnectError,
+    },
+    #[error("proxy {proxy}: {authority} failed: {source}")]
     Protocol {
         proxy: ProxyUrl,
         authority: String,
@@ -61,6 +86,18 @@ pub enum DialError {
     Direct { dst: SocketAddr, source: io::Error },
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+}
+
+impl DialError {
+    /// Whether the proxy could not be reached at all (name, TCP connect or
+    /// time out), as opposed to answering with a refusal: only this lets
+    /// `failMode: open` go direct; a proxy that says no is obeyed.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            DialError::Resolve { .. } | DialError::ProxyUnreachable { .. } | DialError::Timeout(_)
+        )
+    }
 }
 
 /// How to dial: the mark to put on sockets, how long to wait, whom to trust.
@@ -109,72 +146,59 @@ impl Dialer {
     }
 
     /// Opens a tunnel to `authority` (`host:port`) through `proxy`.
-    pub async fn tunnel(
-        &self,
-        proxy: &ProxyUrl,
-        authority: &str,
-    ) -> Result<Box<dyn UpstreamIo>, DialError> {
+    pub async fn tunnel(&self, proxy: &ProxyUrl, authority: &str) -> Result<Tunnel, DialError> {
         tokio::time::timeout(self.timeout, self.tunnel_inner(proxy, authority))
             .await
             .map_err(|_| DialError::Timeout(self.timeout))?
     }
 
-    async fn tunnel_inner(
-        &self,
-        proxy: &ProxyUrl,
-        authority: &str,
-    ) -> Result<Box<dyn UpstreamIo>, DialError> {
-        let stream = self.proxy_connection(proxy).await?;
-        let protocol = |source| DialError::Protocol {
+    async fn tunnel_inner(&self, proxy: &ProxyUrl, authority: &str) -> Result<Tunnel, DialError> {
+        let mut upstream = self.proxy_stream(proxy).await?;
+        let authorization = proxy_authorization(proxy);
+        let authorization = authorization.as_ref().and_then(|v| v.to_str().ok());
+        let exchanged = match &mut upstream {
+            Upstream::Tcp(s) => connect::exchange(s, authority, authorization).await,
+            Upstream::Tls(s) => connect::exchange(s.as_mut(), authority, authorization).await,
+        };
+        let (response, early) = exchanged.map_err(|source| DialError::Connect {
             proxy: proxy.clone(),
             authority: authority.to_owned(),
             source,
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(protocol)?;
-        tokio::spawn(async move {
-            // Ends when the tunnel closes; errors after the upgrade are the relay's.
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "proxy connection ended");
-            }
-        });
-        let mut request = Request::builder()
-            .method(Method::CONNECT)
-            .uri(authority)
-            .header(header::HOST, authority);
-        if let Some(value) = proxy_authorization(proxy) {
-            request = request.header(header::PROXY_AUTHORIZATION, value);
-        }
-        let request = request
-            .body(Empty::<Bytes>::new())
-            .expect("CONNECT request from a valid authority");
-        let response = sender.send_request(request).await.map_err(protocol)?;
-        if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        })?;
+        let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
             return Err(DialError::AuthFailed {
                 proxy: proxy.clone(),
                 authority: authority.to_owned(),
             });
         }
-        if !response.status().is_success() {
+        if !status.is_success() {
             return Err(DialError::Refused {
                 proxy: proxy.clone(),
                 authority: authority.to_owned(),
-                status: response.status(),
+                status,
             });
         }
-        let upgraded = hyper::upgrade::on(response).await.map_err(protocol)?;
-        Ok(Box::new(TokioIo::new(upgraded)))
+        Ok(Tunnel { upstream, early })
     }
 
-    /// A connection to the proxy itself: TCP, and TLS for `https://`.
+    /// A connection to the proxy itself as a byte stream (for plain HTTP
+    /// forwarding).
     pub async fn proxy_connection(
         &self,
         proxy: &ProxyUrl,
     ) -> Result<Box<dyn UpstreamIo>, DialError> {
+        Ok(match self.proxy_stream(proxy).await? {
+            Upstream::Tcp(s) => Box::new(s),
+            Upstream::Tls(s) => s,
+        })
+    }
+
+    /// A connection to the proxy itself: TCP, and TLS for `https://`.
+    async fn proxy_stream(&self, proxy: &ProxyUrl) -> Result<Upstream, DialError> {
         let tcp = self.connect_proxy(proxy).await?;
         if !proxy.tls {
-            return Ok(Box::new(tcp));
+            return Ok(Upstream::Tcp(tcp));
         }
         let name = rustls_pki_types::ServerName::try_from(proxy.host.clone()).map_err(|e| {
             DialError::ProxyTls {
@@ -184,7 +208,7 @@ impl Dialer {
         })?;
         let connector = tokio_rustls::TlsConnector::from(self.tls.load());
         match connector.connect(name, tcp).await {
-            Ok(tls) => Ok(Box::new(tls)),
+            Ok(tls) => Ok(Upstream::Tls(Box::new(tls))),
             Err(e) if answered_in_plain_http(&e) => Err(DialError::ProxySpeaksPlainHttp {
                 proxy: proxy.clone(),
             }),
@@ -328,7 +352,11 @@ mod tests {
     async fn tunnel_sends_connect_with_auth_and_carries_bytes() {
         let (addr, head) = fake_proxy("HTTP/1.0 200 Connection established\r\n\r\n").await;
         let proxy = ProxyUrl::parse(&format!("http://us%3Aer:p%40ss@{addr}")).unwrap();
-        let mut io = dialer().tunnel(&proxy, "[fd00::1]:443").await.unwrap();
+        let tunnel = dialer().tunnel(&proxy, "[fd00::1]:443").await.unwrap();
+        let Upstream::Tcp(mut io) = tunnel.upstream else {
+            panic!("a plain-HTTP proxy gives a TCP tunnel")
+        };
+        assert!(tunnel.early.is_empty());
         io.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         io.read_exact(&mut buf).await.unwrap();
@@ -340,7 +368,7 @@ mod tests {
         );
         let token = base64::engine::general_purpose::STANDARD.encode("us:er:p@ss");
         assert!(
-            head.contains(&format!("proxy-authorization: Basic {token}")),
+            head.contains(&format!("Proxy-Authorization: Basic {token}")),
             "{head}"
         );
     }
