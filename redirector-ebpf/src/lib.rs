@@ -72,7 +72,7 @@ pub const fn mapped_v4(addr_be: [u32; 4]) -> Option<u32> {
 }
 
 /// The single entry of [`maps::CONFIG`]: where to send redirected connects
-/// and which socket mark identifies the daemon's own sockets.
+/// and how the daemon's own sockets are told apart (its mark, in its cgroup).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RedirectConfig {
@@ -80,10 +80,14 @@ pub struct RedirectConfig {
     pub proxy_v4: Endpoint,
     /// The proxy's IPv6 listen address; `family == 0` when it has none.
     pub proxy_v6: Endpoint,
-    /// `SO_MARK` carried by every socket of the daemon: never redirected.
+    /// `SO_MARK` carried by every socket of the daemon: never redirected
+    /// when the connect comes from `daemon_cgroup`.
     pub socket_mark: u32,
     /// Reserved; keeps the struct free of implicit padding.
     pub _reserved: u32,
+    /// The cgroup id of the daemon's process. A mark alone proves nothing:
+    /// any process with CAP_NET_RAW (a container default) can set it.
+    pub daemon_cgroup: u64,
 }
 
 /// Indices into the per-CPU [`maps::COUNTERS`] array.
@@ -105,6 +109,9 @@ pub enum Counter {
     RefusedMapError = 5,
     /// Skipped: the destination already is the proxy's listen address.
     SkippedProxyAddress = 6,
+    /// Seen: a socket with the daemon's mark outside the daemon's cgroup
+    /// (a spoofing attempt); it is handled like any other connect.
+    ForeignMark = 7,
 }
 
 impl Counter {
@@ -117,6 +124,7 @@ impl Counter {
         Counter::RefusedNoProxyAddress,
         Counter::RefusedMapError,
         Counter::SkippedProxyAddress,
+        Counter::ForeignMark,
     ];
 
     /// The stable name used in `redirector status` and metrics.
@@ -129,12 +137,13 @@ impl Counter {
             Counter::RefusedNoProxyAddress => "refused_no_proxy_address",
             Counter::RefusedMapError => "refused_map_error",
             Counter::SkippedProxyAddress => "skipped_proxy_address",
+            Counter::ForeignMark => "foreign_mark",
         }
     }
 }
 
 /// Number of entries in [`maps::COUNTERS`].
-pub const COUNTERS_LEN: u32 = 7;
+pub const COUNTERS_LEN: u32 = 8;
 
 /// How many cgroup levels, from the root down, the connect hooks check
 /// against the exempt map. Kubernetes pod cgroups sit 3 to 5 levels deep.
@@ -184,7 +193,7 @@ mod tests {
     #[test]
     fn shared_types_have_no_padding() {
         assert_eq!(core::mem::size_of::<Endpoint>(), 20);
-        assert_eq!(core::mem::size_of::<RedirectConfig>(), 48);
+        assert_eq!(core::mem::size_of::<RedirectConfig>(), 56);
     }
 
     #[test]

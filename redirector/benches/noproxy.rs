@@ -3,8 +3,9 @@
 //! entries, looked up with hits and misses. `cargo xtask bench` runs this and
 //! reports the medians; the target is ≤ 1 µs per decision at 10,000 rules.
 //!
-//! Benchmark ids are `find/<rules>/<query>`, `scan/<rules>/<query>` (the
-//! straightforward linear scan the index replaced, for comparison) and
+//! Benchmark ids are `find/<rules>/<query>` (what the daemon calls: a scan
+//! for short lists, else the index), `index/<rules>/<query>` (the index
+//! alone), `scan/<rules>/<query>` (the linear scan the index replaced) and
 //! `decide/<rules>/<query>` (the whole policy decision).
 use std::{hint::black_box, net::IpAddr};
 
@@ -110,6 +111,9 @@ fn bench(c: &mut Criterion) {
             let host = q.host.as_deref();
             c.bench_function(&format!("find/{n}/{}", q.name), |b| {
                 b.iter(|| np.find(black_box(host), black_box(q.ip), black_box(q.port)))
+            });
+            c.bench_function(&format!("index/{n}/{}", q.name), |b| {
+                b.iter(|| np.find_by_index(black_box(host), black_box(q.ip), black_box(q.port)))
             });
             c.bench_function(&format!("scan/{n}/{}", q.name), |b| {
                 b.iter(|| np.find_by_scan(black_box(host), black_box(q.ip), black_box(q.port)))

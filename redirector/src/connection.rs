@@ -76,19 +76,35 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     shared.metrics.record_decision(&decision);
     let fail_mode = policy.config().fail_mode;
     drop(policy);
-    let outcome = forward(&shared, client, dst, &class, &decision, fail_mode).await;
+    // Opening is boxed: its future is large and short-lived, and the task
+    // then keeps only the relay's state for the connection's life.
+    let outcome = match Box::pin(open(&shared, client, dst, &class, &decision, fail_mode)).await {
+        Opened::Relay(client, Tunnel { upstream, early }) => {
+            relay_to(client, upstream, early).await
+        }
+        Opened::Done(outcome) => outcome,
+    };
     record(&shared.metrics, &outcome, peek_timed_out);
     log_outcome(peer, dst, &class, &decision, &outcome, started.elapsed());
 }
 
-async fn forward(
+/// Where opening the upstream side led.
+enum Opened {
+    /// Both sides are open: relay them.
+    Relay(TcpStream, Tunnel),
+    /// The connection is over (served as plain HTTP, or the dial failed).
+    Done(Outcome),
+}
+
+/// Opens the upstream side the decision asks for.
+async fn open(
     shared: &Shared,
     client: TcpStream,
     dst: SocketAddr,
     class: &Classification,
     decision: &Decision,
     fail_mode: FailMode,
-) -> Outcome {
+) -> Opened {
     let dialing = Instant::now();
     let tunnel: Result<Tunnel, DialError> = match decision {
         // A kernel-bypass destination only gets here if the maps changed
@@ -113,30 +129,36 @@ async fn forward(
                     Err(e) if e.is_unreachable() => {
                         // The client's request goes to the origin as it was sent.
                         return match fail_open(shared, dst, &e).await {
-                            Ok(upstream) => {
-                                relay_to(client, Upstream::Tcp(upstream), Bytes::new()).await
-                            }
+                            Ok(upstream) => Opened::Relay(
+                                client,
+                                Tunnel {
+                                    upstream: Upstream::Tcp(upstream),
+                                    early: Bytes::new(),
+                                },
+                            ),
                             Err(e) => {
                                 reset(client);
-                                Outcome::DialFailed(e)
+                                Opened::Done(Outcome::DialFailed(e))
                             }
                         };
                     }
                     Err(_) => None,
                 },
             };
-            return match http_forward::serve(
-                client,
-                proxy.clone(),
-                dst,
-                shared.dialer.clone(),
-                preopened,
-            )
-            .await
-            {
-                Ok(served) => Outcome::HttpServed { served },
-                Err(e) => Outcome::BrokeOff(e.to_string()),
-            };
+            return Opened::Done(
+                match http_forward::serve(
+                    client,
+                    proxy.clone(),
+                    dst,
+                    shared.dialer.clone(),
+                    preopened,
+                )
+                .await
+                {
+                    Ok(served) => Outcome::HttpServed { served },
+                    Err(e) => Outcome::BrokeOff(e.to_string()),
+                },
+            );
         }
         Decision::Proxy {
             proxy,
@@ -161,15 +183,14 @@ async fn forward(
         }
     };
     shared.metrics.observe_connect(dialing.elapsed());
-    let Tunnel { upstream, early } = match tunnel {
-        Ok(t) => t,
+    match tunnel {
+        Ok(tunnel) => Opened::Relay(client, tunnel),
         Err(e) => {
             // A reset tells the client at once; it must never hang or go direct.
             reset(client);
-            return Outcome::DialFailed(e);
+            Opened::Done(Outcome::DialFailed(e))
         }
-    };
-    relay_to(client, upstream, early).await
+    }
 }
 
 /// `failMode: open`: the proxy cannot be reached, so connect direct.
@@ -197,7 +218,9 @@ async fn relay_to(mut client: TcpStream, upstream: Upstream, early: Bytes) -> Ou
         }
         let mut moved = match upstream {
             Upstream::Tcp(upstream) => relay_spliced(&client, &upstream).await?,
-            Upstream::Tls(mut upstream) => relay_buffered(&mut client, &mut upstream).await?,
+            Upstream::Tls(mut upstream) => {
+                Box::pin(relay_buffered(&mut client, &mut upstream)).await?
+            }
         };
         moved.upstream_to_client += early_bytes;
         Ok::<_, std::io::Error>(moved)
@@ -464,5 +487,19 @@ mod tests {
             .unwrap();
         assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    /// An idle connection's memory is mostly its task, whose size is the
+    /// largest state of `handle`. Opening (TLS, CONNECT, plain HTTP) is
+    /// boxed so that a relaying connection does not carry its state.
+    #[test]
+    fn an_idle_connection_task_stays_small() {
+        fn future_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let size = future_size(|s: Arc<Shared>, c: TcpStream, p: SocketAddr| handle(s, c, p));
+        // 1.3 KiB measured with rustc 1.96 in a debug build; it was 2.7 KiB
+        // before opening was boxed.
+        assert!(size <= 2048, "handle's future is {size} bytes");
     }
 }

@@ -55,6 +55,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let settings = HookSettings {
         listen: listen.clone(),
         socket_mark: args.socket_mark,
+        daemon_cgroup: hook::own_cgroup()?.1,
         exempt_cgroups: args.exempt_cgroup.clone(),
         bypass: policy.kernel_bypass(),
         kernel_debug_logs: tracing::enabled!(target: "redirector::kernel", tracing::Level::DEBUG),

@@ -31,10 +31,13 @@ pub struct Transferred {
 
 /// Userspace buffer per direction for [`relay_buffered`].
 const BUFFER: usize = 64 * 1024;
-/// Bytes asked of one splice; a pipe holds 64 KiB by default.
-const SPLICE_CHUNK: usize = 64 * 1024;
-/// Idle pipes kept for reuse; more are closed when given back.
-const POOL_MAX: usize = 256;
+/// Pipe capacity, and bytes asked of one splice. The default 64 KiB pipe
+/// made a 1 GiB transfer ~30 % slower here (more wake-ups per byte); 1 MiB
+/// gained nothing over 256 KiB.
+const PIPE_SIZE: i32 = 256 * 1024;
+/// Idle pipes kept for reuse; more are closed when given back. 128 pipes
+/// of 256 KiB stay within Linux's default per-user pipe allowance (64 MiB).
+const POOL_MAX: usize = 128;
 
 /// Relays between two sockets with `splice(2)`, until both directions
 /// have ended. The first error ends both directions.
@@ -68,7 +71,7 @@ async fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
         src.readable().await?;
         let pipe = Pipe::take()?;
         let read = src.try_io(Interest::READABLE, || {
-            splice(src.as_raw_fd(), pipe.write.as_raw_fd(), SPLICE_CHUNK)
+            splice(src.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_SIZE as usize)
         });
         let mut left = match read {
             Ok(0) => {
@@ -142,12 +145,17 @@ impl Pipe {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: pipe2 succeeded, so both descriptors are open and ours.
-        Ok(unsafe {
+        let pipe = unsafe {
             Pipe {
                 read: OwnedFd::from_raw_fd(fds[0]),
                 write: OwnedFd::from_raw_fd(fds[1]),
             }
-        })
+        };
+        // Best effort: past the user's pipe page allowance the kernel
+        // refuses, and the default 64 KiB pipe still works, only slower.
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        Ok(pipe)
     }
 
     /// Returns a drained pipe to the pool (or closes it when the pool is full).

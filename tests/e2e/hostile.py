@@ -27,9 +27,10 @@ Peers (run in rde-inet):
       other direction open after a half-close gets the answer back.
 
 Clients (run in a pod):
-  conns HOST PORT --count N --hold SECS [--ready FILE]
-      N connections at once, silent, held SECS; counts which stay open,
-      which the peer closes or resets, and how fast.
+  conns HOST PORT --count N --hold SECS [--ready FILE] [--send BYTES]
+      N connections at once, held SECS, silent or sending BYTES once
+      connected; counts which stay open, which the peer closes or resets,
+      and how fast (from the connect() call, and from its completion).
   endless-hello HOST PORT --seconds S [--variant records|huge-record]
       A TLS handshake announcing a 16 MiB ClientHello, then bytes for S s.
   endless-header HOST PORT --seconds S
@@ -46,6 +47,8 @@ Clients (run in a pod):
   soak-load --control DIR --out FILE --ca CERT [--rate R] [--workers W]
       The soak's mixed traffic (see soak_load).
   soak-point --status FILE --metrics FILE ... (soak.sh's idle points)
+  map-entries --pid PID
+      Entry counts of every BPF map the process holds, pinned or not.
 """
 
 import argparse
@@ -427,7 +430,8 @@ def cmd_conns(args):
             sel.register(sock, selectors.EVENT_WRITE, c)
         conns.append(c)
     opened_ms = (time.monotonic() - t0) * 1000
-    connect_ms, end_ms = [], []
+    connect_ms, end_ms, after_connect_ms = [], [], []
+    send = decode(args.send) if args.send else b""
     received = 0
     ready_written = False
     deadline = t0 + args.hold
@@ -446,6 +450,16 @@ def cmd_conns(args):
             sock = c["sock"]
             if c["state"] == "connecting":
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                c["connected"] = time.monotonic()
+                if err == errno.ECONNRESET:
+                    # Established, then reset before we looked (a RST to a
+                    # SYN would be ECONNREFUSED).
+                    c["state"] = "reset"
+                    end_ms.append((c["connected"] - c["start"]) * 1000)
+                    after_connect_ms.append(0.0)
+                    sel.unregister(sock)
+                    sock.close()
+                    continue
                 if err:
                     name = errno.errorcode.get(err, str(err))
                     failed[name] = failed.get(name, 0) + 1
@@ -454,8 +468,13 @@ def cmd_conns(args):
                     sock.close()
                     continue
                 c["state"] = "open"
-                connect_ms.append((time.monotonic() - c["start"]) * 1000)
+                connect_ms.append((c["connected"] - c["start"]) * 1000)
                 sel.modify(sock, selectors.EVENT_READ, c)
+                if send:
+                    try:
+                        sock.send(send)
+                    except OSError:
+                        pass  # the read below sees what happened
                 continue
             try:
                 data = sock.recv(65536)
@@ -470,6 +489,7 @@ def cmd_conns(args):
             if data == b"":
                 c["state"] = "closed"
             end_ms.append((time.monotonic() - c["start"]) * 1000)
+            after_connect_ms.append((time.monotonic() - c["connected"]) * 1000)
             sel.unregister(sock)
             sock.close()
     out = summary_states(conns)
@@ -479,6 +499,7 @@ def cmd_conns(args):
         "open_ms": round(opened_ms, 1),
         "connect_ms": percentiles(connect_ms),
         "end_ms": percentiles(end_ms),
+        "end_after_connect_ms": percentiles(after_connect_ms),
         "received_bytes": received,
     })
     for c in conns:
@@ -894,6 +915,93 @@ def cmd_soak_load(args):
     return 0
 
 
+# bpf(2) commands and the x86_64 / aarch64 syscall numbers.
+BPF_MAP_GET_NEXT_KEY, BPF_MAP_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD = 4, 14, 15
+NR_BPF = {"x86_64": 321, "aarch64": 280}
+
+
+def bpf_maps_of(pid):
+    """Every BPF map the process holds an fd of, with its entry count:
+    {name: {"entries": N, "max": M}}. Reads map ids from /proc/PID/fdinfo,
+    opens each by id and walks its keys (needs CAP_SYS_ADMIN). This sees
+    maps that are not pinned, such as the daemon's original-destination
+    maps, which `redirector status` cannot."""
+    import ctypes
+    import platform
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr = NR_BPF[platform.machine()]
+
+    def bpf(cmd, attr):
+        r = libc.syscall(nr, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+        if r < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        return r
+
+    class ById(ctypes.Structure):
+        _fields_ = [("map_id", ctypes.c_uint32), ("next_id", ctypes.c_uint32),
+                    ("open_flags", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 116)]
+
+    class Info(ctypes.Structure):
+        _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                    ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                    ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                    ("name", ctypes.c_char * 16), ("rest", ctypes.c_uint8 * 256)]
+
+    class GetInfo(ctypes.Structure):
+        _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
+                    ("info", ctypes.c_uint64), ("pad", ctypes.c_uint8 * 112)]
+
+    class NextKey(ctypes.Structure):
+        _fields_ = [("map_fd", ctypes.c_uint32), ("pad0", ctypes.c_uint32),
+                    ("key", ctypes.c_uint64), ("next_key", ctypes.c_uint64),
+                    ("flags", ctypes.c_uint64), ("pad", ctypes.c_uint8 * 96)]
+
+    ids = set()
+    fdinfo = f"/proc/{pid}/fdinfo"
+    for fd in os.listdir(fdinfo):
+        try:
+            with open(os.path.join(fdinfo, fd)) as f:
+                for line in f:
+                    if line.startswith("map_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            pass
+    out = {}
+    for map_id in sorted(ids):
+        fd = bpf(BPF_MAP_GET_FD_BY_ID, ById(map_id=map_id))
+        try:
+            info = Info()
+            bpf(BPF_OBJ_GET_INFO_BY_FD, GetInfo(bpf_fd=fd, info_len=ctypes.sizeof(info),
+                                                info=ctypes.addressof(info)))
+            key = ctypes.create_string_buffer(info.key_size)
+            nxt = ctypes.create_string_buffer(info.key_size)
+            n, first = 0, True
+            limit = 2 * info.max_entries + 16
+            while n < limit:
+                attr = NextKey(map_fd=fd, key=0 if first else ctypes.addressof(key),
+                               next_key=ctypes.addressof(nxt))
+                try:
+                    bpf(BPF_MAP_GET_NEXT_KEY, attr)
+                except OSError as exc:
+                    if exc.errno == errno.ENOENT:
+                        break
+                    n = None  # arrays and the like: no keys to walk
+                    break
+                n += 1
+                first = False
+                ctypes.memmove(key, nxt, info.key_size)
+            name = info.name.decode(errors="replace")
+            out[name] = {"entries": n, "max": info.max_entries, "id": map_id}
+        finally:
+            os.close(fd)
+    return out
+
+
+def cmd_map_entries(args):
+    emit(bpf_maps_of(args.pid))
+    return 0
+
+
 def cmd_soak_point(args):
     """One idle point of the soak as a JSON line: daemon RSS and fds, map
     entries (`redirector status --json`), the metrics, the load's counts."""
@@ -911,10 +1019,14 @@ def cmd_soak_point(args):
         status = json.load(f)
     maps = {m["name"]: {"entries": m.get("entries"), "max": m.get("max_entries")}
             for m in status.get("maps", [])}
+    # the daemon's unpinned maps (DST_BY_CLIENT, DST_BY_COOKIE), by its fds
+    for name, m in bpf_maps_of(args.pid).items():
+        maps.setdefault(name, {"entries": m["entries"], "max": m["max"]})
     with open(args.client) as f:
         client = json.load(f)
     emit({"kind": "point", "name": args.name, "instance": args.instance, "t": now_ms(),
-          "rss_kb": args.rss_kb, "fds": args.fds, "maps": maps, "metrics": metrics,
+          "rss_kb": args.rss_kb, "fds": args.fds, "sockets": args.sockets, "pipes": args.pipes,
+          "maps": maps, "metrics": metrics,
           "client": client})
     return 0
 
@@ -947,6 +1059,7 @@ def main():
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--hold", type=float, default=5.0)
     p.add_argument("--ready")
+    p.add_argument("--send", help="bytes (Python escapes) to send once connected")
     p.set_defaults(fn=cmd_conns)
 
     p = sub.add_parser("endless-hello")
@@ -999,11 +1112,18 @@ def main():
     p.add_argument("--pod", default="10.249.1.2")
     p.set_defaults(fn=cmd_soak_load)
 
+    p = sub.add_parser("map-entries")
+    p.add_argument("--pid", type=int, required=True)
+    p.set_defaults(fn=cmd_map_entries)
+
     p = sub.add_parser("soak-point")
     p.add_argument("--name", required=True)
     p.add_argument("--instance", type=int, required=True)
     p.add_argument("--rss-kb", type=int, required=True)
     p.add_argument("--fds", type=int, required=True)
+    p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--sockets", type=int, required=True)
+    p.add_argument("--pipes", type=int, required=True)
     p.add_argument("--status", required=True)
     p.add_argument("--metrics", required=True)
     p.add_argument("--client", required=True)

@@ -41,12 +41,13 @@ FAULT_CONFIG=$WORK/fault-config.json
 # On the node's uplink subnet but owned by nobody: ARP never answers, so a
 # connect to it neither succeeds nor is refused.
 SILENT_PROXY_IP=10.249.0.99
-# hyper's default for a request head; the daemon must close a client that
-# has not sent a whole head by then.
-HEADER_TIMEOUT_S=${RDE_HEADER_TIMEOUT_S:-30}
-# RSS bounds (KiB): a fixed slack plus an allowance per held connection.
-RSS_SLACK_KB=16384
-RSS_PER_CONN_KB=64
+# The plain-HTTP server's bound on reading a request head (http_forward's
+# HEAD_TIMEOUT); a client that has not sent a whole head by then is closed.
+HEADER_TIMEOUT_S=${RDE_HEADER_TIMEOUT_S:-10}
+# RSS bounds (KiB): a fixed slack plus an allowance per held connection
+# (measured here: about 6 KiB per held connection with the splice relay).
+RSS_SLACK_KB=8192
+RSS_PER_CONN_KB=16
 PYH=("$PYTHON" "$E2E_DIR/hostile.py")
 
 # ---------------------------------------------------------------- peers
@@ -99,8 +100,9 @@ hostile_peers_up() {
 # hostile_test BODY: peers up, run BODY, then the standard daemon and the
 # fake proxy in tunnel mode again, whatever BODY returned.
 hostile_test() {
-  local rc=0
+  local rc=0 n0 pid left=()
   hostile_peers_up || return 1
+  n0=${#BG_PIDS[@]}
   "$1" || rc=$?
   if [[ -n $STEADY_PID ]]; then
     touch "$WORK/$STEADY_NAME.stop"
@@ -108,6 +110,12 @@ hostile_test() {
     STEADY_PID=""
   fi
   [[ -n $RSS_WATCH_PID ]] && daemon_rss_watch_stop >/dev/null
+  # clients a failed body left running (by id; the peers stay)
+  for pid in "${BG_PIDS[@]:n0}"; do
+    [[ $pid == "$FAKE_PROXY_PID" || $pid == "$DAEMON_PID" ]] && continue
+    [[ $(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ') == "$$" ]] && left+=("$pid")
+  done
+  if ((${#left[@]})); then kill_pids "${left[@]}"; fi
   fake_proxy_mode tunnel
   fake_proxy_up >/dev/null 2>&1
   use_daemon "$PROXY_CONFIG" || { why "the standard daemon did not come back"; rc=1; }
@@ -144,14 +152,18 @@ rss_within() {
   (( $2 - $1 <= $3 )) || why "$4: daemon RSS grew by $(( $2 - $1 )) KiB (from $1), allowed $3 KiB"
 }
 
-# back_to_idle FD_BEFORE WHAT: no active connection left and no fd leaked.
+# back_to_idle SOCKETS_BEFORE WHAT: no active connection left and no
+# socket leaked; pipes (the splice relay keeps up to 256 idle ones for
+# reuse) stay within that pool.
 back_to_idle() {
   # shellcheck disable=SC2016  # expanded by eval, at each try
   wait_for 10 "redirector_active_connections back to 0" \
     eval '(( $(metric_value "$(daemon_metrics)" redirector_active_connections) == 0 ))' \
     || why "$2: active connections: $(metric_value "$(daemon_metrics)" redirector_active_connections)" || return 1
-  wait_for 5 "daemon fds back to $1 (+2)" eval "(( \$(daemon_fd_count) <= $1 + 2 ))" \
-    || why "$2: daemon holds $(daemon_fd_count) fds, $1 before" || return 1
+  wait_for 5 "daemon sockets back to $1 (+2)" eval "(( \$(daemon_fds socket) <= $1 + 2 ))" \
+    || why "$2: the daemon holds $(daemon_fds socket) sockets, $1 before" || return 1
+  (( $(daemon_fds pipe) <= 2 * 256 + 4 )) || why "$2: the daemon holds $(daemon_fds pipe) pipe fds" || return 1
+  info "  back to idle: $(daemon_fds socket) sockets, $(daemon_fds pipe) pipe fds, $(daemon_fd_count) fds in all"
 }
 
 # hostile_json NAME: a finished client's JSON (its last output line).
@@ -166,26 +178,38 @@ for k in sys.argv[2].split("."):
 sys.exit(0 if v <= float(sys.argv[3]) else 1)' "$1" "$2" "$3"
 }
 
+# listen_overflows: the node's TcpExt ListenOverflows (connections dropped
+# because the daemon's accept queue was full).
+listen_overflows() {
+  in_netns "$NS_NODE" awk '/^TcpExt:/ { if (!h) { split($0, k); h = 1 } else {
+    for (i = 2; i <= NF; i++) if (k[i] == "ListenOverflows") print $i } }' /proc/net/netstat
+}
+
 # ---------------------------------------------------------------- hostile clients
 
 # Many clients that connect and send nothing: each waits --peek-timeout
 # (0.5 s) and is then tunnelled by IP, so the peek phase is bounded in time;
 # held connections cost a bounded amount each.
 h_silent() {
-  local n=400 ready=$WORK/silent.ready f0 rss0 peak out m t0 ms
+  local n=400 ready=$WORK/silent.ready f0 rss0 peak out m t0 ms ov
   use_daemon "$HOSTILE_CONFIG" || why "daemon with $HOSTILE_CONFIG did not start:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
-  f0=$(daemon_fd_count); rss0=$(daemon_rss_kb); m=$(fake_proxy_count)
+  f0=$(daemon_fds socket); rss0=$(daemon_rss_kb); m=$(fake_proxy_count); ov=$(listen_overflows)
   steady_start pod-c steady-silent
   daemon_rss_watch_start
   rm -f "$ready"
   t0=$(now_ms)
   pod_bg pod-a silent "${PYH[@]}" conns "$INET_IP4" "$SINK_PORT" --count "$n" --hold 6 --ready "$ready"
   wait_for 10 "$n silent connections made" test -s "$ready" || return 1
+  # A client whose handshake the node completed (SYN cookie) while the
+  # accept queue was full exists only on its own side: if it stays silent,
+  # nothing ever reaches the daemon for it.
   wait_for 5 "$n CONNECTs (by IP, after the peek timeout) at the fake proxy" \
     eval "(( \$(fake_proxy_since $m | grep -c '^CONNECT $INET_IP4:$SINK_PORT ') >= $n ))" \
-    || why "only $(fake_proxy_since "$m" | grep -c "^CONNECT $INET_IP4:$SINK_PORT ") of $n dialled" || return 1
+    || why "only $(fake_proxy_since "$m" | grep -c "^CONNECT $INET_IP4:$SINK_PORT ") of $n dialled" \
+      "connections: $(cat "$ready"); node ListenOverflows +$(( $(listen_overflows) - ov ))" \
+      "(a small listen backlog drops handshakes of a burst)" || return 1
   ms=$(( $(now_ms) - t0 ))
-  info "  $n silent clients connected and dialled by IP within ${ms} ms"
+  info "  $n silent clients connected and dialled by IP within ${ms} ms (ListenOverflows +$(( $(listen_overflows) - ov )))"
   wait "$POD_BG_PID"
   out=$(hostile_json silent)
   info "  clients: $out"
@@ -205,7 +229,7 @@ t_hostile_silent() { hostile_test h_silent; }
 h_endless() {
   local f0 rss0 peak out m variant sent up
   use_daemon "$HOSTILE_CONFIG" || why "daemon with $HOSTILE_CONFIG did not start:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
-  f0=$(daemon_fd_count); rss0=$(daemon_rss_kb)
+  f0=$(daemon_fds socket); rss0=$(daemon_rss_kb)
   steady_start pod-a steady-endless
   daemon_rss_watch_start
   for variant in records huge-record; do
@@ -242,9 +266,9 @@ t_hostile_endless() { hostile_test h_endless; }
 # and tunnels by IP (to the sink), and every dripped byte goes through at
 # once; a slow tunnel is a tunnel, so it stays open.
 h_slowloris() {
-  local n=8 f0 rss0 peak m out hello limit=$(( HEADER_TIMEOUT_S + 10 )) ups sent
+  local n=8 f0 rss0 peak m out hello limit=$(( HEADER_TIMEOUT_S + 5 )) ups sent
   use_daemon "$HOSTILE_CONFIG" || why "daemon with $HOSTILE_CONFIG did not start:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
-  f0=$(daemon_fd_count); rss0=$(daemon_rss_kb); m=$(fake_proxy_count)
+  f0=$(daemon_fds socket); rss0=$(daemon_rss_kb); m=$(fake_proxy_count)
   hello=$("$PYTHON" -c '
 import sys
 sys.path.insert(0, sys.argv[1])
@@ -307,42 +331,56 @@ h_half_close() {
 }
 t_hostile_half_close() { hostile_test h_half_close; }
 
-# 5,000 connections at once from pod-a (silent, held 8 s) against a per-pod
-# cap of 1,000: exactly 1,000 stay open, the rest are reset at once and
-# counted as pod_limit; pod-c is not affected.
+# burst_checks OUT N CAP REASON BEFORE AFTER EXTRA: the client saw exactly
+# CAP held and N - CAP refused at once (from the connect's completion: what
+# the daemon does; the kernel's SYN handling comes before), and
+# refused_total{REASON} moved by the refusals (+ EXTRA seen elsewhere).
+burst_checks() {
+  local out=$1 n=$2 cap=$3 reason=$4 before=$5 after=$6 extra=$7 refused d k other=global_limit
+  [[ $reason == global_limit ]] && other=pod_limit
+  k="redirector_connections_refused_total{reason=\"$reason\"}"
+  d=$(( $(metric_value "$after" "$k") - $(metric_value "$before" "$k") ))
+  refused=$(( $(jget "$out" reset) + $(jget "$out" closed) ))
+  info "  held $(jget "$out" open), refused $refused; $k +$d"
+  [[ $(jget "$out" open) == "$cap" ]] || why "open at the end: expected exactly $cap (the cap):" "$out" \
+    "$(grep -F redirector_connections_refused_total <<<"$after")" || return 1
+  ((refused == n - cap)) || why "refused: expected $((n - cap)) reset or closed:" "$out" || return 1
+  p_le "$out" end_after_connect_ms.p50 200 || why "refusals not at once (p50 of connected-to-reset):" "$out" || return 1
+  p_le "$out" end_after_connect_ms.max 3000 || why "a refusal took 3 s or more (queued?):" "$out" || return 1
+  ((d == refused + extra)) || why "$k moved by $d; refusals seen: $refused + $extra" \
+    "$(grep -F redirector_connections_refused_total <<<"$after")" || return 1
+  k="redirector_connections_refused_total{reason=\"$other\"}"
+  d=$(( $(metric_value "$after" "$k") - $(metric_value "$before" "$k") ))
+  ((d == 0)) || why "$k moved by $d" || return 1
+}
+
+# 5,000 connections at once from pod-a (each sends one byte once connected,
+# then holds 8 s) against a per-pod cap of 1,000: exactly 1,000 stay open,
+# the rest are reset at once and counted as pod_limit; pod-c's client keeps
+# working meanwhile.
 h_5000_pod_cap() {
-  local n=5000 cap=1000 f0 rss0 peak out before after refused log0 lines d
+  local n=5000 cap=1000 f0 rss0 peak out before after log0 lines ov
   use_daemon "$HOSTILE_CONFIG" --max-connections-per-pod "$cap" --max-connections 4000 \
     || why "daemon with --max-connections-per-pod $cap --max-connections 4000 did not start:" \
       "$(tail -n 5 "$DAEMON_LOG")" || return 1
-  f0=$(daemon_fd_count); rss0=$(daemon_rss_kb)
+  f0=$(daemon_fds socket); rss0=$(daemon_rss_kb); ov=$(listen_overflows)
   before=$(daemon_metrics) || why "no /metrics" || return 1
   log0=$(wc -l <"$DAEMON_LOG")
   steady_start pod-c steady-5000
   daemon_rss_watch_start
-  pod_bg pod-a burst "${PYH[@]}" conns "$INET_IP4" "$SINK_PORT" --count "$n" --hold 8
+  pod_bg pod-a burst "${PYH[@]}" conns "$INET_IP4" "$SINK_PORT" --count "$n" --hold 8 --send '\x00'
   wait "$POD_BG_PID"
   out=$(hostile_json burst)
   info "  burst: $out"
+  info "  node ListenOverflows +$(( $(listen_overflows) - ov ))"
   peak=$(daemon_rss_watch_stop)
-  steady_check steady-5000 "pod-c during pod-a's burst" || return 1
-  [[ $(jget "$out" open) == "$cap" ]] || why "open at the end: expected exactly $cap (the per-pod cap):" "$out" || return 1
-  refused=$(( $(jget "$out" reset) + $(jget "$out" closed) ))
-  ((refused == n - cap)) || why "refused: expected $((n - cap)) reset or closed:" "$out" || return 1
-  p_le "$out" end_ms.p50 200 || why "refusals not at once (p50 of connect-to-reset):" "$out" || return 1
-  p_le "$out" end_ms.max 3000 || why "a refusal took 3 s or more (queued?):" "$out" || return 1
   after=$(daemon_metrics)
-  d=$(( $(metric_value "$after" 'redirector_connections_refused_total{reason="pod_limit"}') \
-    - $(metric_value "$before" 'redirector_connections_refused_total{reason="pod_limit"}') ))
-  ((d == refused)) || why "refused_total{reason=\"pod_limit\"} moved by $d, the client saw $refused refusals" \
-    "$(grep -F redirector_connections_refused_total <<<"$after")" || return 1
-  d=$(( $(metric_value "$after" 'redirector_connections_refused_total{reason="global_limit"}') \
-    - $(metric_value "$before" 'redirector_connections_refused_total{reason="global_limit"}') ))
-  ((d == 0)) || why "refused_total{reason=\"global_limit\"} moved by $d under the global cap" || return 1
+  steady_check steady-5000 "pod-c during pod-a's burst" || return 1
+  burst_checks "$out" "$n" "$cap" pod_limit "$before" "$after" 0 || return 1
   lines=$(tail -n "+$((log0 + 1))" "$DAEMON_LOG" | grep -c "connection limit reached" || true)
-  info "  'connection limit reached' log lines: $lines for $refused refusals"
+  info "  'connection limit reached' log lines: $lines"
   ((lines >= 1)) || why "no 'connection limit reached' line in the daemon log" || return 1
-  ((lines <= 50)) || why "$lines 'connection limit reached' lines: not rate-limited" || return 1
+  ((lines <= 10)) || why "$lines 'connection limit reached' lines: not rate-limited" || return 1
   rss_within "$rss0" "$peak" $(( RSS_SLACK_KB + cap * RSS_PER_CONN_KB )) "5,000 connections, $cap held" || return 1
   back_to_idle "$f0" "after the burst" || return 1
   out=$(probe pod-a tcp-echo "$INET_IP4" 7007 2>&1) || why "pod-a after the burst: $out" || return 1
@@ -353,35 +391,29 @@ t_hostile_5000_pod_cap() { hostile_test h_5000_pod_cap; }
 # reset at once and counted as global_limit; while the cap is full another
 # pod's connect is refused at once too (never queued), and works after.
 h_5000_global_cap() {
-  local n=5000 cap=1500 f0 rss0 peak out before after refused d ready=$WORK/burst-global.ready other
+  local n=5000 cap=1500 f0 rss0 peak out before after ready=$WORK/burst-global.ready other ov
   use_daemon "$HOSTILE_CONFIG" --max-connections "$cap" \
     || why "daemon with --max-connections $cap did not start:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
-  f0=$(daemon_fd_count); rss0=$(daemon_rss_kb)
+  f0=$(daemon_fds socket); rss0=$(daemon_rss_kb); ov=$(listen_overflows)
   before=$(daemon_metrics) || why "no /metrics" || return 1
   daemon_rss_watch_start
   rm -f "$ready"
-  pod_bg pod-a burst-global "${PYH[@]}" conns "$INET_IP4" "$SINK_PORT" --count "$n" --hold 10 --ready "$ready"
+  pod_bg pod-a burst-global "${PYH[@]}" conns "$INET_IP4" "$SINK_PORT" --count "$n" --hold 10 \
+    --ready "$ready" --send '\x00'
   local burst_pid=$POD_BG_PID
   wait_for 10 "the burst connected" test -s "$ready" || return 1
-  sleep 1
-  other=$(in_pod pod-c "${PYH[@]}" conns "$INET_IP4" "$SINK_PORT" --count 1 --hold 2)
+  sleep 2
+  other=$(in_pod pod-c "${PYH[@]}" conns "$INET_IP4" "$SINK_PORT" --count 1 --hold 2 --send '\x00')
   info "  pod-c while the cap is full: $other"
   [[ $(jget "$other" open) == 0 ]] || why "pod-c got a connection beyond the global cap:" "$other" || return 1
   p_le "$other" end_ms.max 1000 || why "pod-c was not refused at once:" "$other" || return 1
   wait "$burst_pid"
   out=$(hostile_json burst-global)
   info "  burst: $out"
+  info "  node ListenOverflows +$(( $(listen_overflows) - ov ))"
   peak=$(daemon_rss_watch_stop)
-  [[ $(jget "$out" open) == "$cap" ]] || why "open at the end: expected exactly $cap (the global cap):" "$out" || return 1
-  refused=$(( $(jget "$out" reset) + $(jget "$out" closed) ))
-  ((refused == n - cap)) || why "refused: expected $((n - cap)) reset or closed:" "$out" || return 1
-  p_le "$out" end_ms.p50 200 || why "refusals not at once (p50 of connect-to-reset):" "$out" || return 1
-  p_le "$out" end_ms.max 3000 || why "a refusal took 3 s or more (queued?):" "$out" || return 1
   after=$(daemon_metrics)
-  d=$(( $(metric_value "$after" 'redirector_connections_refused_total{reason="global_limit"}') \
-    - $(metric_value "$before" 'redirector_connections_refused_total{reason="global_limit"}') ))
-  ((d == refused + 1)) || why "refused_total{reason=\"global_limit\"} moved by $d; refusals seen: $refused (pod-a) + 1 (pod-c)" \
-    "$(grep -F redirector_connections_refused_total <<<"$after")" || return 1
+  burst_checks "$out" "$n" "$cap" global_limit "$before" "$after" 1 || return 1
   rss_within "$rss0" "$peak" $(( RSS_SLACK_KB + cap * RSS_PER_CONN_KB )) "5,000 connections, $cap held" || return 1
   back_to_idle "$f0" "after the burst" || return 1
   out=$(probe pod-c tcp-echo "$INET_IP4" 7007 2>&1) || why "pod-c after the burst: $out" || return 1
@@ -414,7 +446,8 @@ h_upstream_killed() {
   info "  proxy killed mid-transfer: curl exit $rc ${ms} ms after the kill, $(stat -c %s "$WORK/killed.bin") bytes"
   ((rc != 0)) || why "curl succeeded although the proxy died mid-transfer" || return 1
   ((rc != 28)) || why "curl hung until its own timeout (exit 28)" || return 1
-  within_ms "$ms" 5000 "the end of the transfer reaching the client" || return 1
+  # What the sockets on the way had buffered still drains at 4 MB/s first.
+  within_ms "$ms" 10000 "the end of the transfer reaching the client" || return 1
   kill -0 "$DAEMON_PID" 2>/dev/null || why "the daemon died" || return 1
 
   fake_proxy_mode abort-after 1048576

@@ -649,20 +649,24 @@ pins_present() { # anything pinned under the daemon's bpffs dir?
 
 # A third pod (not exempt): "another pod" whose connections go through the
 # daemon like pod-a's but from another client address (per-pod limits).
-# Listed in ALL_NS so that node_down removes it (and a crashed run's).
+# Added to ALL_NS only once made (build_network makes every namespace in
+# ALL_NS), so that node_down removes it with the others.
 NS_POD_C=rde-pod-c
 POD_C_IP4=10.249.5.2
-ALL_NS+=("$NS_POD_C")
+POD_C_MADE=0
 
 pod_c_up() { # idempotent; needs the node up
-  if [[ ! -e /run/netns/$NS_POD_C ]]; then
-    make_netns "$NS_POD_C"
-    veth_pair "$NS_NODE" rde-pc-n "$NS_POD_C" rde-pc-p
-    addr "$NS_NODE" rde-pc-n 10.249.5.1/24
-    addr "$NS_POD_C" rde-pc-p "$POD_C_IP4/24"
-    ip -n "$NS_POD_C" route add "$TEST_NET4" via 10.249.5.1
-  fi
-  mkdir -p "$CG_ROOT/pods/pod-c"
+  ((POD_C_MADE)) && return 0
+  # a crashed run's (we hold the lock): its veth went with that run's rde-node
+  [[ -e /run/netns/$NS_POD_C ]] && ip netns del "$NS_POD_C"
+  ALL_NS+=("$NS_POD_C")
+  make_netns "$NS_POD_C" || return 1
+  veth_pair "$NS_NODE" rde-pc-n "$NS_POD_C" rde-pc-p || return 1
+  addr "$NS_NODE" rde-pc-n 10.249.5.1/24 || return 1
+  addr "$NS_POD_C" rde-pc-p "$POD_C_IP4/24" || return 1
+  ip -n "$NS_POD_C" route add "$TEST_NET4" via 10.249.5.1 || return 1
+  mkdir -p "$CG_ROOT/pods/pod-c" || return 1
+  POD_C_MADE=1
 }
 
 # pod_bg POD NAME CMD...: CMD as a process of that pod, in the background,
@@ -678,6 +682,11 @@ pod_bg() {
 
 daemon_rss_kb() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$DAEMON_PID/status"; }
 daemon_fd_count() { find "/proc/$DAEMON_PID/fd" -mindepth 1 -maxdepth 1 | wc -l; }
+# daemon_fds KIND: the daemon's open fds of one kind (socket, pipe, anon_inode, ...)
+daemon_fds() {
+  find "/proc/$DAEMON_PID/fd" -mindepth 1 -maxdepth 1 -printf '%l\n' 2>/dev/null \
+    | grep -c "^$1:" || true
+}
 
 # daemon_rss_watch_start / daemon_rss_watch_stop: the daemon's peak VmRSS
 # (KiB) while something runs, sampled every 0.1 s; stop prints it.

@@ -17,6 +17,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source-path=SCRIPTDIR source=kube.sh
 source "$(dirname "${BASH_SOURCE[0]}")/kube.sh"
+# shellcheck source-path=SCRIPTDIR source=security.sh
+source "$(dirname "${BASH_SOURCE[0]}")/security.sh"
 # shellcheck source-path=SCRIPTDIR source=hostile.sh
 source "$(dirname "${BASH_SOURCE[0]}")/hostile.sh"
 
@@ -1039,7 +1041,7 @@ DAEMON_TESTS=(https:t_https http:t_http tcp_echo:t_tcp_echo ipv6:t_ipv6
   http_absolute_form:t_http_absolute bulk_transfer:t_bulk split_first_bytes:t_split_first_bytes
   silent_client:t_silent_client
   proxy_auth:t_proxy_auth proxy_tls:t_proxy_tls
-  "${KUBE_TESTS[@]}" "${HOSTILE_TESTS[@]}"
+  "${KUBE_TESTS[@]}" "${SECURITY_TESTS[@]}" "${HOSTILE_TESTS[@]}"
   reload:t_reload
   metrics:t_metrics
   restart_under_load:t_restart_under_load

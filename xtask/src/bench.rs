@@ -1,16 +1,18 @@
-//! `cargo xtask bench [--quick]`: the same workloads over every egress path
-//! of the miniature node, interleaved (A B C D A B C D ...) so machine noise
-//! hits all paths alike, summarised as JSON and a Markdown table under
-//! `target/bench/`.
+//! `cargo xtask bench`: the same workloads over every egress path of the
+//! miniature node, interleaved (A B C D A B C D ...) so machine noise hits
+//! all paths alike, plus criterion micro-benchmarks of the policy and the
+//! classifier, summarised as JSON and a Markdown table under `target/bench/`.
 //!
 //! `tests/e2e/bench.sh` builds the node (lib.sh: blackhole routes, lock,
-//! namespaces), starts squid as the upstream and our server in rde-inet, and
-//! runs `cargo xtask bench-load` in the pods for each round, path and
-//! workload; every run appends one JSON line to `target/bench/raw.jsonl`.
-//! This module then takes the medians and ratios. `--quick` only checks
-//! that every path moved data: a speed is never asserted.
+//! namespaces), starts squid and our own minimal CONNECT upstream
+//! ([`upstream`]) and the benchmark server in rde-inet, and runs
+//! `cargo xtask bench-load` in the pods for each round, path and workload;
+//! every run appends one JSON line to `target/bench/raw.jsonl`. This module
+//! then takes the medians and ratios. `--quick` only checks that every path
+//! moved data: a speed is never asserted.
 
 pub mod loadgen;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -18,75 +20,202 @@ use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::toolchain::{Paths, run};
+use crate::toolchain::{self, Paths, run};
 use crate::{build, setup, test};
 
 /// Paths in the order they run within a round (bench.sh records the ones it
-/// ran in a `{"kind":"paths"}` line; redsocks can be left out).
+/// ran in a `{"kind":"paths"}` line). The `-fast` ones go through xtask's
+/// minimal CONNECT upstream instead of squid.
 pub const PATHS: &[&str] = &[
     "direct",
     "env-var",
     "redirector",
     "redsocks",
     "kernel-bypass",
+    "env-var-fast",
+    "redirector-fast",
+    "redsocks-fast",
 ];
 /// Paths whose relay process bench.sh watches (CPU, RSS).
-const RELAYS: &[&str] = &["redirector", "redsocks"];
+const RELAYS: &[&str] = &["redirector", "redsocks", "redirector-fast", "redsocks-fast"];
+/// Every workload: the network ones bench.sh runs, and `micro` (criterion).
+pub const WORKLOADS: &[&str] = &["bulk", "rate", "latency", "iperf3", "memory", "micro"];
+/// What `--quick` runs unless `--workloads` says otherwise.
+const QUICK_WORKLOADS: &[&str] = &["bulk", "rate", "latency", "memory"];
+/// The criterion benches of the redirector crate that `micro` runs.
+const MICRO_BENCHES: &[&str] = &["noproxy", "classify"];
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Options {
+    /// Small sizes and one round, no iperf3 nor criterion; asserts only that
+    /// every path moved data.
+    #[arg(long)]
+    pub quick: bool,
+    /// Only these paths, comma-separated (default: all): direct, env-var,
+    /// redirector, redsocks, kernel-bypass, env-var-fast, redirector-fast,
+    /// redsocks-fast.
+    #[arg(long, value_delimiter = ',')]
+    pub paths: Vec<String>,
+    /// Only these workloads, comma-separated (default: all; with --quick
+    /// bulk,rate,latency,memory): bulk, rate, latency, iperf3, memory, micro.
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Vec<String>,
+    /// Interleaved rounds (default 3, 1 with --quick).
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Bytes each way of bulk and iperf3, in MiB (default 1024, 64 with --quick).
+    #[arg(long)]
+    pub bulk_mib: Option<u64>,
+    /// Idle connections of the memory workload (default 9000, 200 with --quick;
+    /// redsocks is capped at 2000).
+    #[arg(long)]
+    pub idle_connections: Option<u32>,
+    /// Benchmark this daemon binary instead of building one.
+    #[arg(long)]
+    pub daemon: Option<PathBuf>,
+}
+
+impl Options {
+    fn workloads(&self) -> Vec<String> {
+        if !self.workloads.is_empty() {
+            self.workloads.clone()
+        } else if self.quick {
+            QUICK_WORKLOADS.iter().map(|w| w.to_string()).collect()
+        } else {
+            WORKLOADS.iter().map(|w| w.to_string()).collect()
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        for p in &self.paths {
+            if !PATHS.contains(&p.as_str()) {
+                bail!("unknown path `{p}` (known: {})", PATHS.join(", "));
+            }
+        }
+        for w in &self.workloads {
+            if !WORKLOADS.contains(&w.as_str()) {
+                bail!("unknown workload `{w}` (known: {})", WORKLOADS.join(", "));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The paths of the run: bench.sh's `paths` record, else all of them.
 pub fn run_paths(records: &[Value]) -> Vec<String> {
+    strings_of(records, "paths").unwrap_or_else(|| PATHS.iter().map(|p| p.to_string()).collect())
+}
+
+/// The network workloads of the run: bench.sh's record, else bulk, rate
+/// and latency.
+fn run_workloads(records: &[Value]) -> Vec<String> {
+    strings_of(records, "workloads").unwrap_or_else(|| {
+        ["bulk", "rate", "latency"]
+            .iter()
+            .map(|w| w.to_string())
+            .collect()
+    })
+}
+
+fn strings_of(records: &[Value], key: &str) -> Option<Vec<String>> {
     records
         .iter()
         .find(|r| r["kind"] == "paths")
-        .and_then(|r| r["paths"].as_array())
+        .and_then(|r| r[key].as_array())
         .map(|a| {
             a.iter()
                 .filter_map(|p| p.as_str().map(String::from))
                 .collect()
         })
-        .unwrap_or_else(|| PATHS.iter().map(|p| p.to_string()).collect())
 }
+
 /// Workloads and the figures each one reports.
 const FIGURES: &[(&str, &[&str])] = &[
     ("bulk", &["up_gbps", "down_gbps"]),
+    ("iperf3", &["up_gbps", "down_gbps"]),
     ("rate", &["conn_per_s", "errors"]),
     ("latency", &["p50_ms", "p99_ms", "errors"]),
 ];
 
-pub fn bench(paths: &Paths, quick: bool) -> Result<()> {
-    test::require_root("the benchmark")?;
-    setup::setup(paths)?;
-    let daemon = build::build(paths, true)?;
-    run_bench(paths, &daemon, quick)
+/// `cargo xtask bench`.
+pub fn bench(paths: &Paths, opts: &Options) -> Result<()> {
+    opts.check()?;
+    let network = opts.workloads().iter().any(|w| w != "micro");
+    let daemon = if network {
+        test::require_root("the benchmark")?;
+        setup::setup(paths)?;
+        Some(match &opts.daemon {
+            Some(d) => d
+                .canonicalize()
+                .with_context(|| format!("--daemon {}", d.display()))?,
+            None => build::build(paths, true)?,
+        })
+    } else {
+        None
+    };
+    run_with(paths, daemon.as_deref(), opts)
 }
 
-/// The benchmark itself, with a daemon already built (`test` runs it with
-/// `quick` after the end-to-end tests).
+/// The benchmark with a daemon already built (`test` runs it with `quick`
+/// after the end-to-end tests).
 pub fn run_bench(paths: &Paths, daemon: &Path, quick: bool) -> Result<()> {
+    let opts = Options {
+        quick,
+        ..Options::default()
+    };
+    run_with(paths, Some(daemon), &opts)
+}
+
+fn run_with(paths: &Paths, daemon: Option<&Path>, opts: &Options) -> Result<()> {
     let out_dir = paths.root.join("target/bench");
     fs::create_dir_all(&out_dir)?;
     let raw = out_dir.join("raw.jsonl");
     let _ = fs::remove_file(&raw);
-    let xtask = std::env::current_exe().context("path of xtask itself")?;
-    let mut cmd = test::e2e_command(paths, "bench.sh", daemon)?;
-    cmd.env("BENCH_XTASK", &xtask)
-        .env("BENCH_RAW", &raw)
-        .env("BENCH_QUICK", if quick { "1" } else { "0" });
-    run(&mut cmd).context("tests/e2e/bench.sh failed")?;
-
-    let text = fs::read_to_string(&raw).with_context(|| format!("read {}", raw.display()))?;
-    let records: Vec<Value> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .context("parse raw.jsonl")?;
-    let summary = summarise(&records, quick, &machine());
+    let workloads = opts.workloads();
+    let micro = if workloads.iter().any(|w| w == "micro") {
+        // First, while nothing else runs.
+        Some(run_micro(paths, opts.quick)?)
+    } else {
+        None
+    };
+    let network: Vec<&str> = workloads
+        .iter()
+        .map(String::as_str)
+        .filter(|w| *w != "micro")
+        .collect();
+    let mut records = Vec::new();
+    if let (Some(daemon), false) = (daemon, network.is_empty()) {
+        let mut cmd = test::e2e_command(paths, "bench.sh", daemon)?;
+        cmd.env("BENCH_XTASK", load_generator(paths, opts.quick)?)
+            .env("BENCH_RAW", &raw)
+            .env("BENCH_QUICK", if opts.quick { "1" } else { "0" })
+            .env("BENCH_PATHS", opts.paths.join(" "))
+            .env("BENCH_WORKLOADS", network.join(" "));
+        for (var, value) in [
+            ("BENCH_ROUNDS", opts.rounds.map(u64::from)),
+            ("BENCH_BULK_MIB", opts.bulk_mib),
+            ("BENCH_IDLE_CONNS", opts.idle_connections.map(u64::from)),
+        ] {
+            if let Some(v) = value {
+                cmd.env(var, v.to_string());
+            }
+        }
+        run(&mut cmd).context("tests/e2e/bench.sh failed")?;
+        let text = fs::read_to_string(&raw).with_context(|| format!("read {}", raw.display()))?;
+        records = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .context("parse raw.jsonl")?;
+    }
+    let summary = summarise(&records, opts.quick, &machine(), micro.as_ref());
     fs::write(
         out_dir.join("results.json"),
         serde_json::to_string_pretty(&summary)? + "\n",
@@ -95,26 +224,100 @@ pub fn run_bench(paths: &Paths, daemon: &Path, quick: bool) -> Result<()> {
     fs::write(out_dir.join("results.md"), &md)?;
     println!("{md}");
     println!("written: target/bench/results.json, target/bench/results.md");
-    if quick {
+    if opts.quick && !records.is_empty() {
         check_moved_data(&records)?;
         println!("bench --quick: every path moved data");
     }
     Ok(())
 }
 
-/// `--quick`'s only assertion: each path completed each workload at least
-/// once with data through it.
+/// The xtask binary the pods and rde-inet run (load generator, server,
+/// upstream): this one for `--quick`, else an optimised build of it, so
+/// that the measuring tools cost as little CPU as they can.
+fn load_generator(paths: &Paths, quick: bool) -> Result<PathBuf> {
+    if quick {
+        return std::env::current_exe().context("path of xtask itself");
+    }
+    let mut cmd = toolchain::host_cargo();
+    cmd.args(["build", "--release", "--package", "xtask"]);
+    run(&mut cmd).context("building xtask with optimisations")?;
+    Ok(paths.root.join("target/release/xtask"))
+}
+
+/// Runs the criterion benches of the redirector crate (briefly with
+/// `quick`) and returns the median of each benchmark in nanoseconds, by id.
+fn run_micro(paths: &Paths, quick: bool) -> Result<Value> {
+    let started = SystemTime::now();
+    let mut cmd = toolchain::host_cargo();
+    // The release build's eBPF object: the lib is then the same build as
+    // the daemon's and not rebuilt twice.
+    cmd.env(build::EBPF_OBJ_ENV, paths.ebpf_object())
+        .args(["bench", "--package", "redirector"]);
+    for b in MICRO_BENCHES {
+        cmd.args(["--bench", b]);
+    }
+    cmd.arg("--");
+    if quick {
+        cmd.arg("--quick");
+    } else {
+        cmd.args(["--warm-up-time", "1", "--measurement-time", "2"]);
+    }
+    run(&mut cmd).context("criterion benches")?;
+    let mut out = serde_json::Map::new();
+    let dir = paths.root.join("target/criterion");
+    for entry in fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+        let new = entry?.path().join("new");
+        let fresh = fs::metadata(new.join("estimates.json"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= started);
+        if !fresh {
+            continue;
+        }
+        let read = |f: &str| -> Result<Value> {
+            Ok(serde_json::from_str(&fs::read_to_string(new.join(f))?)?)
+        };
+        let (id, est) = (read("benchmark.json")?, read("estimates.json")?);
+        if let (Some(id), Some(ns)) = (
+            id["full_id"].as_str(),
+            est["median"]["point_estimate"].as_f64(),
+        ) {
+            out.insert(id.to_string(), json!(ns));
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "criterion ran but wrote no estimates under {}",
+            dir.display()
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+/// `--quick`'s only assertion: each path completed each workload of the
+/// run at least once with data through it.
 pub fn check_moved_data(records: &[Value]) -> Result<()> {
     let mut missing = Vec::new();
+    let workloads = run_workloads(records);
     for path in &run_paths(records) {
-        for (workload, _) in FIGURES {
+        for workload in &workloads {
+            let workload = workload.as_str();
+            // iperf3 cannot speak CONNECT; memory is a relay's figure.
+            if (workload == "iperf3" && path.starts_with("env-var"))
+                || (workload == "memory" && !RELAYS.contains(&path.as_str()))
+            {
+                continue;
+            }
             let moved = records.iter().any(|r| {
                 r["path"] == path.as_str()
-                    && r["workload"] == *workload
-                    && match *workload {
-                        "bulk" => r["bytes"].as_u64().unwrap_or(0) > 0,
-                        "rate" => r["ok"].as_u64().unwrap_or(0) > 0,
-                        _ => r["samples"].as_u64().unwrap_or(0) > 0,
+                    && match workload {
+                        "bulk" | "iperf3" => {
+                            r["workload"] == workload && r["bytes"].as_u64().unwrap_or(0) > 0
+                        }
+                        "rate" => r["workload"] == "rate" && r["ok"].as_u64().unwrap_or(0) > 0,
+                        "memory" => {
+                            r["kind"] == "memory" && r["connections"].as_u64().unwrap_or(0) > 0
+                        }
+                        _ => r["workload"] == workload && r["samples"].as_u64().unwrap_or(0) > 0,
                     }
             });
             if !moved {
@@ -141,9 +344,29 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-/// Medians over the rounds of every path × workload figure, the daemon
-/// figures, and the ratios.
-pub fn summarise(records: &[Value], quick: bool, machine: &Value) -> Value {
+/// Ratios reported for each pair, and the two sets they come in: through
+/// squid, and through the fast upstream.
+const RATIO_PAIRS: &[(&str, &str)] = &[
+    ("redirector", "env-var"),
+    ("redirector", "redsocks"),
+    ("redsocks", "env-var"),
+    ("kernel-bypass", "direct"),
+    ("redirector-fast", "env-var-fast"),
+    ("redirector-fast", "redsocks-fast"),
+    ("redsocks-fast", "env-var-fast"),
+];
+const RATIO_KEYS: &[&str] = &[
+    "bulk.up_gbps",
+    "bulk.down_gbps",
+    "iperf3.up_gbps",
+    "iperf3.down_gbps",
+    "rate.conn_per_s",
+    "latency.p50_ms",
+];
+
+/// Medians over the rounds of every path × workload figure, the relay
+/// figures, the ratios and the micro-benchmarks.
+pub fn summarise(records: &[Value], quick: bool, machine: &Value, micro: Option<&Value>) -> Value {
     let paths = run_paths(records);
     let mut figures = BTreeMap::new();
     for path in &paths {
@@ -157,7 +380,7 @@ pub fn summarise(records: &[Value], quick: bool, machine: &Value) -> Value {
                 let vals: Vec<f64> = runs.iter().filter_map(|r| r[*name].as_f64()).collect();
                 let key = format!("{workload}.{name}");
                 let v = if *name == "errors" {
-                    Some(vals.iter().sum())
+                    (!vals.is_empty()).then(|| vals.iter().sum())
                 } else {
                     median(vals)
                 };
@@ -168,50 +391,45 @@ pub fn summarise(records: &[Value], quick: bool, machine: &Value) -> Value {
         figures.insert(path.clone(), Value::Object(per_path));
     }
     let fig = |path: &str, key: &str| figures.get(path).and_then(|p| p[key].as_f64());
-    let ratio = |a: &str, b: &str, key: &str| match (fig(a, key), fig(b, key)) {
-        (Some(x), Some(y)) if y > 0.0 => json!(x / y),
-        _ => Value::Null,
-    };
     let mut ratios = serde_json::Map::new();
-    for (a, b) in [
-        ("redirector", "env-var"),
-        ("redirector", "redsocks"),
-        ("redsocks", "env-var"),
-        ("kernel-bypass", "direct"),
-    ] {
-        for key in [
-            "bulk.up_gbps",
-            "bulk.down_gbps",
-            "rate.conn_per_s",
-            "latency.p50_ms",
-        ] {
-            ratios.insert(format!("{a}/{b} {key}"), ratio(a, b, key));
+    for (a, b) in RATIO_PAIRS {
+        for key in RATIO_KEYS {
+            if let (Some(x), Some(y)) = (fig(a, key), fig(b, key))
+                && y > 0.0
+            {
+                ratios.insert(format!("{a}/{b} {key}"), json!(x / y));
+            }
         }
     }
-    let added = match (
-        fig("redirector", "latency.p50_ms"),
-        fig("env-var", "latency.p50_ms"),
-    ) {
-        (Some(x), Some(y)) => json!((x - y) * 1000.0),
-        _ => Value::Null,
-    };
-    ratios.insert("redirector-env-var latency.p50 added µs".into(), added);
+    for (a, b) in [
+        ("redirector", "env-var"),
+        ("redirector-fast", "env-var-fast"),
+    ] {
+        if let (Some(x), Some(y)) = (fig(a, "latency.p50_ms"), fig(b, "latency.p50_ms")) {
+            ratios.insert(
+                format!("{a}-{b} latency.p50 added µs"),
+                json!((x - y) * 1000.0),
+            );
+        }
+    }
 
     let mut relays = serde_json::Map::new();
+    let gib = (1u64 << 30) as f64;
     for relay in RELAYS {
+        if !paths.iter().any(|p| p == relay) {
+            continue;
+        }
         let runs: Vec<&Value> = records
             .iter()
             .filter(|r| r["kind"] == "daemon" && r["path"] == *relay)
             .collect();
-        if runs.is_empty() && !records.iter().any(|r| r["path"] == *relay) {
-            continue;
-        }
-        let gib = (1u64 << 30) as f64;
-        let cpu_per_gib = median(
-            runs.iter()
-                .filter_map(|r| Some(r["cpu_s"].as_f64()? / (r["bytes"].as_f64()? / gib)))
-                .collect(),
-        );
+        let per_gib = |key: &str| {
+            median(
+                runs.iter()
+                    .filter_map(|r| Some(r[key].as_f64()? / (r["bytes"].as_f64()? / gib)))
+                    .collect(),
+            )
+        };
         let rss_idle = runs
             .iter()
             .filter_map(|r| r["rss_kib_before"].as_f64())
@@ -233,28 +451,36 @@ pub fn summarise(records: &[Value], quick: bool, machine: &Value) -> Value {
                 })
                 .collect(),
         );
-        let idle_conns = memory
-            .iter()
-            .filter_map(|r| r["connections"].as_u64())
-            .max();
+        let max_of = |key: &str| memory.iter().filter_map(|r| r[key].as_u64()).max();
         relays.insert(
             relay.to_string(),
             json!({
-                "cpu_s_per_gib_relayed": cpu_per_gib,
+                "cpu_s_per_gib_relayed": per_gib("cpu_s"),
+                "upstream_cpu_s_per_gib": per_gib("upstream_cpu_s"),
                 "rss_kib_idle": rss_idle,
                 "rss_kib_after_bulk_max": rss_max,
-                "idle_connections": idle_conns,
+                "idle_connections": max_of("connections"),
+                "idle_connections_requested": max_of("requested"),
+                "rss_kib_before_idle": memory.first().and_then(|r| r["rss_kib_before"].as_f64()),
+                "rss_kib_with_idle": memory.first().and_then(|r| r["rss_kib_held"].as_f64()),
                 "kib_per_idle_connection": kib_per_conn,
             }),
         );
     }
+    let run = records.iter().find(|r| r["kind"] == "paths");
     json!({
         "mode": if quick { "quick" } else { "full" },
         "machine": machine,
         "paths": paths,
+        "workloads": run.map_or(Value::Null, |r| r["workloads"].clone()),
+        "sizes": {
+            "bulk_bytes": run.map_or(Value::Null, |r| r["bulk_bytes"].clone()),
+            "idle_connections": run.map_or(Value::Null, |r| r["idle_connections"].clone()),
+        },
         "figures": figures,
         "ratios": ratios,
         "relays": relays,
+        "micro_ns": micro.cloned().unwrap_or(Value::Null),
         "rounds": records.iter().filter_map(|r| r["round"].as_u64()).max(),
     })
 }
@@ -283,6 +509,7 @@ fn machine() -> Value {
             .map(|(_, v)| v.trim().to_string())),
         "squid": out("squid", &["-v"]),
         "redsocks": out("redsocks", &["-v"]),
+        "iperf3": out("iperf3", &["--version"]),
         "redirector": env!("CARGO_PKG_VERSION"),
     })
 }
@@ -292,59 +519,199 @@ fn fmt(v: &Value, digits: usize) -> String {
         .map_or_else(|| "–".to_string(), |x| format!("{x:.digits$}"))
 }
 
-/// The Markdown table of a summary.
+/// The Markdown tables of a summary.
 pub fn markdown(s: &Value) -> String {
     let mut md = String::new();
     let m = &s["machine"];
+    let bulk_mib = s["sizes"]["bulk_bytes"].as_u64().map(|b| b >> 20);
     md += &format!(
-        "# egress-redirector benchmark ({} mode)\n\nMachine: {} cores, kernel {}, {}. Upstream: {}. \
-         Medians over {} interleaved rounds.\n\n",
+        "# egress-redirector benchmark ({} mode)\n\nMachine: {} cores, kernel {}, {}. \
+         Upstreams: {} (one worker), and xtask's minimal CONNECT upstream (the `-fast` paths: \
+         one epoll thread per core, splice). Medians over {} interleaved rounds; bulk {} MiB each way.\n\n",
         s["mode"].as_str().unwrap_or("?"),
         m["cores"],
         m["kernel"].as_str().unwrap_or("?"),
         m["cpu"].as_str().unwrap_or("unknown CPU"),
         m["squid"].as_str().unwrap_or("?"),
         s["rounds"],
+        bulk_mib.map_or_else(|| "?".to_string(), |b| b.to_string()),
     );
-    md += "| path | bulk up Gbit/s | bulk down Gbit/s | conn/s (c=32) | conn errors | \
-           connect→first byte p50 ms | p99 ms | latency errors |\n";
-    md += "|---|---:|---:|---:|---:|---:|---:|---:|\n";
-    for path in s["paths"].as_array().into_iter().flatten() {
-        let path = path.as_str().unwrap_or("?");
-        let f = &s["figures"][path];
-        md += &format!(
-            "| {path} | {} | {} | {} | {} | {} | {} | {} |\n",
-            fmt(&f["bulk.up_gbps"], 2),
-            fmt(&f["bulk.down_gbps"], 2),
-            fmt(&f["rate.conn_per_s"], 0),
-            fmt(&f["rate.errors"], 0),
-            fmt(&f["latency.p50_ms"], 3),
-            fmt(&f["latency.p99_ms"], 3),
-            fmt(&f["latency.errors"], 0),
-        );
-    }
-    md += "\n| ratio | value |\n|---|---:|\n";
-    if let Some(r) = s["ratios"].as_object() {
-        for (k, v) in r {
-            md += &format!("| {k} | {} |\n", fmt(v, 3));
-        }
-    }
-    md += "\n| relay process | CPU s per GiB relayed | RSS KiB idle | RSS KiB max after bulk | \
-           idle connections held | KiB RSS per idle connection |\n\
-           |---|---:|---:|---:|---:|---:|\n";
-    if let Some(r) = s["relays"].as_object() {
-        for (relay, d) in r {
+    let paths: Vec<&str> = s["paths"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !paths.is_empty() {
+        md += "| path | bulk up Gbit/s | bulk down Gbit/s | iperf3 up Gbit/s | iperf3 down Gbit/s | \
+               conn/s (c=32) | conn errors | connect→first byte p50 ms | p99 ms | latency errors |\n";
+        md += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        for path in &paths {
+            let f = &s["figures"][path];
+            // A run of memory or micro alone has no figure here.
+            if f.as_object()
+                .is_none_or(|f| f.iter().all(|(k, v)| k.ends_with(".runs") || v.is_null()))
+            {
+                continue;
+            }
             md += &format!(
-                "| {relay} | {} | {} | {} | {} | {} |\n",
-                fmt(&d["cpu_s_per_gib_relayed"], 2),
-                fmt(&d["rss_kib_idle"], 0),
-                fmt(&d["rss_kib_after_bulk_max"], 0),
-                fmt(&d["idle_connections"], 0),
-                fmt(&d["kib_per_idle_connection"], 2),
+                "| {path} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                fmt(&f["bulk.up_gbps"], 2),
+                fmt(&f["bulk.down_gbps"], 2),
+                fmt(&f["iperf3.up_gbps"], 2),
+                fmt(&f["iperf3.down_gbps"], 2),
+                fmt(&f["rate.conn_per_s"], 0),
+                fmt(&f["rate.errors"], 0),
+                fmt(&f["latency.p50_ms"], 3),
+                fmt(&f["latency.p99_ms"], 3),
+                fmt(&f["latency.errors"], 0),
             );
         }
     }
+    md += &ratio_table(&s["ratios"]);
+    md += &relay_table(&s["relays"]);
+    md += &micro_table(&s["micro_ns"]);
     md
+}
+
+/// Ratios side by side: through squid, and through the fast upstream.
+fn ratio_table(r: &Value) -> String {
+    let Some(r) = r.as_object().filter(|r| !r.is_empty()) else {
+        return String::new();
+    };
+    let rows: &[(&str, &str, Option<&str>)] = &[
+        (
+            "redirector / env-var",
+            "redirector/env-var",
+            Some("redirector-fast/env-var-fast"),
+        ),
+        (
+            "redirector / redsocks",
+            "redirector/redsocks",
+            Some("redirector-fast/redsocks-fast"),
+        ),
+        (
+            "redsocks / env-var",
+            "redsocks/env-var",
+            Some("redsocks-fast/env-var-fast"),
+        ),
+        ("kernel-bypass / direct", "kernel-bypass/direct", None),
+    ];
+    let keys = [
+        ("bulk up", "bulk.up_gbps"),
+        ("bulk down", "bulk.down_gbps"),
+        ("iperf3 up", "iperf3.up_gbps"),
+        ("iperf3 down", "iperf3.down_gbps"),
+        ("conn/s", "rate.conn_per_s"),
+        ("latency p50", "latency.p50_ms"),
+    ];
+    let mut md = "\n| ratio | via squid | via fast upstream |\n|---|---:|---:|\n".to_string();
+    for (label, squid, fast) in rows {
+        for (what, key) in keys {
+            let a = r.get(&format!("{squid} {key}"));
+            let b = fast.and_then(|f| r.get(&format!("{f} {key}")));
+            if a.is_none() && b.is_none() {
+                continue;
+            }
+            md += &format!(
+                "| {label}: {what} | {} | {} |\n",
+                fmt(a.unwrap_or(&Value::Null), 3),
+                fmt(b.unwrap_or(&Value::Null), 3)
+            );
+        }
+    }
+    let a = r.get("redirector-env-var latency.p50 added µs");
+    let b = r.get("redirector-fast-env-var-fast latency.p50 added µs");
+    if a.is_some() || b.is_some() {
+        md += &format!(
+            "| redirector − env-var: latency p50, µs added | {} | {} |\n",
+            fmt(a.unwrap_or(&Value::Null), 0),
+            fmt(b.unwrap_or(&Value::Null), 0)
+        );
+    }
+    md
+}
+
+fn relay_table(r: &Value) -> String {
+    let Some(r) = r.as_object().filter(|r| !r.is_empty()) else {
+        return String::new();
+    };
+    let mut md =
+        "\n| relay process (path) | CPU s per GiB relayed | its upstream's CPU s per GiB | \
+                  RSS KiB idle | RSS KiB max after bulk | idle connections held / asked | \
+                  RSS KiB before → with them | KiB RSS per idle connection |\n\
+                  |---|---:|---:|---:|---:|---:|---:|---:|\n"
+            .to_string();
+    for (relay, d) in r {
+        md += &format!(
+            "| {relay} | {} | {} | {} | {} | {} / {} | {} → {} | {} |\n",
+            fmt(&d["cpu_s_per_gib_relayed"], 2),
+            fmt(&d["upstream_cpu_s_per_gib"], 2),
+            fmt(&d["rss_kib_idle"], 0),
+            fmt(&d["rss_kib_after_bulk_max"], 0),
+            fmt(&d["idle_connections"], 0),
+            fmt(&d["idle_connections_requested"], 0),
+            fmt(&d["rss_kib_before_idle"], 0),
+            fmt(&d["rss_kib_with_idle"], 0),
+            fmt(&d["kib_per_idle_connection"], 2),
+        );
+    }
+    md
+}
+
+/// The criterion medians: NO_PROXY decisions (index, the linear scan it
+/// replaced, and the whole `Policy::decide`), then the classifier.
+fn micro_table(m: &Value) -> String {
+    let Some(m) = m.as_object().filter(|m| !m.is_empty()) else {
+        return String::new();
+    };
+    let ns = |id: String| fmt(m.get(&id).unwrap_or(&Value::Null), 1);
+    let mut md = "\n| NO_PROXY decision (criterion, median ns) | NoProxy::find | the index | \
+                  linear scan | Policy::decide |\n|---|---:|---:|---:|---:|\n"
+        .to_string();
+    let mut cases: Vec<(u64, &str)> = m
+        .keys()
+        .filter_map(|k| {
+            let mut parts = k.split('/');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("find"), Some(n), Some(q)) => Some((n.parse().ok()?, q)),
+                _ => None,
+            }
+        })
+        .collect();
+    cases.sort();
+    for (n, q) in cases {
+        md += &format!(
+            "| {n} rules, {q} | {} | {} | {} | {} |\n",
+            ns(format!("find/{n}/{q}")),
+            ns(format!("index/{n}/{q}")),
+            ns(format!("scan/{n}/{q}")),
+            ns(format!("decide/{n}/{q}")),
+        );
+    }
+    md += "\n| classify (SNI / Host peek) | median ns |\n|---|---:|\n";
+    for (id, v) in m.iter().filter(|(k, _)| k.starts_with("classify/")) {
+        md += &format!("| {} | {} |\n", &id["classify/".len()..], fmt(v, 1));
+    }
+    md
+}
+
+/// Raises this process's soft limit on open files to the hard one: the
+/// memory workload holds 9,000 connections, which the usual soft limit of
+/// 1,024 would refuse. Best effort: a failure shows up as refused sockets.
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Which workload `bench-load` runs, with its size.
@@ -360,6 +727,10 @@ pub enum Workload {
     Latency {
         per_second: u32,
         count: u32,
+    },
+    /// iperf3 to `server` (an iperf3 server), `bytes` each way, one stream.
+    Iperf3 {
+        bytes: u64,
     },
     /// Open `count` idle connections, write their number to `ready_file`,
     /// hold them for `seconds`.
@@ -379,6 +750,7 @@ pub fn load(
     workload: Workload,
     out: &Path,
 ) -> Result<()> {
+    raise_open_files_limit();
     let mut rec = json!({"kind": "load", "path": label, "round": round,
         "server": target.server.to_string(),
         "proxy": target.proxy.map(|p| p.to_string())});
@@ -386,6 +758,14 @@ pub fn load(
         Workload::Bulk { bytes } => {
             let b = loadgen::bulk(target, bytes)?;
             json!({"workload": "bulk", "bytes": b.bytes, "up_gbps": b.up_gbps, "down_gbps": b.down_gbps})
+        }
+        Workload::Iperf3 { bytes } => {
+            if target.proxy.is_some() {
+                bail!("iperf3 cannot speak CONNECT to a proxy");
+            }
+            let up = iperf3(target.server, bytes, false)?;
+            let down = iperf3(target.server, bytes, true)?;
+            json!({"workload": "iperf3", "bytes": bytes, "up_gbps": up, "down_gbps": down})
         }
         Workload::Rate {
             concurrency,
@@ -426,6 +806,30 @@ pub fn load(
         .with_context(|| format!("open {}", out.display()))?;
     writeln!(f, "{line}")?;
     Ok(())
+}
+
+/// One iperf3 run (`-R`: the server sends); the receiver's Gbit/s.
+fn iperf3(server: std::net::SocketAddr, bytes: u64, reverse: bool) -> Result<f64> {
+    let mut cmd = Command::new("iperf3");
+    cmd.args(["--client", &server.ip().to_string()])
+        .args(["--port", &server.port().to_string()])
+        .args(["--bytes", &bytes.to_string()])
+        .args(["--connect-timeout", "10000", "--json"]);
+    if reverse {
+        cmd.arg("--reverse");
+    }
+    let out = cmd
+        .output()
+        .context("run iperf3 (cargo xtask setup installs it)")?;
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 printed no JSON ({})", out.status))?;
+    if let Some(e) = report["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    let bps = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 JSON without end.sum_received.bits_per_second")?;
+    Ok(bps / 1e9)
 }
 
 #[cfg(test)]
@@ -477,6 +881,18 @@ mod tests {
         no_redsocks.push(json!({"kind": "paths",
             "paths": ["direct", "env-var", "redirector", "kernel-bypass"]}));
         assert!(check_moved_data(&no_redsocks).is_ok());
+        // memory is asked of the relays only, iperf3 of all but env-var
+        let mut more = all_paths(5);
+        more.push(json!({"kind": "paths", "paths": ["env-var", "redirector"],
+            "workloads": ["bulk", "memory", "iperf3"]}));
+        let err = check_moved_data(&more).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "no data moved on: redirector/memory, redirector/iperf3"
+        );
+        more.push(json!({"kind": "memory", "path": "redirector", "connections": 9}));
+        more.push(rec("redirector", "iperf3", json!({"bytes": 1})));
+        assert!(check_moved_data(&more).is_ok());
     }
 
     #[test]
@@ -489,20 +905,46 @@ mod tests {
         ));
         recs.push(
             json!({"kind": "daemon", "path": "redirector", "cpu_s": 0.5, "bytes": 1u64 << 31,
-            "rss_kib_before": 4000, "rss_kib_after": 5000}),
+            "upstream_cpu_s": 2.0, "rss_kib_before": 4000, "rss_kib_after": 5000}),
         );
         recs.push(
             json!({"kind": "memory", "path": "redirector", "connections": 100,
             "rss_kib_before": 4000, "rss_kib_held": 4300}),
         );
-        let s = summarise(&recs, true, &json!({"cores": 2}));
+        let micro = json!({"find/10000/name-miss": 30.0, "scan/10000/name-miss": 56000.0,
+            "decide/10000/name-miss": 80.0, "find/10/name-miss": 20.0,
+            "classify/tls13-openssl": 100.0});
+        let s = summarise(&recs, true, &json!({"cores": 2}), Some(&micro));
         assert_eq!(s["figures"]["direct"]["bulk.up_gbps"], 2.0);
         assert_eq!(s["ratios"]["redirector/env-var rate.conn_per_s"], 1.5);
         assert_eq!(s["relays"]["redirector"]["cpu_s_per_gib_relayed"], 0.25);
+        assert_eq!(s["relays"]["redirector"]["upstream_cpu_s_per_gib"], 1.0);
         assert_eq!(s["relays"]["redirector"]["kib_per_idle_connection"], 3.0);
+        // no iperf3 figures: no iperf3 ratios
+        assert!(
+            s["ratios"]
+                .get("redirector/env-var iperf3.up_gbps")
+                .is_none()
+        );
         let md = markdown(&s);
         assert!(md.contains("| kernel-bypass |"), "{md}");
+        assert!(md.contains("| redirector-fast |"), "{md}");
         assert!(md.contains("2 cores"), "{md}");
+        // paths 3 and 2 through squid, 7 and 6 through the fast upstream
+        assert!(
+            md.contains("| redirector / env-var: conn/s | 1.500 | 1.167 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| kernel-bypass / direct: conn/s | 5.000 | – |"),
+            "{md}"
+        );
+        let (ten, many) = (
+            md.find("| 10 rules, name-miss | 20.0 | – | – | – |"),
+            md.find("| 10000 rules, name-miss | 30.0 | – | 56000.0 | 80.0 |"),
+        );
+        assert!(ten.is_some() && many.is_some() && ten < many, "{md}");
+        assert!(md.contains("| tls13-openssl | 100.0 |"), "{md}");
     }
 
     #[test]

@@ -58,6 +58,22 @@ fn cargo_fuzz(paths: &Paths, subcommand: &str) -> Command {
     cmd
 }
 
+/// rustfmt and clippy for the fuzz crate, which the workspace's own `cargo
+/// fmt --all` and `cargo clippy --workspace` leave out. Its plain (not
+/// instrumented) build shares the workspace's target directory.
+pub fn lint(paths: &Paths) -> Result<()> {
+    let manifest = fuzz_dir(paths).join("Cargo.toml");
+    let cargo = |args: &[&str]| {
+        let mut cmd = toolchain::host_cargo();
+        cmd.args(args).arg("--manifest-path").arg(&manifest);
+        cmd
+    };
+    run(&mut cargo(&["fmt", "--check"]))?;
+    run(cargo(&["clippy", "--all-targets", "--target-dir"])
+        .arg(paths.root.join("target"))
+        .args(["--", "-D", "warnings"]))
+}
+
 /// How one target's run ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -181,7 +197,10 @@ fn run_one(paths: &Paths, target: &str, options: &[&str], seconds: u64) -> Resul
         .stdout(log.try_clone()?)
         .stderr(Stdio::piped());
     println!("\n$ {}", toolchain::describe(&cmd));
-    println!("fuzz: {target} for {seconds}s (log: {})", log_path.display());
+    println!(
+        "fuzz: {target} for {seconds}s (log: {})",
+        log_path.display()
+    );
 
     let started = Instant::now();
     let mut child = cmd
@@ -211,7 +230,10 @@ fn run_one(paths: &Paths, target: &str, options: &[&str], seconds: u64) -> Resul
         for line in &lines[tail..] {
             println!("  | {line}");
         }
-        println!("  (cargo-fuzz's report on the input: {})", log_path.display());
+        println!(
+            "  (cargo-fuzz's report on the input: {})",
+            log_path.display()
+        );
     } else {
         println!(
             "fuzz: {target} ok, {} execs in {elapsed:.0}s",
@@ -357,7 +379,9 @@ mod tests {
         assert_eq!(parsed.execs, Some(5150));
         assert_eq!(
             parsed.artifact,
-            Some(PathBuf::from("/w/redirector/fuzz/artifacts/no_proxy/crash-abc"))
+            Some(PathBuf::from(
+                "/w/redirector/fuzz/artifacts/no_proxy/crash-abc"
+            ))
         );
         let outcome = Outcome {
             target: "no_proxy".into(),
@@ -382,7 +406,10 @@ mod tests {
     fn selects_known_targets_only() {
         assert_eq!(select(&[]).unwrap().len(), TARGETS.len());
         let one = select(&["no_proxy".to_string()]).unwrap();
-        assert_eq!(one.iter().map(|(t, _)| *t).collect::<Vec<_>>(), ["no_proxy"]);
+        assert_eq!(
+            one.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            ["no_proxy"]
+        );
         let err = select(&["nope".to_string()]).unwrap_err().to_string();
         assert!(err.contains("known: tls_client_hello"), "{err}");
     }

@@ -10,6 +10,7 @@ pub mod image;
 pub mod kind;
 pub mod manifests;
 pub mod setup;
+pub mod soak;
 pub mod test;
 pub mod toolchain;
 

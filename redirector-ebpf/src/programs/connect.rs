@@ -4,11 +4,14 @@
 //! Failure policy: fail closed. When a connect should be redirected but
 //! cannot be (no proxy address of a usable family, the original destination
 //! cannot be saved), the connect is refused (`EPERM`), never sent direct.
-//! Skips, in order: the daemon's own sockets (`SO_MARK`), exempt cgroups,
+//! Skips, in order: the daemon's own sockets (`SO_MARK`, from the daemon's
+//! cgroup: a mark set elsewhere is a spoof and is counted), exempt cgroups,
 //! destinations in the bypass tries, destinations that already are the
 //! proxy's address.
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
+    },
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
     programs::SockAddrContext,
@@ -130,8 +133,12 @@ fn decide(ctx: &SockAddrContext, dst: &Endpoint) -> Decision {
     // SAFETY: `sk` is always set for connect hooks.
     let mark = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).mark };
     if cfg.socket_mark != 0 && mark == cfg.socket_mark {
-        count(Counter::SkippedMark);
-        return Decision::Skip;
+        // SAFETY: plain helper call.
+        if unsafe { bpf_get_current_cgroup_id() } == cfg.daemon_cgroup {
+            count(Counter::SkippedMark);
+            return Decision::Skip;
+        }
+        count(Counter::ForeignMark);
     }
     if caller_is_exempt() {
         count(Counter::SkippedCgroup);

@@ -1,4 +1,5 @@
-//! The NO_PROXY parser (`NoProxy::parse`) and matcher (`find`).
+//! The NO_PROXY parser (`NoProxy::parse`) and matcher (`find`, and its
+//! index against the plain scan).
 //!
 //! Input is text, so that seeds are readable and mutations stay plausible:
 //! each line is a `noProxy` element (itself possibly a comma-separated
@@ -62,6 +63,17 @@ fuzz_target!(|data: &[u8]| {
 
     for q in &queries {
         let found = rules.find(q.host, q.ip, q.port);
+        // The index (used for long lists) names the very rule a scan in the
+        // order written does, whatever the list's length.
+        let by_index = rules.find_by_index(q.host, q.ip, q.port);
+        let by_scan = rules.find_by_scan(q.host, q.ip, q.port);
+        assert!(
+            by_index.map(std::ptr::from_ref) == by_scan.map(std::ptr::from_ref),
+            "{:?} {:?} {}: index {by_index:?}, scan {by_scan:?}",
+            q.host,
+            q.ip,
+            q.port
+        );
         // Matching ignores ASCII letter case.
         let upper = q.host.map(str::to_ascii_uppercase);
         assert_eq!(

@@ -115,6 +115,14 @@ pub const REQUIREMENTS: &[Requirement] = &[
         ),
     },
     Requirement {
+        feature: "the helper bpf_get_current_cgroup_id in cgroup_sock_addr programs",
+        needs: "Linux >= 5.7",
+        probe: Probe::Helper(
+            ProgramType::CgroupSockAddr,
+            BpfHelper::BPF_FUNC_get_current_cgroup_id,
+        ),
+    },
+    Requirement {
         feature: "the helper bpf_get_socket_cookie in cgroup_sock_addr programs",
         needs: MINIMUM,
         probe: Probe::Helper(
