@@ -11,7 +11,6 @@ use std::{
 use anyhow::{Context, Result, bail};
 use tokio::{
     io::unix::AsyncFd,
-    net::TcpListener,
     signal::unix::{SignalKind, signal},
 };
 
@@ -105,9 +104,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     let mut listeners = Vec::new();
     for addr in &listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr}"))?;
+        let listener = server::listen(*addr).with_context(|| format!("listening on {addr}"))?;
         listeners.push(listener);
     }
     let metrics_listener = match args.metrics {

@@ -1,13 +1,31 @@
 //! The listeners: accept redirected connections, apply the connection
 //! caps, and hand each to [`connection::handle`](crate::connection::handle).
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::{
     connection::{self, Shared},
     limits::Limits,
 };
+
+/// Pending connections the kernel queues before accept: a burst of new
+/// connections from many pods (thousands at once after a rollout) would
+/// overflow the usual 1,024 and wait a second per dropped SYN. The kernel
+/// caps it at `net.core.somaxconn` (4,096 by default since Linux 5.4).
+const BACKLOG: u32 = 8192;
+
+/// A listening socket on `addr` with [`BACKLOG`].
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Accepts until the task is dropped. Accept errors (for example running
 /// out of file descriptors) are logged and retried after a pause rather
@@ -17,6 +35,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Arc<Limit
         match listener.accept().await {
             Ok((stream, peer)) => match limits.admit(peer.ip()) {
                 Ok(permit) => {
+                    // Relayed writes are the peer's own segments: never hold
+                    // a small one back for coalescing (upstream sockets too).
+                    let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
                     tokio::spawn(async move {
                         connection::handle(shared, stream, peer).await;

