@@ -297,11 +297,22 @@ impl fmt::Debug for ProxyUrl {
 
 /// Hides `user:password@` in a URL string that failed to parse.
 fn redact(value: &str) -> String {
-    match (value.find("://"), value.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &value[..s + 3], &value[at..]),
-        (None, Some(at)) => format!("***{}", &value[at..]),
-        _ => value.to_owned(),
-    }
+    // Everything before the last `@` may be credentials, except a real
+    // scheme (`http://`): a `://` later in the value, or after something
+    // that is not a scheme (`u:a://b@host`), must not shield the password.
+    let Some(at) = value.rfind('@') else {
+        return value.to_owned();
+    };
+    let is_scheme = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    };
+    let keep = match value.find("://") {
+        Some(s) if s < at && is_scheme(&value[..s]) => s + 3,
+        _ => 0,
+    };
+    format!("{}***{}", &value[..keep], &value[at..])
 }
 
 #[cfg(test)]

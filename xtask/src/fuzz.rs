@@ -225,15 +225,11 @@ fn run_one(paths: &Paths, target: &str, options: &[&str], seconds: u64) -> Resul
         failed: !status.success(),
     };
     if outcome.failed {
-        println!("fuzz: {target} FAILED ({status}); last lines of its log:");
-        let tail = lines.len().saturating_sub(40);
-        for line in &lines[tail..] {
+        println!("fuzz: {target} FAILED ({status}):");
+        for line in failure_excerpt(&lines) {
             println!("  | {line}");
         }
-        println!(
-            "  (cargo-fuzz's report on the input: {})",
-            log_path.display()
-        );
+        println!("  (whole output: {})", log_path.display());
     } else {
         println!(
             "fuzz: {target} ok, {} execs in {elapsed:.0}s",
@@ -241,6 +237,33 @@ fn run_one(paths: &Paths, target: &str, options: &[&str], seconds: u64) -> Resul
         );
     }
     Ok(outcome)
+}
+
+/// The lines that say what went wrong: the panic (or sanitizer error) and
+/// the next few, and libFuzzer's summary; the last lines if neither is there.
+fn failure_excerpt(lines: &[String]) -> Vec<&str> {
+    const CONTEXT: usize = 8;
+    let start = lines
+        .iter()
+        .position(|l| l.contains("panicked at") || l.contains("ERROR: "));
+    let mut excerpt: Vec<&str> = match start {
+        Some(i) => lines[i..]
+            .iter()
+            .take(CONTEXT)
+            .map(String::as_str)
+            .collect(),
+        None => {
+            let tail = lines.len().saturating_sub(2 * CONTEXT);
+            return lines[tail..].iter().map(String::as_str).collect();
+        }
+    };
+    excerpt.extend(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("SUMMARY: ") || l.contains("Test unit written to"))
+            .map(String::as_str),
+    );
+    excerpt
 }
 
 /// Resolves a path libFuzzer printed relative to where it ran (the root).
@@ -400,6 +423,21 @@ mod tests {
                  --target-dir target/fuzz no_proxy redirector/fuzz/artifacts/no_proxy/crash-abc"
             )
         );
+    }
+
+    #[test]
+    fn excerpt_starts_at_the_panic() {
+        let mut lines: Vec<String> = (0..100).map(|i| format!("#{i} NEW")).collect();
+        lines.push("thread '<unnamed>' panicked at fuzz_targets/x.rs:1:1:".into());
+        lines.push("the message".into());
+        lines.extend((0..50).map(|i| format!("    #{i} 0x55 in frame")));
+        lines.push("SUMMARY: libFuzzer: deadly signal".into());
+        let excerpt = failure_excerpt(&lines);
+        assert_eq!(excerpt[..2], lines[100..102]);
+        assert_eq!(excerpt.len(), 9);
+        assert_eq!(excerpt[8], "SUMMARY: libFuzzer: deadly signal");
+        // Nothing recognisable: the last lines.
+        assert_eq!(failure_excerpt(&lines[..100]).len(), 16);
     }
 
     #[test]
