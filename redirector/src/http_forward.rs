@@ -91,6 +91,9 @@ pub async fn serve(
     };
     hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        // A client may send its request and shut down its write half
+        // (`Connection: close` then FIN); it still gets the answer.
+        .half_close(true)
         .header_read_timeout(HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(client), service)

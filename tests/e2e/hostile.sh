@@ -181,6 +181,7 @@ sys.exit(0 if v <= float(sys.argv[3]) else 1)' "$1" "$2" "$3"
 # listen_overflows: the node's TcpExt ListenOverflows (connections dropped
 # because the daemon's accept queue was full).
 listen_overflows() {
+  # shellcheck disable=SC2016  # awk's own $fields
   in_netns "$NS_NODE" awk '/^TcpExt:/ { if (!h) { split($0, k); h = 1 } else {
     for (i = 2; i <= NF; i++) if (k[i] == "ListenOverflows") print $i } }' /proc/net/netstat
 }
