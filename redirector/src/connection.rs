@@ -211,11 +211,11 @@ async fn fail_open(
 /// the proxy's answer) to the client first.
 async fn relay_to(mut client: TcpStream, upstream: Upstream, early: Bytes) -> Outcome {
     let relayed = async {
-        let mut early_bytes = 0;
+        let early_bytes = early.len() as u64;
         if !early.is_empty() {
             client.write_all(&early).await?;
-            early_bytes = early.len() as u64;
         }
+        drop(early);
         let mut moved = match upstream {
             Upstream::Tcp(upstream) => relay_spliced(&client, &upstream).await?,
             Upstream::Tls(mut upstream) => {

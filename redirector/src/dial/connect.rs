@@ -83,7 +83,9 @@ where
             return Err(ConnectError::Closed);
         }
         if let Some(response) = parse_response(&buf)? {
-            let early = buf.split_off(response.head_len).freeze();
+            // A copy, not a view: a view would keep the whole read buffer
+            // alive for the connection's life (1 KiB per idle tunnel).
+            let early = Bytes::copy_from_slice(&buf[response.head_len..]);
             return Ok((response, early));
         }
         // `parse_response` refuses heads over MAX_HEAD, so this stays bounded.
