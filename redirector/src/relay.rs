@@ -192,9 +192,15 @@ mod tests {
         (client, upstream, task)
     }
 
-    #[tokio::test]
-    async fn half_close_keeps_the_other_direction_open() {
-        let (mut client, mut upstream, task) = spliced_pairs().await;
+    /// The client sends and half-closes; the upstream still answers.
+    async fn assert_half_close<C, U>(
+        mut client: C,
+        mut upstream: U,
+        task: tokio::task::JoinHandle<io::Result<Transferred>>,
+    ) where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
         client.write_all(b"request").await.unwrap();
         client.shutdown().await.unwrap();
         // The upstream sees the request and then EOF...
@@ -215,6 +221,12 @@ mod tests {
                 upstream_to_client: 10
             }
         );
+    }
+
+    #[tokio::test]
+    async fn half_close_keeps_the_other_direction_open() {
+        let (client, upstream, task) = spliced_pairs().await;
+        assert_half_close(client, upstream, task).await;
     }
 
     #[tokio::test]
@@ -262,26 +274,10 @@ mod tests {
 
     #[tokio::test]
     async fn buffered_relay_half_closes_too() {
-        let (mut client, mut client_side) = tokio::io::duplex(64);
-        let (mut upstream_side, mut upstream) = tokio::io::duplex(64);
+        let (client, mut client_side) = tokio::io::duplex(64);
+        let (mut upstream_side, upstream) = tokio::io::duplex(64);
         let task =
             tokio::spawn(async move { relay_buffered(&mut client_side, &mut upstream_side).await });
-        client.write_all(b"request").await.unwrap();
-        client.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        upstream.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"request");
-        upstream.write_all(b"late reply").await.unwrap();
-        upstream.shutdown().await.unwrap();
-        let mut reply = Vec::new();
-        client.read_to_end(&mut reply).await.unwrap();
-        assert_eq!(reply, b"late reply");
-        assert_eq!(
-            task.await.unwrap().unwrap(),
-            Transferred {
-                client_to_upstream: 7,
-                upstream_to_client: 10
-            }
-        );
+        assert_half_close(client, upstream, task).await;
     }
 }

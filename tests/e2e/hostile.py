@@ -585,6 +585,11 @@ def cmd_endless_hello(args):
     else:
         first = b"\x16\x03\x01\x40\x00" + hs + b"\x00" * (16384 - len(hs))
         block = b"\x16\x03\x01\x40\x00" + bytes(range(256)) * 64
+    return stream_to(args, first, block)
+
+
+def stream_to(args, first, block):
+    """Connects to HOST:PORT and streams FIRST then BLOCK forever."""
     try:
         sock = connect(args.host, args.port)
     except OSError as exc:
@@ -598,13 +603,7 @@ def cmd_endless_header(args):
     first = (b"GET /endless HTTP/1.1\r\nHost: endless.test\r\nUser-Agent: hostile\r\n"
              b"X-Endless: ")
     block = b"a" * 16384
-    try:
-        sock = connect(args.host, args.port)
-    except OSError as exc:
-        emit({"outcome": "connect_failed", "error": errname(exc)})
-        return 1
-    emit(stream_forever(sock, first, block, args.seconds))
-    return 0
+    return stream_to(args, first, block)
 
 
 def cmd_slow(args):
