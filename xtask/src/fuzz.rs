@@ -69,7 +69,8 @@ pub fn lint(paths: &Paths) -> Result<()> {
         cmd
     };
     run(&mut cargo(&["fmt", "--check"]))?;
-    run(cargo(&["clippy", "--all-targets", "--target-dir"])
+    run(cargo(&["clippy", "--all-targets"])
+        .arg("--target-dir")
         .arg(paths.root.join("target"))
         .args(["--", "-D", "warnings"]))
 }
