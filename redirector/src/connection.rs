@@ -209,17 +209,17 @@ async fn fail_open(
 
 /// Relays until both sides are done, `early` (tunnel bytes that came with
 /// the proxy's answer) to the client first.
-async fn relay_to(mut client: TcpStream, upstream: Upstream, early: Bytes) -> Outcome {
+async fn relay_to(mut client: TcpStream, mut upstream: Upstream, early: Bytes) -> Outcome {
     let relayed = async {
         let early_bytes = early.len() as u64;
         if !early.is_empty() {
             client.write_all(&early).await?;
         }
         drop(early);
-        let mut moved = match upstream {
-            Upstream::Tcp(upstream) => relay_spliced(&client, &upstream).await?,
-            Upstream::Tls(mut upstream) => {
-                Box::pin(relay_buffered(&mut client, &mut upstream)).await?
+        let mut moved = match &mut upstream {
+            Upstream::Tcp(upstream) => relay_spliced(&client, upstream).await?,
+            Upstream::Tls(upstream) => {
+                Box::pin(relay_buffered(&mut client, upstream.as_mut())).await?
             }
         };
         moved.upstream_to_client += early_bytes;
@@ -227,7 +227,18 @@ async fn relay_to(mut client: TcpStream, upstream: Upstream, early: Bytes) -> Ou
     };
     match relayed.await {
         Ok(transferred) => Outcome::Relayed { transferred },
-        Err(error) => Outcome::BrokeOff(error.to_string()),
+        Err(error) => {
+            // A reset on one side is passed on as a reset, so that a peer
+            // can tell a broken transfer from a complete one (a FIN would
+            // look like the end of the data).
+            let tcp = match &upstream {
+                Upstream::Tcp(s) => s,
+                Upstream::Tls(s) => s.get_ref().0,
+            };
+            let _ = tcp.set_zero_linger();
+            reset(client);
+            Outcome::BrokeOff(error.to_string())
+        }
     }
 }
 
@@ -457,6 +468,33 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn an_upstream_reset_reaches_the_client_as_a_reset() {
+        // An origin that sends a little, then resets.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            s.write_all(b"partial").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.set_zero_linger().unwrap();
+        });
+        let table = Arc::new(Table::default());
+        let listen = redirector("{}", table.clone()).await;
+        let mut c = redirected(&table, listen, origin).await;
+        c.write_all(b"go").await.unwrap();
+        let mut got = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut got))
+            .await
+            .expect("the client is not left hanging");
+        assert_eq!(got, b"partial");
+        assert_eq!(
+            r.unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "a FIN would make the truncated transfer look complete"
+        );
     }
 
     #[tokio::test]
