@@ -94,6 +94,8 @@ async fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
             match dst.try_io(Interest::WRITABLE, || {
                 splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
             }) {
+                // Never 0 from a non-empty pipe; if it were, fail rather than spin.
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => left -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The pipe still holds bytes: it is dropped, not pooled.
