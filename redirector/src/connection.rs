@@ -258,7 +258,7 @@ fn record(metrics: &Metrics, outcome: &Outcome, peek_timed_out: bool) {
 
 /// Closes with RST rather than FIN, so the client sees a failure, not an
 /// empty answer.
-fn reset(client: TcpStream) {
+pub fn reset(client: TcpStream) {
     let _ = client.set_zero_linger();
     drop(client);
 }

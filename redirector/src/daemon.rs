@@ -33,16 +33,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Before anything is attached: SIGHUP's default action would kill us.
     let hangup = signal(SignalKind::hangup())?;
     let open_files = limits::raise_open_files_limit()?;
-    let limits = Limits::new(
-        args.max_connections
-            .unwrap_or_else(limits::default_global_max),
-        args.max_connections_per_pod,
-    );
+    let max_connections = args
+        .max_connections
+        .unwrap_or_else(|| limits::default_global_max(open_files));
+    let limits = Limits::new(max_connections, args.max_connections_per_pod);
     tracing::info!(
         open_files,
-        max_connections = args
-            .max_connections
-            .unwrap_or_else(limits::default_global_max),
+        max_connections,
         max_connections_per_pod = args.max_connections_per_pod,
         "connection caps"
     );

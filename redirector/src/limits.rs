@@ -130,37 +130,32 @@ impl Drop for Permit {
 /// The default node-wide cap: what the open-files limit allows. A proxied
 /// connection takes two descriptors, and a busy one borrows a pipe (two
 /// more) for a moment; a reserve stays for listeners, the API and pipes.
-pub fn default_global_max() -> usize {
+pub fn default_global_max(open_files: u64) -> usize {
+    ((open_files as usize).saturating_sub(1024) / 3).max(64)
+}
+
+/// The open-files limit (soft and hard).
+fn open_files_limit() -> std::io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit fills the struct we pass.
-    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur as usize
-    } else {
-        1024
-    };
-    (files.saturating_sub(1024) / 3).max(64)
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(limit)
 }
 
 /// Raises the soft open-files limit to the hard one: a node proxy needs
 /// far more than the usual soft 1,024. Returns the limit in force.
 pub fn raise_open_files_limit() -> std::io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+    let mut limit = open_files_limit()?;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
             return Err(std::io::Error::last_os_error());
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
         }
     }
     Ok(limit.rlim_cur)
@@ -219,18 +214,12 @@ mod tests {
 
     #[test]
     fn default_cap_follows_the_open_files_limit() {
-        raise_open_files_limit().unwrap();
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
+        let open_files = raise_open_files_limit().unwrap();
+        let limit = open_files_limit().unwrap();
         assert_eq!(limit.rlim_cur, limit.rlim_max);
+        assert_eq!(open_files, limit.rlim_cur);
         // Three descriptors per connection plus the reserve fit in the limit.
-        let cap = default_global_max();
+        let cap = default_global_max(open_files);
         assert!(cap >= 64);
         assert!(limit.rlim_cur < 1024 + 192 || cap * 3 + 1024 <= limit.rlim_cur as usize);
     }

@@ -46,8 +46,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Arc<Limit
                 }
                 Err(refusal) => {
                     // Reset, not queued: the client learns at once.
-                    let _ = stream.set_zero_linger();
-                    drop(stream);
+                    connection::reset(stream);
                     shared.metrics.record_refusal(refusal);
                     limits.log_refusal(refusal, peer.ip());
                 }
