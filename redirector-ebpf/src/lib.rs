@@ -83,12 +83,16 @@ pub struct RedirectConfig {
     /// `SO_MARK` carried by every socket of the daemon: never redirected
     /// when the connect comes from `daemon_cgroup`.
     pub socket_mark: u32,
-    /// Reserved; keeps the struct free of implicit padding.
-    pub _reserved: u32,
+    /// Operator switches, a set of `FLAG_*` bits.
+    pub flags: u32,
     /// The cgroup id of the daemon's process. A mark alone proves nothing:
     /// any process with CAP_NET_RAW (a container default) can set it.
     pub daemon_cgroup: u64,
 }
+
+/// [`RedirectConfig::flags`]: let redirected pods use stream sockets of
+/// protocols other than TCP and MPTCP (SCTP), which would leave direct.
+pub const FLAG_ALLOW_OTHER_STREAMS: u32 = 1 << 0;
 
 /// Indices into the per-CPU [`maps::COUNTERS`] array.
 #[repr(u32)]
@@ -112,6 +116,17 @@ pub enum Counter {
     /// Seen: a socket with the daemon's mark outside the daemon's cgroup
     /// (a spoofing attempt); it is handled like any other connect.
     ForeignMark = 7,
+    /// Skipped: a loopback or unspecified destination, which is the pod's
+    /// own loopback (Linux turns `0.0.0.0`/`::` into it after the hook).
+    SkippedLocal = 8,
+    /// Refused: UDP to a held-back port (HTTP/3 would leave around the
+    /// proxy); the client falls back to TCP.
+    RefusedUdp = 9,
+    /// Refused: a stream socket of another protocol than TCP or MPTCP.
+    RefusedStreamProtocol = 10,
+    /// Refused: two sockets claimed the same client (address, port) before
+    /// the daemon took it; neither is served (see [`SavedDst`]).
+    KeyConflict = 11,
 }
 
 impl Counter {
@@ -125,6 +140,10 @@ impl Counter {
         Counter::RefusedMapError,
         Counter::SkippedProxyAddress,
         Counter::ForeignMark,
+        Counter::SkippedLocal,
+        Counter::RefusedUdp,
+        Counter::RefusedStreamProtocol,
+        Counter::KeyConflict,
     ];
 
     /// The stable name used in `redirector status` and metrics.
@@ -138,12 +157,117 @@ impl Counter {
             Counter::RefusedMapError => "refused_map_error",
             Counter::SkippedProxyAddress => "skipped_proxy_address",
             Counter::ForeignMark => "foreign_mark",
+            Counter::SkippedLocal => "skipped_local",
+            Counter::RefusedUdp => "refused_udp",
+            Counter::RefusedStreamProtocol => "refused_stream_protocol",
+            Counter::KeyConflict => "key_conflict",
         }
     }
 }
 
 /// Number of entries in [`maps::COUNTERS`].
-pub const COUNTERS_LEN: u32 = 8;
+pub const COUNTERS_LEN: u32 = 12;
+
+/// [`SavedDst::state`]: the destination was saved by exactly one socket.
+pub const SAVED: u32 = 1;
+/// [`SavedDst::state`]: a second socket claimed the same client (address,
+/// port) before the daemon took the first one. Binding another pod's
+/// address (`IP_FREEBIND`, `IP_TRANSPARENT`) makes that possible; serving
+/// either destination could send one pod's bytes where another asked, so
+/// the daemon refuses the connection.
+pub const CONFLICT: u32 = 2;
+
+/// Value of [`maps::DST_BY_CLIENT`]: the original destination and which
+/// socket saved it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SavedDst {
+    /// The destination the client asked for (unset when `state` is
+    /// [`CONFLICT`]).
+    pub dst: Endpoint,
+    /// [`SAVED`] or [`CONFLICT`].
+    pub state: u32,
+    /// The socket cookie of the client that saved it; its close removes
+    /// the entry if the daemon never took it.
+    pub cookie: u64,
+}
+
+impl SavedDst {
+    /// The entry that replaces a claimed key when a second socket claims it.
+    pub const fn conflict(first_cookie: u64) -> Self {
+        Self {
+            dst: Endpoint {
+                addr: [0; 4],
+                port: 0,
+                family: 0,
+            },
+            state: CONFLICT,
+            cookie: first_cookie,
+        }
+    }
+}
+
+/// Socket types and protocols the hooks tell apart.
+pub mod sock {
+    /// `SOCK_STREAM`.
+    pub const STREAM: u32 = 1;
+    /// `SOCK_DGRAM`.
+    pub const DGRAM: u32 = 2;
+    /// `SOCK_SEQPACKET`.
+    pub const SEQPACKET: u32 = 5;
+    /// `IPPROTO_TCP`.
+    pub const TCP: u32 = 6;
+    /// `IPPROTO_UDP`.
+    pub const UDP: u32 = 17;
+    /// `IPPROTO_UDPLITE`.
+    pub const UDPLITE: u32 = 136;
+    /// `IPPROTO_SCTP`.
+    pub const SCTP: u32 = 132;
+    /// `IPPROTO_MPTCP`: its subflows are TCP sockets, redirected like TCP.
+    pub const MPTCP: u32 = 262;
+}
+
+/// What a socket's type and protocol make of it, for the hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP or MPTCP: redirected to the proxy.
+    Tcp,
+    /// UDP or UDP-Lite: refused only to held-back ports.
+    Udp,
+    /// A stream of another protocol (SCTP, SMC), or SCTP's one-to-many
+    /// style: connections that would leave direct; refused unless allowed.
+    OtherStream,
+    /// Anything else (raw, ping): left to a NetworkPolicy.
+    Other,
+}
+
+impl Transport {
+    /// Classifies a socket by `bpf_sock_addr`/`bpf_sock`'s `type` and
+    /// `protocol` (the resolved protocol, never 0).
+    pub const fn of(sock_type: u32, protocol: u32) -> Self {
+        match (sock_type, protocol) {
+            (sock::STREAM, sock::TCP | sock::MPTCP) => Transport::Tcp,
+            (sock::STREAM, _) | (sock::SEQPACKET, sock::SCTP) => Transport::OtherStream,
+            (sock::DGRAM, sock::UDP | sock::UDPLITE) => Transport::Udp,
+            _ => Transport::Other,
+        }
+    }
+}
+
+/// Whether a destination is one the kernel delivers to the caller's own
+/// network namespace: loopback (`127.0.0.0/8`, `::1`) or unspecified
+/// (`0.0.0.0/8`, `::`), which Linux turns into loopback after the connect
+/// hook ran. Such a connect is the pod talking to itself: never redirected,
+/// and the daemon must never dial it from the node.
+pub const fn is_local_only(dst: &Endpoint) -> bool {
+    if dst.family == AF_INET {
+        let first_octet = dst.addr[0].to_ne_bytes()[0];
+        first_octet == 0 || first_octet == 127
+    } else {
+        let a = dst.addr;
+        a[0] == 0 && a[1] == 0 && a[2] == 0 && (a[3] == 0 || a[3] == u32::from_ne_bytes([0, 0, 0, 1]))
+    }
+}
 
 /// How many cgroup levels, from the root down, the connect hooks check
 /// against the exempt map. Kubernetes pod cgroups sit 3 to 5 levels deep.
@@ -163,9 +287,12 @@ pub mod maps {
     /// `LruHashMap<u64 socket cookie, Endpoint>`: original destination saved
     /// by the connect hook, until `sock_ops` knows the client's port.
     pub const DST_BY_COOKIE: &str = "DST_BY_COOKIE";
-    /// `LruHashMap<Endpoint client, Endpoint original destination>`: what
-    /// the daemon looks up (and removes) on accept.
+    /// `LruHashMap<Endpoint client, SavedDst>`: what the daemon looks up
+    /// (and removes) on accept.
     pub const DST_BY_CLIENT: &str = "DST_BY_CLIENT";
+    /// `HashMap<u16 port, u8>`: UDP destination ports redirected pods may
+    /// not send to (default 443: HTTP/3).
+    pub const HELD_UDP_PORTS: &str = "HELD_UDP_PORTS";
     /// `PerCpuArray<u64>` indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
 
@@ -177,6 +304,8 @@ pub mod maps {
     /// between the hook and the daemon's accept. LRU, so a connect that
     /// never completes cannot fill it for good.
     pub const DST_MAX: u32 = 64 * 1024;
+    /// Capacity of the held-back UDP port set.
+    pub const HELD_UDP_PORTS_MAX: u32 = 64;
 }
 
 // SAFETY: plain data with no padding and no pointers; every bit pattern is valid.
@@ -185,6 +314,9 @@ unsafe impl aya::Pod for Endpoint {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RedirectConfig {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SavedDst {}
 
 #[cfg(test)]
 mod tests {
@@ -194,6 +326,54 @@ mod tests {
     fn shared_types_have_no_padding() {
         assert_eq!(core::mem::size_of::<Endpoint>(), 20);
         assert_eq!(core::mem::size_of::<RedirectConfig>(), 56);
+        assert_eq!(core::mem::size_of::<SavedDst>(), 32);
+    }
+
+    fn v4(a: [u8; 4]) -> Endpoint {
+        Endpoint::v4(u32::from_ne_bytes(a), 80)
+    }
+
+    fn v6(a: [u8; 16]) -> Endpoint {
+        let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        Endpoint::v6([w(0), w(4), w(8), w(12)], 80)
+    }
+
+    #[test]
+    fn loopback_and_unspecified_are_local_only() {
+        for local in [[127, 0, 0, 1], [127, 9, 9, 9], [0, 0, 0, 0], [0, 1, 2, 3]] {
+            assert!(is_local_only(&v4(local)), "{local:?}");
+        }
+        for remote in [[10, 0, 0, 1], [1, 0, 0, 0], [169, 254, 0, 1], [128, 0, 0, 1]] {
+            assert!(!is_local_only(&v4(remote)), "{remote:?}");
+        }
+        let mut any = [0u8; 16];
+        assert!(is_local_only(&v6(any)));
+        any[15] = 1;
+        assert!(is_local_only(&v6(any)), "::1");
+        any[15] = 2;
+        assert!(!is_local_only(&v6(any)), "::2");
+        let mut mapped_any = [0u8; 16];
+        mapped_any[10] = 0xff;
+        mapped_any[11] = 0xff;
+        assert!(is_local_only(&v6(mapped_any)), "::ffff:0.0.0.0");
+        let mut fd = [0u8; 16];
+        fd[0] = 0xfd;
+        fd[15] = 1;
+        assert!(!is_local_only(&v6(fd)));
+    }
+
+    #[test]
+    fn transports_by_type_and_protocol() {
+        assert_eq!(Transport::of(sock::STREAM, sock::TCP), Transport::Tcp);
+        assert_eq!(Transport::of(sock::STREAM, sock::MPTCP), Transport::Tcp);
+        assert_eq!(Transport::of(sock::STREAM, 132), Transport::OtherStream, "SCTP");
+        assert_eq!(Transport::of(sock::STREAM, 256), Transport::OtherStream, "SMC");
+        assert_eq!(Transport::of(sock::DGRAM, sock::UDP), Transport::Udp);
+        assert_eq!(Transport::of(sock::DGRAM, sock::UDPLITE), Transport::Udp);
+        assert_eq!(Transport::of(sock::DGRAM, 1), Transport::Other, "ping");
+        assert_eq!(Transport::of(3, 255), Transport::Other, "raw");
+        assert_eq!(Transport::of(sock::SEQPACKET, sock::SCTP), Transport::OtherStream);
+        assert_eq!(Transport::of(sock::SEQPACKET, 0), Transport::Other);
     }
 
     #[test]

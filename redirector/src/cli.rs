@@ -72,6 +72,29 @@ impl PolicyArgs {
     }
 }
 
+/// The resolver that verifies `noProxy` name rules, shared by `run` and
+/// `explain` so both decide alike.
+#[derive(Debug, Args)]
+pub struct ResolverArgs {
+    /// Name servers (resolv.conf format) that verify noProxy name rules: a
+    /// connection matched by its TLS SNI or HTTP Host goes direct only to an
+    /// address the name resolves to there, else through the proxy. Read at
+    /// start.
+    #[arg(long, value_name = "FILE", default_value = crate::resolve::DEFAULT_RESOLV_CONF)]
+    pub resolv_conf: PathBuf,
+    /// Bound, in seconds, on one name's lookup; without an answer in time
+    /// the connection goes through the proxy.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
+    pub resolve_timeout: std::time::Duration,
+}
+
+impl ResolverArgs {
+    /// The resolver these flags describe.
+    pub fn resolver(&self) -> Result<crate::resolve::NameResolver, crate::resolve::ResolveError> {
+        crate::resolve::NameResolver::from_resolv_conf(&self.resolv_conf, self.resolve_timeout)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
     /// The AKS proxy JSON, as given to `run`.
@@ -79,6 +102,13 @@ pub struct ExplainArgs {
     pub proxy_config: PathBuf,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub resolver: ResolverArgs,
+    /// The address the pod connected to (its original destination), for a
+    /// host-name target: a noProxy name rule counts only if it is one of
+    /// the name's addresses. Without it, any of them.
+    #[arg(long, value_name = "IP")]
+    pub destination: Option<std::net::IpAddr>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -123,19 +153,32 @@ pub struct RunArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
     #[command(flatten)]
+    pub resolver: ResolverArgs,
+    #[command(flatten)]
     pub kube: KubeArgs,
     /// Serve `/metrics` (Prometheus/OpenMetrics text), `/healthz` and
-    /// `/readyz` on this address; off when absent.
+    /// `/readyz` on this address; off when absent. At most 32 connections
+    /// at once (8 per client address), one request each, 2 s for the
+    /// request head, 5 s in all.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
     /// Most connections open at once on this node; more are reset at once.
-    /// Default: what the open-files limit allows (three descriptors each).
+    /// Default: what both the memory limit and the open-files limit allow
+    /// (each connection at its most expensive; three descriptors each). A
+    /// value neither allows is refused at start.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
     /// Most connections open at once from one pod (client address), so one
-    /// pod cannot starve the others; more are reset at once.
-    #[arg(long, value_name = "N", default_value_t = 4096)]
-    pub max_connections_per_pod: usize,
+    /// pod cannot starve the others; more are reset at once. Default: 4096,
+    /// or half the node-wide cap if that is lower.
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_pod: Option<usize>,
+    /// The memory the daemon may use, e.g. `512Mi`: the node-wide cap is
+    /// derived from it. Default: the daemon's memory cgroup's limit (cgroup
+    /// v2 `memory.max`, v1 `memory.limit_in_bytes`); when both are set, the
+    /// lower one.
+    #[arg(long, value_name = "BYTES", value_parser = parse_memory)]
+    pub memory_limit: Option<u64>,
 }
 
 /// Live exemption of pods and namespaces from the Kubernetes API.
@@ -150,9 +193,20 @@ pub struct KubeArgs {
     #[arg(long, requires = "node_name")]
     pub kube: bool,
     /// This node's name, as in the pods' `spec.nodeName` (the downward API's
-    /// `spec.nodeName`); required with --kube.
+    /// `spec.nodeName`); required with --kube and --remove-taint.
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
+    /// Remove this taint (whatever its effect) from this node once the
+    /// daemon is ready: the startup-taint pattern, where nodes are created
+    /// with the taint so that no pod runs there before the hooks attach
+    /// (deploy/components/startup-taint). Needs get and patch on nodes.
+    #[arg(
+        long,
+        value_name = "KEY",
+        requires = "node_name",
+        value_parser = crate::startup_taint::parse_taint_key
+    )]
+    pub remove_taint: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -209,6 +263,19 @@ pub struct GenCaArgs {
     pub out_dir: PathBuf,
 }
 
+/// Seconds as a positive, finite number (`1`, `0.25`).
+fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
+        return Err(format!("`{s}`: expected seconds between 0 and 3600"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    crate::memory_budget::parse_quantity(s).map_err(|e| e.to_string())
+}
+
 /// Accepts decimal or `0x` hexadecimal.
 fn parse_u32(s: &str) -> Result<u32, String> {
     match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
@@ -254,6 +321,35 @@ mod tests {
         assert_eq!(run.socket_mark, 16);
         assert_eq!(run.pins.bpffs, PathBuf::from(DEFAULT_BPFFS));
         assert!(!run.kube.kube);
+        assert_eq!(run.resolver.resolv_conf, PathBuf::from("/etc/resolv.conf"));
+        assert_eq!(run.resolver.resolve_timeout, std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn resolver_flags_parse_and_refuse_nonsense() {
+        let base = ["redirector", "explain", "--proxy-config", "p", "https://a.example/"];
+        let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
+        let cli = with(&[
+            "--resolv-conf",
+            "/tmp/r.conf",
+            "--resolve-timeout",
+            "0.25",
+            "--destination",
+            "192.0.2.1",
+        ])
+        .unwrap();
+        let Command::Explain(explain) = cli.command else {
+            panic!("not explain")
+        };
+        assert_eq!(explain.resolver.resolv_conf, PathBuf::from("/tmp/r.conf"));
+        assert_eq!(
+            explain.resolver.resolve_timeout,
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(explain.destination, Some("192.0.2.1".parse().unwrap()));
+        for bad in ["0", "-1", "NaN", "inf", "x", "3601"] {
+            assert!(with(&["--resolve-timeout", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -303,5 +399,38 @@ mod tests {
         };
         assert!(run.kube.kube);
         assert_eq!(run.kube.node_name.as_deref(), Some("node-1"));
+    }
+
+    #[test]
+    fn remove_taint_takes_a_key_and_a_node() {
+        let base = [
+            "redirector",
+            "run",
+            "--proxy-config",
+            "p",
+            "--cgroup",
+            "/cg",
+        ];
+        let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
+        if std::env::var_os("NODE_NAME").is_none() {
+            assert!(with(&["--remove-taint", "egress-redirector/not-ready"]).is_err());
+        }
+        let cli = with(&[
+            "--remove-taint",
+            "egress-redirector/not-ready",
+            "--node-name",
+            "node-1",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            run.kube.remove_taint.as_deref(),
+            Some("egress-redirector/not-ready")
+        );
+        assert!(!run.kube.kube, "independent of --kube");
+        let err = with(&["--remove-taint", "x:NoSchedule", "--node-name", "n"]).unwrap_err();
+        assert!(err.to_string().contains("not a taint key"), "{err}");
     }
 }

@@ -6,9 +6,15 @@
 //!   "noProxy": ["localhost", "10.0.0.0/16"], "trustedCA": "<base64 PEM>" }
 //! ```
 //!
-//! Two redirector-only keys extend it: `failMode` (`"closed"`, the default,
-//! or `"open"`) and `allowPodOptOut` (default `true`, as AKS honours pod
-//! annotations). Files without them are plain AKS files.
+//! Redirector-only keys extend it: `failMode` (`"closed"`, the default,
+//! or `"open"`), `allowPodOptOut` (default `true`, as AKS honours pod
+//! annotations), `refuseUdpPorts` (default `[443]`: UDP destination ports
+//! redirected pods may not send to, so HTTP/3 falls back to TCP) and
+//! `allowOtherStreamProtocols` (default `false`: stream sockets other than
+//! TCP and MPTCP, such as SCTP, are refused) and `missingProxy` (default
+//! `"direct"`, AKS's meaning: what happens to plain HTTP when only
+//! `httpsProxy` is set, and to everything else when only `httpProxy` is).
+//! Files without them are plain AKS files.
 //!
 //! Unknown keys are rejected rather than ignored: a typo such as
 //! `httpsProxyy` would otherwise silently send traffic direct.
@@ -58,6 +64,45 @@ struct RawConfig {
     /// Redirector extension: whether pod annotations may exempt a pod.
     #[serde(rename = "allowPodOptOut")]
     allow_pod_opt_out: Option<bool>,
+    /// Redirector extension: UDP destination ports refused to redirected
+    /// pods. Wide integers, so that 0 or 70000 get our message.
+    #[serde(rename = "refuseUdpPorts")]
+    refuse_udp_ports: Option<Vec<i64>>,
+    /// Redirector extension: let redirected pods open stream sockets of
+    /// other protocols than TCP and MPTCP (SCTP), which leave direct.
+    #[serde(rename = "allowOtherStreamProtocols")]
+    allow_other_stream_protocols: Option<bool>,
+    /// Redirector extension: `"direct"`, `"useOther"` or `"refuse"`.
+    #[serde(rename = "missingProxy")]
+    missing_proxy: Option<String>,
+}
+
+/// `refuseUdpPorts` when the file has none: HTTP/3 (QUIC) on 443, the UDP
+/// traffic that would otherwise carry web requests around the proxy.
+pub const DEFAULT_REFUSE_UDP_PORTS: &[u16] = &[443];
+
+/// Validates `refuseUdpPorts`: ports 1-65535, each once, at most as many as
+/// the kernel's set holds.
+fn parse_udp_ports(ports: &[i64]) -> Result<Vec<u16>, String> {
+    let max = redirector_ebpf::maps::HELD_UDP_PORTS_MAX as usize;
+    if ports.len() > max {
+        return Err(format!(
+            "{} ports; at most {max} (the kernel's set holds no more)",
+            ports.len()
+        ));
+    }
+    let mut out: Vec<u16> = Vec::with_capacity(ports.len());
+    for (i, &port) in ports.iter().enumerate() {
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("entry {i}: {port} is not a port (1-65535)"))?;
+        if out.contains(&port) {
+            return Err(format!("entry {i}: port {port} is listed twice"));
+        }
+        out.push(port);
+    }
+    Ok(out)
 }
 
 /// What a connection does when the upstream proxy cannot be reached.
@@ -88,6 +133,45 @@ impl fmt::Display for FailMode {
         f.write_str(match self {
             Self::Closed => "closed",
             Self::Open => "open",
+        })
+    }
+}
+
+/// What happens to a class of traffic whose proxy key is absent: plain
+/// HTTP when only `httpsProxy` is set, TLS and all other TCP when only
+/// `httpProxy` is. Which class a connection is in is what its client sends,
+/// so with `Direct` a client chooses to leave direct by sending the other
+/// class's bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum MissingProxy {
+    /// AKS's meaning, as an env-var client does: that class goes direct.
+    #[default]
+    Direct,
+    /// Through the proxy that is set, with `CONNECT host:port`.
+    UseOther,
+    /// Reset the connection.
+    Refuse,
+}
+
+impl MissingProxy {
+    fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "direct" => Ok(Self::Direct),
+            "useOther" => Ok(Self::UseOther),
+            "refuse" => Ok(Self::Refuse),
+            other => Err(format!(
+                "`{other}` is not allowed (allowed: \"direct\", \"useOther\", \"refuse\")"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for MissingProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Direct => "direct",
+            Self::UseOther => "useOther",
+            Self::Refuse => "refuse",
         })
     }
 }
@@ -129,17 +213,32 @@ pub struct ProxyConfig {
     /// `allowPodOptOut`: whether pod annotations may exempt a pod; when
     /// false only namespace labels count.
     pub allow_pod_opt_out: bool,
+    /// `refuseUdpPorts`: UDP destination ports redirected pods may not send
+    /// to (the kernel's `HELD_UDP_PORTS`); empty: UDP is left alone.
+    pub refuse_udp_ports: Vec<u16>,
+    /// `allowOtherStreamProtocols`: let redirected pods open stream sockets
+    /// of other protocols than TCP and MPTCP (SCTP), which leave direct.
+    pub allow_other_stream_protocols: bool,
+    /// `missingProxy`: what happens to a class whose proxy is not set.
+    pub missing_proxy: MissingProxy,
 }
 
 impl ProxyConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_digest(path).map(|(config, _)| config)
+    }
+
+    /// Reads and validates the file once, returning it with the [`digest`]
+    /// of the exact bytes that were parsed.
+    pub fn load_with_digest(path: &Path) -> Result<(Self, String), ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: file.clone(),
             source,
         })?;
-        Self::parse(&file, &text)
+        let config = Self::parse(&file, &text)?;
+        Ok((config, digest(text.as_bytes())))
     }
 
     /// Parses and validates configuration text; `file` names it in errors.
@@ -178,6 +277,21 @@ impl ProxyConfig {
             None => FailMode::default(),
             Some(v) => FailMode::parse(v).map_err(|m| field_error("failMode", m))?,
         };
+        let refuse_udp_ports = match raw.refuse_udp_ports.as_deref() {
+            None => DEFAULT_REFUSE_UDP_PORTS.to_vec(),
+            Some(ports) => parse_udp_ports(ports).map_err(|m| field_error("refuseUdpPorts", m))?,
+        };
+        let missing_proxy = match raw.missing_proxy.as_deref() {
+            None => MissingProxy::default(),
+            Some(v) => MissingProxy::parse(v).map_err(|m| field_error("missingProxy", m))?,
+        };
+        if missing_proxy == MissingProxy::UseOther && http_proxy.is_none() && https_proxy.is_none()
+        {
+            return Err(field_error(
+                "missingProxy",
+                "\"useOther\" needs httpProxy or httpsProxy to use (neither is set)".into(),
+            ));
+        }
         Ok(Self {
             http_proxy,
             https_proxy,
@@ -185,8 +299,18 @@ impl ProxyConfig {
             trusted_ca,
             fail_mode,
             allow_pod_opt_out: raw.allow_pod_opt_out.unwrap_or(true),
+            refuse_udp_ports,
+            allow_other_stream_protocols: raw.allow_other_stream_protocols.unwrap_or(false),
+            missing_proxy,
         })
     }
+}
+
+/// A short digest of a configuration file's bytes: the first 12 hex digits
+/// of its SHA-256, for logs and `status`.
+pub fn digest(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `trustedCA` is base64 of one or more PEM certificates.
@@ -232,6 +356,9 @@ impl ProxyUrl {
         } else {
             format!("http://{value}")
         };
+        // Before the URL parser, which would read these differently from
+        // what the operator meant without a word.
+        check_credential_delimiters(value).map_err(|e| format!("`{}`: {e}", redact(value)))?;
         let url = Url::parse(&with_scheme).map_err(|e| format!("`{}`: {e}", redact(value)))?;
         let tls = match url.scheme() {
             "http" => false,
@@ -295,6 +422,75 @@ impl fmt::Debug for ProxyUrl {
     }
 }
 
+/// Refuses a `user:password@` part that holds a delimiter unencoded: a
+/// URL parser splits there and reads another URL than the operator meant.
+/// `http://user:p/ss@proxy:8080` would name host `user` with port `p` and
+/// path `/ss@proxy:8080`; `http://user:p@ss@proxy` (or `us@er`) is split at
+/// the last `@` by one parser and the first by another. The message names
+/// the character's position and the fix, and never the password.
+fn check_credential_delimiters(value: &str) -> Result<(), String> {
+    // Where the authority starts: after a real scheme's `://`, else at 0
+    // (no scheme: `http://` is implied).
+    let start = match value.find("://") {
+        Some(s)
+            if !value[..s].is_empty()
+                && value[..s]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+        {
+            s + 3
+        }
+        _ => 0,
+    };
+    let rest = &value[start..];
+    // 1-based character positions in the value as written.
+    let position = |byte: usize| value[..start + byte].chars().count() + 1;
+    // The authority ends at the first of these (`\` too: URL parsers
+    // treat it as `/` in http(s) URLs).
+    let end = rest.find(['/', '?', '#', '\\']);
+    let ats: Vec<usize> = rest.match_indices('@').map(|(i, _)| i).collect();
+    if let Some(end) = end
+        && let Some(&late_at) = ats.iter().find(|&&at| at > end)
+    {
+        let delimiter = rest[end..].chars().next().unwrap_or('/');
+        return Err(format!(
+            "the `{delimiter}` at character {} ends the host part, so the `@` at \
+             character {} does not end the user:password part: percent-encode `{delimiter}` \
+             in a user name or password as {} (in general: `/` %2F, `?` %3F, `#` %23, `@` %40)",
+            position(end),
+            position(late_at),
+            percent_encoded(delimiter),
+        ));
+    }
+    let in_authority: Vec<usize> = ats
+        .iter()
+        .copied()
+        .filter(|&at| end.is_none_or(|end| at < end))
+        .collect();
+    if in_authority.len() > 1 {
+        let positions: Vec<String> = in_authority
+            .iter()
+            .map(|&at| position(at).to_string())
+            .collect();
+        return Err(format!(
+            "more than one `@` before the host (characters {}): only the last one may \
+             end the user:password part; an `@` in a user name or password must be \
+             percent-encoded as %40",
+            positions.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// `c` percent-encoded, for the delimiters [`check_credential_delimiters`] names.
+fn percent_encoded(c: char) -> String {
+    let mut buf = [0u8; 4];
+    c.encode_utf8(&mut buf)
+        .bytes()
+        .map(|b| format!("%{b:02X}"))
+        .collect()
+}
+
 /// Hides `user:password@` in a URL string that failed to parse.
 fn redact(value: &str) -> String {
     // Everything before the last `@` may be credentials, except a real
@@ -327,6 +523,14 @@ mod tests {
 
     fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
         ProxyConfig::parse("proxy.json", text)
+    }
+
+    #[test]
+    fn digest_is_short_sha256() {
+        // SHA-256("") = e3b0c44298fc1c149afbf4c8996fb924...
+        assert_eq!(digest(b""), "e3b0c44298fc");
+        assert_eq!(digest(b"{}").len(), 12);
+        assert_ne!(digest(b"{}"), digest(b"{ }"));
     }
 
     #[test]
@@ -409,6 +613,78 @@ mod tests {
     }
 
     #[test]
+    fn unencoded_delimiters_in_credentials_are_refused_by_position() {
+        for (value, needles) in [
+            // The `/` ends the host part: `user` would be the host.
+            (
+                "http://user:p/ss@proxy:8080",
+                &["`/` at character 14", "`@` at character 17", "%2F"][..],
+            ),
+            (
+                "user:p/ss@proxy:8080",
+                &["`/` at character 7", "`@` at character 10", "%2F"],
+            ),
+            (
+                "http://user:p?ss@proxy:8080",
+                &["`?` at character 14", "%3F"],
+            ),
+            (
+                "http://user:p#ss@proxy:8080",
+                &["`#` at character 14", "%23"],
+            ),
+            (
+                "http://user:p\\ss@proxy:8080",
+                &["`\\` at character 14", "%5C"],
+            ),
+            // Two `@`: the split would be a guess.
+            ("http://user:p@ss@proxy:8080", &["characters 14, 17", "%40"]),
+            ("http://us@er:pazz@proxy", &["characters 10, 18", "%40"]),
+            ("https://a@b@c@proxy", &["characters 10, 12, 14", "%40"]),
+        ] {
+            let err = ProxyUrl::parse(value).expect_err(value);
+            for needle in needles {
+                assert!(err.contains(needle), "{value}: no {needle:?} in {err}");
+            }
+            assert!(err.contains("percent-encode"), "{value}: {err}");
+            for secret in [
+                "p/ss", "p?ss", "p#ss", "p\\ss", "p@ss", "ss@", "pazz", "us@er",
+            ] {
+                assert!(!err.contains(secret), "{value}: {secret:?} in {err}");
+            }
+            // The file's error names the field too.
+            let json = serde_json::json!({ "httpsProxy": value }).to_string();
+            let err = parse(&json).unwrap_err().to_string();
+            assert!(err.contains("field `httpsProxy`"), "{err}");
+            assert!(err.contains("percent-encode"), "{err}");
+        }
+    }
+
+    #[test]
+    fn percent_encoded_delimiters_in_credentials_work() {
+        for (value, user, password) in [
+            ("http://user:p%2Fss@proxy:8080", "user", "p/ss"),
+            ("http://user:p%40ss@proxy:8080", "user", "p@ss"),
+            ("http://us%40er:pass@proxy", "us@er", "pass"),
+            ("user:p%3Fs%23s%5C@proxy:8080", "user", "p?s#s\\"),
+            // `:` needs no encoding in the password: the first one splits.
+            ("http://user:p:ss@proxy:8080", "user", "p:ss"),
+        ] {
+            let url = ProxyUrl::parse(value).unwrap_or_else(|e| panic!("{value}: {e}"));
+            assert_eq!(url.host, "proxy", "{value}");
+            assert_eq!(
+                url.credentials,
+                Some((user.to_owned(), password.to_owned())),
+                "{value}"
+            );
+        }
+        // A path after the host (ignored) is fine while it holds no `@`.
+        assert_eq!(
+            ProxyUrl::parse("http://u:p@proxy:8080/x/").unwrap().port,
+            8080
+        );
+    }
+
+    #[test]
     fn no_proxy_as_one_comma_separated_string() {
         let list = parse(r#"{"noProxy": ["a.example", "10.0.0.0/8"]}"#).unwrap();
         let csv = parse(r#"{"noProxy": "a.example, 10.0.0.0/8"}"#).unwrap();
@@ -420,6 +696,93 @@ mod tests {
         let cfg = parse(r#"{"httpsProxy": "http://10.0.0.4:8080/"}"#).unwrap();
         assert_eq!(cfg.fail_mode, FailMode::Closed);
         assert!(cfg.allow_pod_opt_out);
+        assert_eq!(cfg.refuse_udp_ports, [443]);
+        assert!(!cfg.allow_other_stream_protocols);
+        assert_eq!(cfg.missing_proxy, MissingProxy::Direct);
+    }
+
+    #[test]
+    fn missing_proxy_takes_its_three_values_and_nothing_else() {
+        let one = r#""httpsProxy": "http://10.0.0.4:8080/""#;
+        for (value, want) in [
+            ("direct", MissingProxy::Direct),
+            ("useOther", MissingProxy::UseOther),
+            ("refuse", MissingProxy::Refuse),
+        ] {
+            let cfg = parse(&format!(r#"{{{one}, "missingProxy": "{value}"}}"#)).unwrap();
+            assert_eq!(cfg.missing_proxy, want);
+            assert_eq!(cfg.missing_proxy.to_string(), value);
+        }
+        for bad in [r#""useother""#, r#""proxy""#, "true"] {
+            let err = parse(&format!(r#"{{{one}, "missingProxy": {bad}}}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("missingProxy"), "{bad}: {err}");
+        }
+        // Nothing to use: said at load, not found out per connection.
+        let err = parse(r#"{"missingProxy": "useOther"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("field `missingProxy`") && err.contains("needs httpProxy or httpsProxy"),
+            "{err}"
+        );
+        assert!(parse(r#"{"missingProxy": "refuse"}"#).is_ok());
+    }
+
+    #[test]
+    fn refuse_udp_ports_accepts_a_list_or_none() {
+        let ports = |text: &str| parse(text).unwrap().refuse_udp_ports;
+        assert_eq!(ports(r#"{"refuseUdpPorts": [443, 8443]}"#), [443, 8443]);
+        assert_eq!(ports(r#"{"refuseUdpPorts": [1, 65535]}"#), [1, 65535]);
+        assert!(ports(r#"{"refuseUdpPorts": []}"#).is_empty(), "[] disables");
+        assert_eq!(
+            ports(r#"{"refuseUdpPorts": null}"#),
+            [443],
+            "null is the default"
+        );
+        let full: Vec<String> = (1..=64).map(|p| p.to_string()).collect();
+        let text = format!(r#"{{"refuseUdpPorts": [{}]}}"#, full.join(","));
+        assert_eq!(ports(&text).len(), 64);
+    }
+
+    #[test]
+    fn refuse_udp_ports_rejects_bad_lists() {
+        let too_many: Vec<String> = (1..=65).map(|p| p.to_string()).collect();
+        let too_many = format!(r#"{{"refuseUdpPorts": [{}]}}"#, too_many.join(","));
+        for (text, needle) in [
+            (
+                r#"{"refuseUdpPorts": [0]}"#,
+                "entry 0: 0 is not a port (1-65535)",
+            ),
+            (
+                r#"{"refuseUdpPorts": [443, 65536]}"#,
+                "entry 1: 65536 is not a port",
+            ),
+            (r#"{"refuseUdpPorts": [-1]}"#, "-1 is not a port"),
+            (
+                r#"{"refuseUdpPorts": [443, 80, 443]}"#,
+                "entry 2: port 443 is listed twice",
+            ),
+            (too_many.as_str(), "65 ports; at most 64"),
+            (r#"{"refuseUdpPorts": ["443"]}"#, "refuseUdpPorts[0]"),
+            (r#"{"refuseUdpPorts": 443}"#, "refuseUdpPorts"),
+            (r#"{"refuseUdpPorts": [44.3]}"#, "refuseUdpPorts[0]"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains("refuseUdpPorts"), "{text}: {err}");
+            assert!(err.contains(needle), "{text}: no {needle:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn allow_other_stream_protocols_is_a_bool() {
+        let cfg = parse(r#"{"allowOtherStreamProtocols": true}"#).unwrap();
+        assert!(cfg.allow_other_stream_protocols);
+        let err = parse(r#"{"allowOtherStreamProtocols": "yes"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allowOtherStreamProtocols"), "{err}");
     }
 
     #[test]

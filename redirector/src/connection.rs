@@ -13,14 +13,25 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 use crate::{
     classify::{self, Classification, PeekLimits},
     config::FailMode,
-    dial::{DialError, Dialer, Tunnel, Upstream},
+    dial::{DialError, Dialer, LinkLocal, Tunnel, Upstream},
     http_forward::{self, Served},
     lookup::OriginalDst,
-    metrics::{Metrics, OutcomeKind},
-    policy::{Decision, Mode, Policy, Target},
-    relay::{Transferred, relay_buffered, relay_spliced},
-    reload::Swappable,
+    metrics::{Metrics, OutcomeKind, Route},
+    policy::{CheckResult, Decision, Mode, NameCheck, Policy, Target, Verdict},
+    ratelog::{self, RateLog},
+    relay::{Transferred, relay_spliced, relay_tls},
+    resolve::NameResolver,
+    swappable::Swappable,
 };
+
+// Per-connection warnings, rate-limited (a pod can fail connections at
+// will); the metrics count every one.
+static NO_ORIGINAL_DST: RateLog = RateLog::default_budget("no_original_destination");
+static UPSTREAM_FAILED: RateLog = RateLog::default_budget("upstream_failed");
+static PROXY_AUTH_FAILED: RateLog = RateLog::default_budget("proxy_auth_failed");
+static FAIL_OPEN: RateLog = RateLog::default_budget("fail_open");
+static NAME_NOT_VERIFIED: RateLog = RateLog::default_budget("name_not_verified");
+static MISSING_PROXY_REFUSED: RateLog = RateLog::default_budget("missing_proxy_refused");
 
 /// What every connection handler shares.
 pub struct Shared {
@@ -35,6 +46,8 @@ pub struct Shared {
     pub peek: PeekLimits,
     /// Where each connection's decision, outcome and bytes are counted.
     pub metrics: Arc<Metrics>,
+    /// The node's resolver, for `noProxy` name rules.
+    pub names: NameResolver,
 }
 
 /// How a connection ended.
@@ -48,6 +61,55 @@ pub enum Outcome {
     DialFailed(DialError),
     /// The relay or HTTP exchange broke off (a peer reset, for example).
     BrokeOff(String),
+    /// Reset by policy (`missingProxy: refuse`), nothing dialed.
+    Refused,
+}
+
+impl Outcome {
+    /// How it is counted. A failure wins over a peek timeout; a peek
+    /// timeout wins over plain success.
+    pub fn kind(&self, peek_timed_out: bool) -> OutcomeKind {
+        let kind = match self {
+            Outcome::Relayed { .. } => OutcomeKind::Ok,
+            Outcome::HttpServed { served } if served.auth_failures > 0 => OutcomeKind::AuthFailed,
+            Outcome::HttpServed { .. } => OutcomeKind::Ok,
+            Outcome::DialFailed(e) => dial_failure_kind(e),
+            Outcome::BrokeOff(_) => OutcomeKind::BrokeOff,
+            Outcome::Refused => OutcomeKind::PolicyRefused,
+        };
+        match kind {
+            OutcomeKind::Ok if peek_timed_out => OutcomeKind::PeekTimeout,
+            kind => kind,
+        }
+    }
+}
+
+/// How a failed dial is counted.
+fn dial_failure_kind(e: &DialError) -> OutcomeKind {
+    match e {
+        DialError::Resolve { .. }
+        | DialError::ProxyUnreachable { .. }
+        | DialError::Direct { .. }
+        | DialError::Timeout(_) => OutcomeKind::UpstreamUnreachable,
+        DialError::ProxySpeaksPlainHttp { .. } | DialError::ProxyTls { .. } => {
+            OutcomeKind::TlsError
+        }
+        DialError::AuthFailed { .. } => OutcomeKind::AuthFailed,
+        DialError::Refused { .. } | DialError::Connect { .. } | DialError::Protocol { .. } => {
+            OutcomeKind::UpstreamRefused
+        }
+        DialError::NodeLocal { .. } => OutcomeKind::PolicyRefused,
+    }
+}
+
+/// How a decision is counted: a kernel-bypass decision here means the maps
+/// changed after the connect, and it goes direct.
+fn route(decision: &Decision) -> Route {
+    match decision {
+        Decision::KernelBypass { .. } | Decision::Direct { .. } => Route::Direct,
+        Decision::Proxy { .. } => Route::Proxy,
+        Decision::Refuse { .. } => Route::Refused,
+    }
 }
 
 /// Serves one accepted connection to the end.
@@ -59,7 +121,8 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         shared
             .metrics
             .record_outcome(OutcomeKind::NoOriginalDestination);
-        tracing::warn!(
+        ratelog::warn!(
+            NO_ORIGINAL_DST,
             client = %peer,
             "refused a connection that our hook did not redirect (no original destination)"
         );
@@ -67,15 +130,25 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     };
     let (class, peek_timed_out) = classify::peek_classify_timed(&client, shared.peek).await;
     let policy = shared.policy.load();
-    let decision = policy.decide(&Target {
+    let verdict = policy.decide(&Target {
         ip: Some(dst.ip()),
         host: class.hostname.as_deref(),
         port: dst.port(),
         protocol: class.protocol,
     });
-    shared.metrics.record_decision(&decision);
     let fail_mode = policy.config().fail_mode;
     drop(policy);
+    let decision = match verdict {
+        Verdict::Final(decision) => decision,
+        Verdict::CheckName(rule) => {
+            // Boxed: the wait is short, the relay that follows is not.
+            let resolution = Box::pin(shared.names.resolve(rule.name())).await;
+            let (decision, check) = rule.decide(resolution);
+            note_name_check(&shared.metrics, peer, dst, &decision, &check);
+            decision
+        }
+    };
+    shared.metrics.record_route(route(&decision));
     // Opening is boxed: its future is large and short-lived, and the task
     // then keeps only the relay's state for the connection's life.
     let outcome = match Box::pin(open(&shared, client, dst, &class, &decision, fail_mode)).await {
@@ -108,12 +181,16 @@ async fn open(
     let dialing = Instant::now();
     let tunnel: Result<Tunnel, DialError> = match decision {
         // A kernel-bypass destination only gets here if the maps changed
-        // after the connect; it goes direct either way.
-        Decision::KernelBypass { .. } | Decision::Direct { .. } => {
-            shared.dialer.direct(dst).await.map(|s| Tunnel {
-                upstream: Upstream::Tcp(s),
-                early: Bytes::new(),
-            })
+        // after the connect; it goes direct either way. Its rule, and an
+        // address rule, name the address: only they let link-local through.
+        Decision::KernelBypass { .. }
+        | Decision::Direct {
+            address_rule: true, ..
+        } => direct(shared, dst, LinkLocal::AllowedByRule).await,
+        Decision::Direct { .. } => direct(shared, dst, LinkLocal::Refuse).await,
+        Decision::Refuse { .. } => {
+            reset(client);
+            return Opened::Done(Outcome::Refused);
         }
         Decision::Proxy {
             proxy,
@@ -199,12 +276,49 @@ async fn fail_open(
     dst: SocketAddr,
     proxy_error: &DialError,
 ) -> Result<TcpStream, DialError> {
-    tracing::warn!(
+    ratelog::warn!(
+        FAIL_OPEN,
         %dst, error = %proxy_error,
         "upstream proxy unreachable; failMode open: connecting direct"
     );
     shared.metrics.record_fail_open();
-    shared.dialer.direct(dst).await
+    // No rule named the address: never the node's loopback or link.
+    shared.dialer.direct(dst, LinkLocal::Refuse).await
+}
+
+/// A direct connection as a tunnel without early bytes.
+async fn direct(
+    shared: &Shared,
+    dst: SocketAddr,
+    link_local: LinkLocal,
+) -> Result<Tunnel, DialError> {
+    shared.dialer.direct(dst, link_local).await.map(|s| Tunnel {
+        upstream: Upstream::Tcp(s),
+        early: Bytes::new(),
+    })
+}
+
+/// Counts a name rule's check, and says (rate-limited) when it sent the
+/// connection through the proxy instead of direct: a client whose name and
+/// address disagree is either misconfigured or trying to leave around the
+/// proxy, and the operator should hear of both.
+fn note_name_check(
+    metrics: &Metrics,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    decision: &Decision,
+    check: &NameCheck,
+) {
+    metrics.record_name_check(check.result);
+    if check.result != CheckResult::Verified {
+        ratelog::warn!(
+            NAME_NOT_VERIFIED,
+            client = %peer, %dst, host = %check.name, result = check.result.label(),
+            %decision, check = %check,
+            "noProxy name rule not verified: routed as if no rule matched (counted in \
+             redirector_name_checks_total)"
+        );
+    }
 }
 
 /// Relays until both sides are done, `early` (tunnel bytes that came with
@@ -219,7 +333,7 @@ async fn relay_to(mut client: TcpStream, mut upstream: Upstream, early: Bytes) -
         let mut moved = match &mut upstream {
             Upstream::Tcp(upstream) => relay_spliced(&client, upstream).await?,
             Upstream::Tls(upstream) => {
-                Box::pin(relay_buffered(&mut client, upstream.as_mut())).await?
+                Box::pin(relay_tls(&client, upstream.as_mut())).await?
             }
         };
         moved.upstream_to_client += early_bytes;
@@ -244,11 +358,11 @@ async fn relay_to(mut client: TcpStream, mut upstream: Upstream, early: Bytes) -
 
 /// Counts how the connection ended, once, with the bytes it moved.
 fn record(metrics: &Metrics, outcome: &Outcome, peek_timed_out: bool) {
-    metrics.record_outcome(OutcomeKind::of(outcome, peek_timed_out));
+    metrics.record_outcome(outcome.kind(peek_timed_out));
     let transferred = match outcome {
         Outcome::Relayed { transferred } => transferred,
         Outcome::HttpServed { served } => &served.transferred,
-        Outcome::DialFailed(_) | Outcome::BrokeOff(_) => return,
+        Outcome::DialFailed(_) | Outcome::BrokeOff(_) | Outcome::Refused => return,
     };
     metrics.record_bytes(
         transferred.client_to_upstream,
@@ -288,13 +402,25 @@ fn log_outcome(
             down = served.transferred.upstream_to_client,
             "plain HTTP connection done"
         ),
-        Outcome::DialFailed(e) => tracing::warn!(
+        // A 407 is the operator's to fix (credentials), not the upstream's.
+        Outcome::DialFailed(e @ DialError::AuthFailed { .. }) => ratelog::warn!(
+            PROXY_AUTH_FAILED,
+            client = %peer, %dst, host, %decision, rule, ms, error = %e,
+            "upstream failed; client reset"
+        ),
+        Outcome::DialFailed(e) => ratelog::warn!(
+            UPSTREAM_FAILED,
             client = %peer, %dst, host, %decision, rule, ms, error = %e,
             "upstream failed; client reset"
         ),
         Outcome::BrokeOff(error) => tracing::debug!(
             client = %peer, %dst, host, %decision, rule, ms, error,
             "connection broke off"
+        ),
+        Outcome::Refused => ratelog::warn!(
+            MISSING_PROXY_REFUSED,
+            client = %peer, %dst, host, %decision, rule, protocol = ?class.protocol,
+            "refused: no proxy for this kind of traffic (missingProxy: refuse); client reset"
         ),
     }
 }
@@ -342,6 +468,47 @@ mod tests {
         table: Arc<Table>,
         metrics: Arc<Metrics>,
     ) -> SocketAddr {
+        redirector_with_names(config, table, metrics, &[]).await
+    }
+
+    /// Names' addresses from a table (`name`, addresses); other names have none.
+    struct Names(Vec<(&'static str, Vec<std::net::IpAddr>)>);
+    impl crate::resolve::Lookup for Names {
+        fn lookup(
+            &self,
+            name: &str,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::resolve::Answer> + Send>>
+        {
+            let addrs = self
+                .0
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, a)| a.clone())
+                .unwrap_or_default();
+            let answer = crate::resolve::Answer {
+                resolution: crate::resolve::Resolution::Addresses(addrs.into()),
+                ttl: Some(Duration::from_secs(60)),
+            };
+            Box::pin(async move { answer })
+        }
+    }
+
+    /// [`redirector_counted`], with names resolving as `names` says.
+    async fn redirector_with_names(
+        config: &str,
+        table: Arc<Table>,
+        metrics: Arc<Metrics>,
+        names: &[(&'static str, &[&str])],
+    ) -> SocketAddr {
+        // The tests' origins are on loopback, which the daemon never dials
+        // outside tests (`dial::guard`).
+        crate::dial::guard::test_loopback::allow();
+        let names = Names(
+            names
+                .iter()
+                .map(|(n, a)| (*n, a.iter().map(|a| a.parse().unwrap()).collect()))
+                .collect(),
+        );
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let config = crate::config::ProxyConfig::parse("t", config).unwrap();
@@ -364,6 +531,11 @@ mod tests {
                 timeout: Duration::from_millis(50),
             },
             metrics,
+            names: NameResolver::new(
+                names,
+                Duration::from_secs(1),
+                crate::resolve::CacheLimits::default(),
+            ),
         });
         tokio::spawn(async move {
             while let Ok((s, peer)) = l.accept().await {
@@ -383,6 +555,97 @@ mod tests {
             .unwrap()
             .insert(socket.local_addr().unwrap(), dst);
         socket.connect(listen).await.unwrap()
+    }
+
+    fn proxy() -> crate::config::ProxyUrl {
+        crate::config::ProxyConfig::parse("t", r#"{"httpsProxy": "http://u:secret@10.0.0.4:3128"}"#)
+            .unwrap()
+            .https_proxy
+            .unwrap()
+    }
+
+    #[test]
+    fn outcome_mapping() {
+        use http::StatusCode;
+        let io = || std::io::Error::other("x");
+        let relayed = Outcome::Relayed {
+            transferred: Transferred::default(),
+        };
+        let served = |auth_failures| Outcome::HttpServed {
+            served: Served {
+                requests: 1,
+                auth_failures,
+                transferred: Transferred::default(),
+            },
+        };
+        let dial = |e| Outcome::DialFailed(e);
+        let cases = [
+            (relayed, false, "ok"),
+            (
+                Outcome::Relayed {
+                    transferred: Transferred::default(),
+                },
+                true,
+                "peek_timeout",
+            ),
+            (served(0), false, "ok"),
+            (served(1), false, "auth_failed"),
+            (
+                dial(DialError::ProxyUnreachable {
+                    proxy: proxy(),
+                    source: io(),
+                }),
+                false,
+                "upstream_unreachable",
+            ),
+            (
+                dial(DialError::Timeout(Duration::from_secs(1))),
+                true,
+                "upstream_unreachable",
+            ),
+            (
+                dial(DialError::Direct {
+                    dst: "10.0.0.1:443".parse().unwrap(),
+                    source: io(),
+                }),
+                false,
+                "upstream_unreachable",
+            ),
+            (
+                dial(DialError::Refused {
+                    proxy: proxy(),
+                    authority: "a:443".into(),
+                    status: StatusCode::FORBIDDEN,
+                }),
+                false,
+                "upstream_refused",
+            ),
+            (
+                dial(DialError::AuthFailed {
+                    proxy: proxy(),
+                    authority: "a:443".into(),
+                }),
+                false,
+                "auth_failed",
+            ),
+            (
+                dial(DialError::ProxyTls {
+                    proxy: proxy(),
+                    source: io(),
+                }),
+                false,
+                "tls_error",
+            ),
+            (
+                dial(DialError::ProxySpeaksPlainHttp { proxy: proxy() }),
+                false,
+                "tls_error",
+            ),
+            (Outcome::BrokeOff("reset".into()), true, "broke_off"),
+        ];
+        for (outcome, timed_out, want) in cases {
+            assert_eq!(outcome.kind(timed_out).name(), want, "{outcome:?}");
+        }
     }
 
     #[tokio::test]
@@ -525,6 +788,160 @@ mod tests {
             .unwrap();
         assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    /// A proxy that takes `CONNECT`: keeps each request head, answers 200,
+    /// then echoes the tunnel.
+    async fn connect_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut b = [0u8; 1];
+                        if s.read(&mut b).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(b[0]);
+                    }
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    let _ = s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        (addr, heads)
+    }
+
+    /// A real ClientHello naming `sni`.
+    fn client_hello(sni: &str) -> Vec<u8> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+        let mut tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        tls.write_tls(&mut out).unwrap();
+        out
+    }
+
+    /// Waits (2 s at most) until every line of `want` is in the metrics.
+    async fn expect_metrics(metrics: &Metrics, want: &[String]) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let text = loop {
+            let text = metrics.encode();
+            if want.iter().all(|w| text.lines().any(|l| l == w)) || Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        for w in want {
+            assert!(text.lines().any(|l| l == w), "missing `{w}` in:\n{text}");
+        }
+    }
+
+    /// Waits for the proxy's first request head.
+    async fn first_head(heads: &Mutex<Vec<String>>) -> String {
+        for _ in 0..200 {
+            if let Some(head) = heads.lock().unwrap().first() {
+                return head.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the proxy got no request")
+    }
+
+    /// Issue 12: an SNI naming a noProxy name no longer opens a direct path
+    /// to an address the name does not have; the connection is tunnelled
+    /// with the name, counted.
+    #[tokio::test]
+    async fn a_noproxy_name_on_a_foreign_address_goes_through_the_proxy() {
+        let (proxy, heads) = connect_proxy().await;
+        let origin = echo_server().await;
+        let table = Arc::new(Table::default());
+        let metrics = Arc::new(Metrics::new(None));
+        let config = format!(r#"{{"httpsProxy": "http://{proxy}", "noProxy": ["direct.test"]}}"#);
+        let names: &[(&str, &[&str])] = &[("direct.test", &["192.0.2.10"])];
+        let listen = redirector_with_names(&config, table.clone(), metrics.clone(), names).await;
+        let mut c = redirected(&table, listen, origin).await;
+        let hello = client_hello("direct.test");
+        c.write_all(&hello).await.unwrap();
+        let head = first_head(&heads).await;
+        let want = format!("CONNECT direct.test:{} HTTP/1.1\r\n", origin.port());
+        assert!(head.starts_with(&want), "{head}");
+        let mut echoed = vec![0u8; hello.len()];
+        c.read_exact(&mut echoed).await.unwrap();
+        expect_metrics(
+            &metrics,
+            &[
+                "redirector_name_checks_total{result=\"mismatch\"} 1".into(),
+                "redirector_name_checks_total{result=\"verified\"} 0".into(),
+                "redirector_connections_total{decision=\"proxy\"} 1".into(),
+                "redirector_connections_total{decision=\"direct\"} 0".into(),
+            ],
+        )
+        .await;
+    }
+
+    /// `missingProxy`: plain HTTP through an https-only config, and other
+    /// bytes through an http-only one, are tunnelled (`useOther`) or reset
+    /// (`refuse`) instead of going direct.
+    #[tokio::test]
+    async fn missing_proxy_tunnels_or_refuses_the_class_without_a_proxy() {
+        let origin = echo_server().await;
+        for (key, first_bytes, want) in [
+            (
+                "httpsProxy",
+                &b"GET /x HTTP/1.1\r\nHost: plain.test\r\n\r\n"[..],
+                "CONNECT plain.test:",
+            ),
+            ("httpProxy", &b"SSH-2.0-client\r\n"[..], "CONNECT 127.0.0.1:"),
+        ] {
+            let (proxy, heads) = connect_proxy().await;
+            let table = Arc::new(Table::default());
+            let config =
+                format!(r#"{{"{key}": "http://{proxy}", "missingProxy": "useOther"}}"#);
+            let listen = redirector(&config, table.clone()).await;
+            let mut c = redirected(&table, listen, origin).await;
+            c.write_all(first_bytes).await.unwrap();
+            let head = first_head(&heads).await;
+            assert!(head.starts_with(&format!("{want}{} ", origin.port())), "{key}: {head}");
+
+            let metrics = Arc::new(Metrics::new(None));
+            let config = format!(r#"{{"{key}": "http://{proxy}", "missingProxy": "refuse"}}"#);
+            let listen = redirector_counted(&config, table.clone(), metrics.clone()).await;
+            let mut c = redirected(&table, listen, origin).await;
+            c.write_all(first_bytes).await.unwrap();
+            let mut buf = [0u8; 16];
+            let r = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
+                .await
+                .unwrap();
+            assert_eq!(
+                r.unwrap_err().kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "{key}: refused with a reset"
+            );
+            expect_metrics(
+                &metrics,
+                &[
+                    "redirector_connection_outcomes_total{outcome=\"policy_refused\"} 1".into(),
+                    "redirector_connections_total{decision=\"refuse\"} 1".into(),
+                ],
+            )
+            .await;
+            assert_eq!(heads.lock().unwrap().len(), 1, "{key}: refused before any dial");
+        }
     }
 
     /// An idle connection's memory is mostly its task, whose size is the

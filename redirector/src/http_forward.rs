@@ -33,6 +33,7 @@ use tokio::{
 use crate::{
     config::ProxyUrl,
     dial::{DialError, Dialer, UpstreamIo, proxy_authorization},
+    ratelog::{self, RateLog},
     relay::Transferred,
 };
 
@@ -48,6 +49,10 @@ pub struct Served {
     /// Bytes read from and written to the client, as it sent and got them.
     pub transferred: Transferred,
 }
+
+/// Per-connection warnings, rate-limited: a pod can fail requests at will.
+static PROXY_FAILED: RateLog = RateLog::default_budget("plain_http_proxy_failed");
+static PROXY_AUTH_FAILED: RateLog = RateLog::default_budget("plain_http_proxy_auth_failed");
 
 /// The longest request head a client may send (hyper's buffer bound).
 const MAX_HEAD: usize = 64 * 1024;
@@ -180,7 +185,7 @@ impl Forwarder {
             _ => match self.connect().await {
                 Ok(s) => upstream.insert(s),
                 Err(e) => {
-                    tracing::warn!(error = %e, "plain HTTP: proxy connection failed");
+                    ratelog::warn!(PROXY_FAILED, error = %e, "plain HTTP: proxy connection failed");
                     return error_response(StatusCode::BAD_GATEWAY, &e.to_string());
                 }
             },
@@ -191,7 +196,8 @@ impl Forwarder {
                 served.requests += 1;
                 if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
                     served.auth_failures += 1;
-                    tracing::warn!(
+                    ratelog::warn!(
+                        PROXY_AUTH_FAILED,
                         proxy = %self.proxy,
                         "proxy answered 407 Proxy Authentication Required (auth failed: \
                          check the credentials in the proxy URL); passed to the client"
@@ -201,7 +207,7 @@ impl Forwarder {
             }
             Err(e) => {
                 *upstream = None;
-                tracing::warn!(proxy = %self.proxy, error = %e, "plain HTTP: request to the proxy failed");
+                ratelog::warn!(PROXY_FAILED, proxy = %self.proxy, error = %e, "plain HTTP: request to the proxy failed");
                 error_response(StatusCode::BAD_GATEWAY, "the proxy connection failed")
             }
         }
@@ -213,7 +219,12 @@ impl Forwarder {
     }
 
     async fn handshake(&self, io: Box<dyn UpstreamIo>) -> Result<SendRequest<Incoming>, DialError> {
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        // The proxy's answers are buffered within the same bound as the
+        // client's requests: a response head or body a client does not
+        // read costs a bounded amount per connection.
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(MAX_HEAD)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|source| DialError::Protocol {
                 proxy: self.proxy.clone(),
@@ -352,7 +363,7 @@ mod tests {
         Dialer {
             socket_mark: 0,
             timeout: Duration::from_secs(2),
-            tls: crate::reload::Swappable::new(crate::dial::proxy_tls_config(&[]).unwrap()),
+            tls: crate::swappable::Swappable::new(crate::dial::proxy_tls_config(&[]).unwrap()),
         }
     }
 

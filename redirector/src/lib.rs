@@ -1,39 +1,57 @@
 //! `redirector`: the node daemon and its CLI (this library holds all of it;
-//! `main.rs` only parses arguments and dispatches).
+//! `main.rs` only parses arguments and dispatches to `cmd`).
 //!
 //! A connection's path through the code, in order:
 //! - `hook`: the kernel programs (connect4/6 rewrite, sock_ops re-key), loaded and pinned;
 //! - `lookup`: on accept, the original destination by client address;
 //! - `classify`: peek at the first bytes for the TLS SNI or HTTP Host;
 //! - `policy`: kernel bypass, direct, or which proxy (`noproxy` matches rules);
+//!   a name rule sends a connection direct only to the name's own addresses
+//!   (`resolve`: the node's resolver, bounded in time, cached);
 //! - `dial`: CONNECT tunnel (TLS and auth to the proxy) or direct socket,
 //!   with the daemon's SO_MARK;
 //! - `relay`: bytes both ways, half-close aware; `http_forward`: plain HTTP
 //!   to `httpProxy` in absolute form;
-//! - `connection`: ties these together for one connection; `server` accepts;
+//! - `connection`: ties these together for one connection; `server` accepts
+//!   (within the `limits` caps).
+//!
+//! Around it:
+//! - `config`: the proxy configuration file; `reload`: watched and
+//!   re-applied (hot reload, SIGHUP), swapping `swappable` values;
 //! - `exemption`: with `--kube`, pods exempted live from the Kubernetes API;
+//! - `startup_taint`: with `--remove-taint`, the node's startup taint
+//!   removed once the daemon is ready;
 //! - `metrics`: each connection's decision, outcome and bytes, the kernel
-//!   counters, and `/metrics`, `/healthz`, `/readyz` on `--metrics`;
-//! - `reload`: `--proxy-config` watched and re-applied (hot reload, SIGHUP).
-pub mod ca;
+//!   counters, served on `--metrics` with `/healthz` and `/readyz`
+//!   (`readiness`: the conditions the daemon waits for);
+//! - `cmd`: the subcommands (`run` is `cmd::daemon`), with `cli` their
+//!   arguments; nothing on the data path imports them;
+//! - `endpoint`: socket addresses as the kernel maps hold them; `ca`: CA
+//!   generation for tests and `gen-ca`.
 pub mod classify;
-pub mod cli;
-pub mod config;
 pub mod connection;
-pub mod daemon;
 pub mod dial;
-pub mod endpoint;
-pub mod exemption;
-pub mod explain;
 pub mod hook;
 pub mod http_forward;
-pub mod install_ca;
 pub mod limits;
 pub mod lookup;
-pub mod metrics;
+pub mod memory_budget;
 pub mod noproxy;
 pub mod policy;
+pub mod ratelog;
 pub mod relay;
-pub mod reload;
+pub mod resolve;
 pub mod server;
-pub mod status;
+
+pub mod ca;
+pub mod config;
+pub mod endpoint;
+pub mod exemption;
+pub mod metrics;
+pub mod readiness;
+pub mod reload;
+pub mod startup_taint;
+pub mod swappable;
+
+pub mod cli;
+pub mod cmd;

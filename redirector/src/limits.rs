@@ -3,6 +3,11 @@
 //! every file descriptor the daemon has and starve its neighbours. Over a
 //! cap the connection is reset at once, never queued: the client sees a
 //! failure it can retry, and the daemon holds nothing for it.
+//!
+//! The node-wide cap is what both the open-files limit and the memory limit
+//! allow ([`caps`]; `memory_budget`), so that no client can take the daemon
+//! past either: past the memory limit it would be OOM-killed, and every
+//! pod's egress with it.
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -10,7 +15,15 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
+};
+
+use thiserror::Error;
+
+use crate::{
+    memory_budget::{self, BudgetError, MemoryLimit},
+    metrics,
+    ratelog::{self, RateLog},
 };
 
 /// Which cap refused a connection.
@@ -37,13 +50,11 @@ pub struct Limits {
     per_pod_max: usize,
     active: AtomicUsize,
     per_pod: Mutex<HashMap<IpAddr, usize>>,
-    /// Refusals not yet logged, and when the last line was written: one
-    /// line per interval, however hard a pod pushes.
-    log: Mutex<(usize, Option<Instant>)>,
 }
 
-/// How often a refusal is logged at most.
-const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Refusals are logged once per ten seconds at most, however hard a pod
+/// pushes, with how many were refused meanwhile.
+static REFUSED: RateLog = RateLog::new("connection_limit", 1, Duration::from_secs(10));
 
 /// One admitted connection; dropping it frees its place.
 pub struct Permit {
@@ -58,7 +69,6 @@ impl Limits {
             per_pod_max,
             active: AtomicUsize::new(0),
             per_pod: Mutex::new(HashMap::new()),
-            log: Mutex::new((0, None)),
         })
     }
 
@@ -87,25 +97,15 @@ impl Limits {
         self.active.load(Ordering::Acquire)
     }
 
-    /// Logs a refusal, at most once per [`LOG_EVERY`], with how many were
-    /// refused since the last line.
+    /// Logs a refusal, rate-limited (see [`REFUSED`]).
     pub fn log_refusal(&self, refusal: Refusal, client: IpAddr) {
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        log.0 += 1;
-        let now = Instant::now();
-        if log
-            .1
-            .is_some_and(|last| now.duration_since(last) < LOG_EVERY)
-        {
-            return;
-        }
         let (global_max, per_pod_max) = (self.global_max, self.per_pod_max);
-        tracing::warn!(
-            reason = refusal.label(), %client, refused = log.0, global_max, per_pod_max,
+        ratelog::warn!(
+            REFUSED,
+            reason = refusal.label(), %client, global_max, per_pod_max,
             "connection limit reached: refusing new connections (counted in \
              redirector_connections_refused_total)"
         );
-        *log = (0, Some(now));
     }
 }
 
@@ -127,11 +127,104 @@ impl Drop for Permit {
     }
 }
 
-/// The default node-wide cap: what the open-files limit allows. A proxied
-/// connection takes two descriptors, and a busy one borrows a pipe (two
-/// more) for a moment; a reserve stays for listeners, the API and pipes.
+/// Descriptors kept for all but relayed connections: listeners, the API
+/// client, the kernel maps, the splice relay's idle pipes.
+const RESERVED_FDS: u64 = 1024;
+/// Descriptors for the metrics listener: its connection cap and itself.
+const METRICS_FDS: u64 = metrics::server::MAX_CONNECTIONS as u64 + 1;
+/// A proxied connection takes two descriptors, and a busy one borrows a
+/// pipe (two more) for a moment.
+const FDS_PER_CONNECTION: u64 = 3;
+/// The per-pod cap when not given: at most this, and at most half the
+/// node's, so that one pod never takes the whole node by default.
+pub const DEFAULT_PER_POD_MAX: usize = 4096;
+
+/// The node-wide cap the open-files limit allows.
 pub fn default_global_max(open_files: u64) -> usize {
-    ((open_files as usize).saturating_sub(1024) / 3).max(64)
+    let usable = open_files.saturating_sub(RESERVED_FDS + METRICS_FDS);
+    usize::try_from(usable / FDS_PER_CONNECTION)
+        .unwrap_or(usize::MAX)
+        .max(64)
+}
+
+/// The caps in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub global: usize,
+    pub per_pod: usize,
+    /// What the memory limit allows, when there is one.
+    pub memory_bound: Option<usize>,
+    /// What the open-files limit allows.
+    pub fd_bound: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum CapError {
+    #[error(transparent)]
+    Memory(#[from] BudgetError),
+    #[error(
+        "--max-connections {given} does not fit in the memory limit {limit}: at most \
+         {allowed} connections do, each at its most expensive; lower --max-connections \
+         (or leave it out) or raise the limit"
+    )]
+    OverMemory {
+        given: usize,
+        allowed: usize,
+        limit: MemoryLimit,
+    },
+    #[error(
+        "--max-connections {given} needs about {needed} file descriptors, but the \
+         open-files limit is {open_files}: lower --max-connections (or leave it out) or \
+         raise the limit (LimitNOFILE, ulimit -n)"
+    )]
+    OverFds {
+        given: usize,
+        needed: u64,
+        open_files: u64,
+    },
+}
+
+/// The caps from the limits and the flags (`--max-connections`,
+/// `--max-connections-per-pod`). A global cap given is checked against
+/// both limits; when not given, it is the lower of what each allows.
+pub fn caps(
+    open_files: u64,
+    memory: Option<&MemoryLimit>,
+    global: Option<usize>,
+    per_pod: Option<usize>,
+) -> Result<Caps, CapError> {
+    let fd_bound = default_global_max(open_files);
+    let memory_bound = memory.map(memory_budget::connection_cap).transpose()?;
+    let global = match global {
+        Some(given) => {
+            if let (Some(allowed), Some(limit)) = (memory_bound, memory)
+                && given > allowed
+            {
+                return Err(CapError::OverMemory {
+                    given,
+                    allowed,
+                    limit: limit.clone(),
+                });
+            }
+            let needed = given as u64 * FDS_PER_CONNECTION + RESERVED_FDS + METRICS_FDS;
+            if needed > open_files {
+                return Err(CapError::OverFds {
+                    given,
+                    needed,
+                    open_files,
+                });
+            }
+            given
+        }
+        None => memory_bound.map_or(fd_bound, |m| m.min(fd_bound)),
+    };
+    let per_pod = per_pod.unwrap_or_else(|| DEFAULT_PER_POD_MAX.min((global / 2).max(1)));
+    Ok(Caps {
+        global,
+        per_pod,
+        memory_bound,
+        fd_bound,
+    })
 }
 
 /// The open-files limit (soft and hard).
@@ -200,16 +293,54 @@ mod tests {
         assert!(limits.admit(ip("10.0.0.9")).is_ok());
     }
 
-    #[test]
-    fn refusals_are_logged_at_most_once_per_interval() {
-        let limits = Limits::new(0, 0);
-        for _ in 0..5 {
-            limits.log_refusal(Refusal::Global, ip("10.0.0.1"));
+    fn mib(n: u64) -> MemoryLimit {
+        MemoryLimit {
+            bytes: n << 20,
+            source: "test".into(),
         }
-        // One line written, four refusals waiting for the next one.
-        let log = limits.log.lock().unwrap();
-        assert_eq!(log.0, 4);
-        assert!(log.1.is_some());
+    }
+
+    #[test]
+    fn caps_are_the_lowest_the_limits_allow() {
+        // Plenty of descriptors: the memory limit decides.
+        let c = caps(1 << 20, Some(&mib(512)), None, None).unwrap();
+        assert_eq!(c.global, memory_budget::connection_cap(&mib(512)).unwrap());
+        assert_eq!(c.memory_bound, Some(c.global));
+        assert_eq!(c.per_pod, DEFAULT_PER_POD_MAX);
+        // Few descriptors: they decide, with the metrics listener's budget
+        // taken off.
+        let c = caps(20_000, Some(&mib(4096)), None, None).unwrap();
+        assert_eq!(c.global, (20_000 - 1024 - 33) / 3);
+        // No memory limit: the descriptors alone.
+        let c = caps(20_000, None, None, None).unwrap();
+        assert_eq!((c.global, c.memory_bound), ((20_000 - 1024 - 33) / 3, None));
+        // A small node cap halves the default per-pod one; a given one stays.
+        let c = caps(1 << 20, Some(&mib(96)), None, None).unwrap();
+        assert_eq!(c.per_pod, c.global / 2);
+        let c = caps(1 << 20, Some(&mib(96)), None, Some(10)).unwrap();
+        assert_eq!(c.per_pod, 10);
+    }
+
+    #[test]
+    fn a_given_cap_must_fit_in_both_limits() {
+        let allowed = memory_budget::connection_cap(&mib(512)).unwrap();
+        assert_eq!(
+            caps(1 << 20, Some(&mib(512)), Some(allowed), None)
+                .unwrap()
+                .global,
+            allowed
+        );
+        let err = caps(1 << 20, Some(&mib(512)), Some(allowed + 1), None).unwrap_err();
+        assert!(matches!(err, CapError::OverMemory { .. }), "{err}");
+        assert!(err.to_string().contains("lower --max-connections"), "{err}");
+        let err = caps(20_000, None, Some(10_000), None).unwrap_err();
+        assert!(matches!(err, CapError::OverFds { .. }), "{err}");
+        assert!(caps(20_000, None, Some(4_000), None).is_ok());
+        // A limit too small for any proxy is an error, not a tiny cap.
+        assert!(matches!(
+            caps(1 << 20, Some(&mib(16)), None, None),
+            Err(CapError::Memory(_))
+        ));
     }
 
     #[test]
@@ -221,6 +352,6 @@ mod tests {
         // Three descriptors per connection plus the reserve fit in the limit.
         let cap = default_global_max(open_files);
         assert!(cap >= 64);
-        assert!(limit.rlim_cur < 1024 + 192 || cap * 3 + 1024 <= limit.rlim_cur as usize);
+        assert!(limit.rlim_cur < 1024 + 33 + 192 || cap * 3 + 1024 + 33 <= limit.rlim_cur as usize);
     }
 }

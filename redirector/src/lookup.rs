@@ -10,9 +10,15 @@ use std::{
 };
 
 use aya::maps::{HashMap, IterableMap, MapData};
-use redirector_ebpf::Endpoint;
+use redirector_ebpf::{CONFLICT, Endpoint, SavedDst};
 
-use crate::endpoint::{to_endpoint, to_socket_addr};
+use crate::{
+    endpoint::{to_endpoint, to_socket_addr},
+    ratelog::{self, RateLog},
+};
+
+/// A pod can make conflicts at will: rate-limited.
+static CONFLICT_REFUSED: RateLog = RateLog::default_budget("client_address_conflict");
 
 /// Where a redirected connection was originally going.
 pub trait OriginalDst: Send + Sync + 'static {
@@ -24,14 +30,14 @@ pub trait OriginalDst: Send + Sync + 'static {
 /// The kernel map `DST_BY_CLIENT`, filled by the `rekey_client` program.
 pub struct KernelOriginalDst {
     // aya's remove needs `&mut`; only the fallback path takes the lock.
-    map: Mutex<HashMap<MapData, Endpoint, Endpoint>>,
+    map: Mutex<HashMap<MapData, Endpoint, SavedDst>>,
     /// Cleared when the kernel lacks lookup-and-delete for this map type
     /// (before Linux 5.14): then a lookup and a delete, under the lock.
     atomic_take: AtomicBool,
 }
 
 impl KernelOriginalDst {
-    pub fn new(map: HashMap<MapData, Endpoint, Endpoint>) -> Self {
+    pub fn new(map: HashMap<MapData, Endpoint, SavedDst>) -> Self {
         Self {
             map: Mutex::new(map),
             atomic_take: AtomicBool::new(true),
@@ -48,7 +54,7 @@ impl OriginalDst for KernelOriginalDst {
             let fd = IterableMap::map(&*map).fd().as_fd().as_raw_fd();
             drop(map);
             match lookup_and_delete(fd, &key) {
-                Ok(dst) => return dst.as_ref().and_then(to_socket_addr),
+                Ok(saved) => return saved.as_ref().and_then(served_destination),
                 Err(e) => {
                     tracing::info!(error = %e, "BPF lookup-and-delete unavailable; using lookup + delete");
                     self.atomic_take.store(false, Ordering::Relaxed);
@@ -56,17 +62,30 @@ impl OriginalDst for KernelOriginalDst {
                 }
             }
         }
-        let dst = map.get(&key, 0).ok()?;
+        let saved = map.get(&key, 0).ok()?;
         // Forget it now: the client port may be reused by a later connect.
         let _ = map.remove(&key);
-        to_socket_addr(&dst)
+        served_destination(&saved)
     }
+}
+
+/// The destination to serve, or `None` when two sockets claimed the same
+/// client address: serving either could misroute the other's bytes.
+fn served_destination(saved: &SavedDst) -> Option<SocketAddr> {
+    if saved.state == CONFLICT {
+        ratelog::warn!(
+            CONFLICT_REFUSED,
+            "two sockets claimed one client address (a pod bound another's address?); refused"
+        );
+        return None;
+    }
+    to_socket_addr(&saved.dst)
 }
 
 /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (aya 0.14 does not expose it for hash
 /// maps): `Ok(None)` when the key is absent, `Err` when the kernel cannot
 /// do it for this map.
-fn lookup_and_delete(map_fd: i32, key: &Endpoint) -> std::io::Result<Option<Endpoint>> {
+fn lookup_and_delete(map_fd: i32, key: &Endpoint) -> std::io::Result<Option<SavedDst>> {
     const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
     /// The map-element member of `union bpf_attr`.
     #[repr(C)]
@@ -77,7 +96,7 @@ fn lookup_and_delete(map_fd: i32, key: &Endpoint) -> std::io::Result<Option<Endp
         value: u64,
         flags: u64,
     }
-    let mut value = std::mem::MaybeUninit::<Endpoint>::zeroed();
+    let mut value = std::mem::MaybeUninit::<SavedDst>::zeroed();
     let attr = ElemAttr {
         map_fd: map_fd as u32,
         _pad: 0,
@@ -86,7 +105,7 @@ fn lookup_and_delete(map_fd: i32, key: &Endpoint) -> std::io::Result<Option<Endp
         flags: 0,
     };
     // SAFETY: attr points at a live key and a value buffer of the map's
-    // value size (both `Endpoint`); the fd is the map's and stays open
+    // value size (`Endpoint`, `SavedDst`); the fd is the map's and stays open
     // (owned by `self.map`) for the call.
     let rc = unsafe {
         libc::syscall(
@@ -97,7 +116,7 @@ fn lookup_and_delete(map_fd: i32, key: &Endpoint) -> std::io::Result<Option<Endp
         )
     };
     if rc == 0 {
-        // SAFETY: the kernel filled the value on success; Endpoint is POD.
+        // SAFETY: the kernel filled the value on success; SavedDst is POD.
         return Ok(Some(unsafe { value.assume_init() }));
     }
     let e = std::io::Error::last_os_error();

@@ -2,97 +2,27 @@
 //! (a mounted ConfigMap changes by swapping a symlink, which inotify on the
 //! file itself would miss) and reloads on `SIGHUP`. A changed file is
 //! parsed and validated like at startup; if it is valid, the kernel bypass
-//! tries are brought up to date (new prefixes in first, stale ones out
-//! after, so they are never empty) and the policy and proxy TLS settings
-//! are swapped for new connections. Established connections keep the
+//! tries and the refused UDP ports are brought up to date (new entries in
+//! first, stale ones out after, so they are never empty), the kernel's
+//! flags rewritten (`allowOtherStreamProtocols`), and the policy and proxy
+//! TLS settings are swapped for new connections. Established connections keep the
 //! snapshot they took when they started. An invalid file is logged and
 //! counted, and the previous configuration stays in force.
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use ipnet::IpNet;
 use tokio::signal::unix::Signal;
 
 use crate::{
-    config::{ConfigError, ProxyConfig},
-    connection::Shared,
+    config::{ConfigError, ProxyConfig, digest},
     dial,
-    hook::BypassTries,
+    hook::{BypassTries, Switches},
+    metrics::{Metrics, ReloadResult},
     policy::{Builtins, Policy},
+    swappable::Swappable,
 };
 
 /// How often the file is read and compared.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
-
-/// A value replaced as a whole while readers hold on to the one they took.
-/// Clones share the same slot.
-pub struct Swappable<T>(Arc<RwLock<Arc<T>>>);
-
-impl<T> Swappable<T> {
-    pub fn new(value: impl Into<Arc<T>>) -> Self {
-        Self(Arc::new(RwLock::new(value.into())))
-    }
-    /// The value in force now; later swaps do not change it.
-    pub fn load(&self) -> Arc<T> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-    pub fn store(&self, value: Arc<T>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = value;
-    }
-}
-
-impl<T> Clone for Swappable<T> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-/// Reload counts, for the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct ReloadStats {
-    /// New configurations applied.
-    pub ok: AtomicU64,
-    /// New files refused (invalid, unreadable, or the kernel tries could
-    /// not be updated); the previous configuration stayed in force.
-    pub failed: AtomicU64,
-}
-
-/// A short digest of a configuration file's bytes: the first 12 hex digits
-/// of its SHA-256, for logs and `status`.
-pub fn digest(bytes: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Reads and validates the file once, returning it with the digest of the
-/// exact bytes that were parsed.
-pub fn load(path: &Path) -> Result<(ProxyConfig, String), ConfigError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: file.clone(),
-        source,
-    })?;
-    let config = ProxyConfig::parse(&file, &text)?;
-    Ok((config, digest(text.as_bytes())))
-}
-
-/// Prefixes to insert into and remove from the kernel tries to go from
-/// `current` to `wanted`, compared after truncation to their prefix.
-pub fn bypass_diff(current: &[IpNet], wanted: &[IpNet]) -> (Vec<IpNet>, Vec<IpNet>) {
-    let current: BTreeSet<IpNet> = current.iter().map(IpNet::trunc).collect();
-    let wanted: BTreeSet<IpNet> = wanted.iter().map(IpNet::trunc).collect();
-    (
-        wanted.difference(&current).copied().collect(),
-        current.difference(&wanted).copied().collect(),
-    )
-}
 
 /// What one look at the file found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,12 +62,16 @@ pub struct Reloader {
     pub path: PathBuf,
     /// The built-in bypasses, the same as at startup.
     pub builtins: Builtins,
-    /// Where the policy and the proxy TLS settings are swapped.
-    pub shared: Arc<Shared>,
+    /// The policy in force, swapped for new connections.
+    pub policy: Swappable<Policy>,
+    /// The proxy TLS settings in force (`trustedCA`), swapped likewise.
+    pub tls: Swappable<rustls::ClientConfig>,
     /// The kernel's bypass tries.
     pub bypass: Box<dyn BypassTries>,
-    /// Counts of applied and refused reloads.
-    pub stats: Arc<ReloadStats>,
+    /// The kernel's refused UDP ports and flags.
+    pub switches: Box<dyn Switches>,
+    /// Where applied and refused reloads are counted.
+    pub metrics: Arc<Metrics>,
     pub watch: Watch,
 }
 
@@ -174,11 +108,9 @@ impl Reloader {
             Err(source) => Err(ConfigError::Read { file, source }.to_string()),
         };
         match result {
-            Ok(()) => {
-                self.stats.ok.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(()) => self.metrics.record_reload(ReloadResult::Ok),
             Err(error) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.record_reload(ReloadResult::Failed);
                 tracing::error!(
                     %error,
                     "config reload failed; the previous configuration stays in force"
@@ -197,6 +129,13 @@ impl Reloader {
             .sync(&policy.kernel_bypass())
             .map_err(|e| format!("updating the kernel bypass tries: {e:#}"))?;
         let config = policy.config();
+        let (udp_added, udp_removed) = self
+            .switches
+            .sync_udp_ports(&config.refuse_udp_ports)
+            .map_err(|e| format!("updating the kernel's refused UDP ports: {e:#}"))?;
+        self.switches
+            .set_allow_other_streams(config.allow_other_stream_protocols)
+            .map_err(|e| format!("updating the kernel's flags: {e:#}"))?;
         tracing::info!(
             file,
             digest = %digest(text.as_bytes()),
@@ -206,12 +145,16 @@ impl Reloader {
             trusted_ca_certs = config.trusted_ca.len(),
             fail_mode = %config.fail_mode,
             allow_pod_opt_out = config.allow_pod_opt_out,
+            refuse_udp_ports = ?config.refuse_udp_ports,
+            allow_other_stream_protocols = config.allow_other_stream_protocols,
             bypass_added = ?added,
             bypass_removed = ?removed,
+            udp_ports_added = ?udp_added,
+            udp_ports_removed = ?udp_removed,
             "config reloaded"
         );
-        self.shared.dialer.tls.store(tls);
-        self.shared.policy.store(Arc::new(policy));
+        self.tls.store(tls);
+        self.policy.store(Arc::new(policy));
         Ok(())
     }
 }
@@ -219,48 +162,19 @@ impl Reloader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::{sync::Mutex, time::Duration};
+    use std::{path::Path, sync::Mutex};
+
+    use ipnet::IpNet;
 
     use crate::{
-        classify::{PeekLimits, Protocol},
-        dial::Dialer,
-        lookup::OriginalDst,
-        policy::{Decision, Target},
+        classify::Protocol,
+        hook::{bypass_diff, port_diff},
+        policy::{Decision, Target, Verdict},
+        resolve::Resolution,
     };
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|n| n.parse().unwrap()).collect()
-    }
-
-    #[test]
-    fn bypass_diff_adds_new_and_removes_stale() {
-        let current = nets(&["10.0.0.0/8", "127.0.0.0/8", "fd00::/8"]);
-        let wanted = nets(&["10.0.0.0/8", "127.0.0.0/8", "192.0.2.0/24", "2001:db8::/32"]);
-        let (add, remove) = bypass_diff(&current, &wanted);
-        assert_eq!(add, nets(&["192.0.2.0/24", "2001:db8::/32"]));
-        assert_eq!(remove, nets(&["fd00::/8"]));
-    }
-
-    #[test]
-    fn bypass_diff_compares_truncated_prefixes() {
-        // 10.1.2.3/8 is 10.0.0.0/8: nothing to do, and no duplicates.
-        let (add, remove) =
-            bypass_diff(&nets(&["10.0.0.0/8"]), &nets(&["10.1.2.3/8", "10.0.0.0/8"]));
-        assert!(add.is_empty() && remove.is_empty(), "{add:?} {remove:?}");
-        let (add, remove) = bypass_diff(&[], &nets(&["10.1.2.3/8", "10.0.0.0/8"]));
-        assert_eq!(add, nets(&["10.0.0.0/8"]));
-        assert!(remove.is_empty());
-        let (add, remove) = bypass_diff(&nets(&["10.0.0.0/8"]), &[]);
-        assert!(add.is_empty());
-        assert_eq!(remove, nets(&["10.0.0.0/8"]));
-    }
-
-    #[test]
-    fn digest_is_short_sha256() {
-        // SHA-256("") = e3b0c44298fc1c149afbf4c8996fb924...
-        assert_eq!(digest(b""), "e3b0c44298fc");
-        assert_eq!(digest(b"{}").len(), 12);
-        assert_ne!(digest(b"{}"), digest(b"{ }"));
     }
 
     #[test]
@@ -298,10 +212,39 @@ mod tests {
         }
     }
 
-    struct NoDst;
-    impl OriginalDst for NoDst {
-        fn take(&self, _: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
-            None
+    /// The refused UDP ports and the flag in memory, shared with the test
+    /// (the reloader owns its box).
+    #[derive(Default, Clone)]
+    struct SwitchState(Arc<Mutex<(Vec<u16>, bool, bool)>>);
+    impl SwitchState {
+        fn ports(&self) -> Vec<u16> {
+            let mut ports = self.0.lock().unwrap().0.clone();
+            ports.sort_unstable();
+            ports
+        }
+        fn allow_other_streams(&self) -> bool {
+            self.0.lock().unwrap().1
+        }
+        fn fail(&self) {
+            self.0.lock().unwrap().2 = true;
+        }
+    }
+    impl Switches for SwitchState {
+        fn sync_udp_ports(&self, wanted: &[u16]) -> anyhow::Result<(Vec<u16>, Vec<u16>)> {
+            let mut state = self.0.lock().unwrap();
+            if state.2 {
+                anyhow::bail!("map gone");
+            }
+            let (add, remove) = port_diff(&state.0, wanted);
+            state.0.extend(&add);
+            state.0.retain(|p| !remove.contains(p));
+            Ok((add, remove))
+        }
+        fn set_allow_other_streams(&self, allow: bool) -> anyhow::Result<bool> {
+            let mut state = self.0.lock().unwrap();
+            let changed = state.1 != allow;
+            state.1 = allow;
+            Ok(changed)
         }
     }
 
@@ -313,42 +256,49 @@ mod tests {
             link_local: false,
             cluster_cidrs: vec![],
         };
-        let (config, loaded) = load(&path).unwrap();
+        let (config, loaded) = ProxyConfig::load_with_digest(&path).unwrap();
         let policy = Policy::new(config, &builtins);
         tries.sync(&policy.kernel_bypass()).unwrap();
-        let shared = Arc::new(Shared {
-            policy: Swappable::new(policy),
-            original_dst: Arc::new(NoDst),
-            dialer: Dialer {
-                socket_mark: 0,
-                timeout: Duration::from_secs(1),
-                tls: Swappable::new(dial::proxy_tls_config(&[]).unwrap()),
-            },
-            peek: PeekLimits::default(),
-            metrics: Arc::new(crate::metrics::Metrics::new(None)),
-        });
+        let switches = SwitchState::default();
+        switches
+            .sync_udp_ports(&policy.config().refuse_udp_ports)
+            .unwrap();
         Reloader {
             path,
             builtins,
-            shared,
+            policy: Swappable::new(policy),
+            tls: Swappable::new(dial::proxy_tls_config(&[]).unwrap()),
             bypass: Box::new(tries),
-            stats: Arc::default(),
+            switches: Box::new(switches),
+            metrics: Arc::new(Metrics::new(None)),
             watch: Watch::new(loaded),
         }
     }
 
+    /// `redirector_config_reloads_total{result}` as scraped.
+    fn reloads(r: &Reloader, result: &str) -> u64 {
+        let series = format!("redirector_config_reloads_total{{result=\"{result}\"}} ");
+        let text = r.metrics.encode();
+        let value = text.lines().find_map(|l| l.strip_prefix(series.as_str()));
+        value
+            .unwrap_or_else(|| panic!("no `{series}` in:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// The decision for `host` at 192.0.2.1, one of its addresses.
     fn decide(r: &Reloader, host: &str) -> String {
-        let d = r.shared.policy.load().decide(&Target {
-            ip: Some("192.0.2.1".parse().unwrap()),
-            host: Some(host),
-            port: 443,
-            protocol: Protocol::Tls,
-        });
-        match d {
-            Decision::Direct { .. } => "direct".into(),
-            Decision::KernelBypass { .. } => "bypass".into(),
-            Decision::Proxy { .. } => "proxy".into(),
-        }
+        let (d, _) = r
+            .policy
+            .load()
+            .decide(&Target {
+                ip: Some("192.0.2.1".parse().unwrap()),
+                host: Some(host),
+                port: 443,
+                protocol: Protocol::Tls,
+            })
+            .decide_with(|_| Resolution::Addresses(["192.0.2.1".parse().unwrap()].into()));
+        d.kind().into()
     }
 
     /// Replaces the file the way a ConfigMap update does: a new file renamed
@@ -364,19 +314,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let proxy = r#""httpsProxy": "http://10.0.0.4:3128""#;
         let mut r = reloader(dir.path(), &format!("{{{proxy}}}"), Tries::default());
-        let before = r.shared.policy.load();
+        let before = r.policy.load();
         assert_eq!(decide(&r, "reload.test"), "proxy");
 
         // Unchanged: nothing happens.
         r.poll(false);
-        assert_eq!(r.stats.ok.load(Ordering::Relaxed), 0);
+        assert_eq!(reloads(&r, "ok"), 0);
 
         replace(
             &r.path,
             &format!(r#"{{{proxy}, "noProxy": ["reload.test", "198.51.100.0/24"]}}"#),
         );
         r.poll(false);
-        assert_eq!(r.stats.ok.load(Ordering::Relaxed), 1);
+        assert_eq!(reloads(&r, "ok"), 1);
         assert_eq!(decide(&r, "reload.test"), "direct");
         // A connection that started before keeps its snapshot.
         assert!(matches!(
@@ -386,7 +336,7 @@ mod tests {
                 port: 443,
                 protocol: Protocol::Tls
             }),
-            Decision::Proxy { .. }
+            Verdict::Final(Decision::Proxy { .. })
         ));
         let (add, _) = r.bypass.sync(&nets(&["198.51.100.0/24"])).unwrap();
         assert!(add.is_empty(), "the CIDR should be in the tries already");
@@ -395,27 +345,84 @@ mod tests {
         replace(&r.path, r#"{"noProxy": ["*.*.com"]}"#);
         r.poll(false);
         r.poll(false);
-        assert_eq!(r.stats.failed.load(Ordering::Relaxed), 1);
-        assert_eq!(r.stats.ok.load(Ordering::Relaxed), 1);
+        assert_eq!(reloads(&r, "failed"), 1);
+        assert_eq!(reloads(&r, "ok"), 1);
         assert_eq!(decide(&r, "reload.test"), "direct");
 
         // Forced: tried again even though unchanged.
         r.poll(true);
-        assert_eq!(r.stats.failed.load(Ordering::Relaxed), 2);
+        assert_eq!(reloads(&r, "failed"), 2);
 
         // Unreadable (removed mid-swap): refused, old policy kept.
         std::fs::remove_file(&r.path).unwrap();
         r.poll(false);
-        assert_eq!(r.stats.failed.load(Ordering::Relaxed), 3);
+        assert_eq!(reloads(&r, "failed"), 3);
         assert_eq!(decide(&r, "reload.test"), "direct");
 
         // Back to the first file: applied, and the CIDR leaves the tries.
         replace(&r.path, &format!("{{{proxy}}}"));
         r.poll(false);
-        assert_eq!(r.stats.ok.load(Ordering::Relaxed), 2);
+        assert_eq!(reloads(&r, "ok"), 2);
         assert_eq!(decide(&r, "reload.test"), "proxy");
         let (add, remove) = r.bypass.sync(&[]).unwrap();
         assert!(add.is_empty() && remove.is_empty(), "{add:?} {remove:?}");
+    }
+
+    /// A reloader whose switches the test can look at.
+    fn reloader_with_switches(dir: &Path, text: &str) -> (Reloader, SwitchState) {
+        let mut r = reloader(dir, text, Tries::default());
+        let switches = SwitchState::default();
+        let config = ProxyConfig::load(&r.path).unwrap();
+        switches.sync_udp_ports(&config.refuse_udp_ports).unwrap();
+        r.switches = Box::new(switches.clone());
+        (r, switches)
+    }
+
+    #[test]
+    fn refused_udp_ports_and_flags_follow_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, switches) = reloader_with_switches(dir.path(), "{}");
+        assert_eq!(switches.ports(), [443], "the default");
+        assert!(!switches.allow_other_streams());
+
+        replace(&r.path, r#"{"refuseUdpPorts": [443, 8443]}"#);
+        r.poll(false);
+        assert_eq!(reloads(&r, "ok"), 1);
+        assert_eq!(switches.ports(), [443, 8443]);
+
+        replace(
+            &r.path,
+            r#"{"refuseUdpPorts": [], "allowOtherStreamProtocols": true}"#,
+        );
+        r.poll(false);
+        assert_eq!(reloads(&r, "ok"), 2);
+        assert!(switches.ports().is_empty(), "[] refuses nothing");
+        assert!(switches.allow_other_streams());
+
+        // A bad list is refused whole: the kernel keeps what it had.
+        replace(&r.path, r#"{"refuseUdpPorts": [443, 443]}"#);
+        r.poll(false);
+        assert_eq!(reloads(&r, "failed"), 1);
+        assert!(switches.ports().is_empty());
+        assert!(switches.allow_other_streams());
+
+        // Keys removed: back to the defaults.
+        replace(&r.path, "{}");
+        r.poll(false);
+        assert_eq!(reloads(&r, "ok"), 3);
+        assert_eq!(switches.ports(), [443]);
+        assert!(!switches.allow_other_streams());
+    }
+
+    #[test]
+    fn a_switch_failure_keeps_the_old_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, switches) = reloader_with_switches(dir.path(), "{}");
+        switches.fail();
+        replace(&r.path, r#"{"httpsProxy": "http://10.0.0.4:3128"}"#);
+        r.poll(false);
+        assert_eq!(reloads(&r, "failed"), 1);
+        assert_eq!(decide(&r, "x.test"), "direct");
     }
 
     #[test]
@@ -428,7 +435,7 @@ mod tests {
         });
         replace(&r.path, r#"{"httpsProxy": "http://10.0.0.4:3128"}"#);
         r.poll(false);
-        assert_eq!(r.stats.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(reloads(&r, "failed"), 1);
         assert_eq!(decide(&r, "x.test"), "direct");
     }
 }

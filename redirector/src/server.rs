@@ -7,7 +7,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use crate::{
     connection::{self, Shared},
     limits::Limits,
+    ratelog::{self, RateLog},
 };
+
+static ACCEPT_FAILED: RateLog = RateLog::default_budget("accept_failed");
 
 /// Pending connections the kernel queues before accept: a burst of new
 /// connections from many pods (thousands at once after a rollout) would
@@ -45,6 +48,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Arc<Limit
                     });
                 }
                 Err(refusal) => {
+                    // Forget the destination the hook saved for this client
+                    // address first: left behind, it would be served to (or,
+                    // as a second claim of the key, refuse) a later
+                    // connection from the same address and port.
+                    let _ = shared.original_dst.take(peer);
                     // Reset, not queued: the client learns at once.
                     connection::reset(stream);
                     shared.metrics.record_refusal(refusal);
@@ -52,7 +60,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Arc<Limit
                 }
             },
             Err(e) => {
-                tracing::error!(error = %e, "accept failed");
+                // Out of descriptors, typically: once per pause, so limited.
+                ratelog::error!(ACCEPT_FAILED, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

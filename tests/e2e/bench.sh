@@ -3,12 +3,15 @@
 # routes first, the lock, namespaces, cgroups), the upstreams and the
 # benchmark server in rde-inet, then every workload over every path, the
 # paths interleaved within each round. Each run appends a JSON line to
-# $BENCH_RAW; xtask summarises them.
+# $BENCH_RAW, in the shapes of tests/peers/src/records.rs (the printf lines
+# below too); xtask summarises them.
 #
-# Upstreams in rde-inet: squid on 10.249.0.2:3128 (one worker) and xtask's
-# minimal CONNECT upstream on 10.249.0.2:3129 (multi-threaded, splice; the
-# "-fast" paths), so that the redirector's own cost shows without squid's
-# single core as everyone's bottleneck.
+# Upstreams in rde-inet: squid on 10.249.0.2:3128 (one worker) and the test
+# peers' minimal CONNECT upstream (tests/peers, `peers upstream`) on
+# 10.249.0.2:3129 (multi-threaded, splice; the "-fast" paths), so that the
+# redirector's own cost shows without squid's single core as everyone's
+# bottleneck. The benchmark server (`peers serve`) is in rde-inet too, the
+# load generator (`peers load`) in the pods.
 #
 # Paths (the server listens on 7100 in rde-inet, on 10.249.0.2 and 10.249.3.2):
 #   direct           pod-b (exempt cgroup, no hook) -> 10.249.0.2:7100
@@ -29,7 +32,7 @@
 # every path but the env-var ones: iperf3 cannot speak CONNECT), memory
 # (once per relay path, after the rounds).
 #
-# Env: REDIRECTOR_BIN, BENCH_XTASK (the xtask binary), BENCH_RAW (output),
+# Env: REDIRECTOR_BIN, BENCH_PEERS (the peers binary), BENCH_RAW (output),
 # BENCH_QUICK=1 (small sizes, one round), BENCH_PATHS and BENCH_WORKLOADS
 # (space- or comma-separated subsets), BENCH_ROUNDS, BENCH_IDLE_CONNS,
 # BENCH_BULK_MIB, BENCH_REDSOCKS=0 (leave both redsocks paths out).
@@ -37,7 +40,7 @@ set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-: "${BENCH_XTASK:?path of the xtask binary}"
+: "${BENCH_PEERS:?path of the peers binary}"
 : "${BENCH_RAW:?output file}"
 QUICK=${BENCH_QUICK:-0}
 SERVER_PORT=7100
@@ -93,7 +96,7 @@ fi
 if want_workload iperf3; then
   command -v iperf3 >/dev/null 2>&1 || die "iperf3 is missing (cargo xtask setup installs it)"
 fi
-[[ -x $BENCH_XTASK ]] || die "BENCH_XTASK=$BENCH_XTASK is not executable"
+[[ -x $BENCH_PEERS ]] || die "BENCH_PEERS=$BENCH_PEERS is not executable"
 require_prereqs
 # 9,000 idle connections: every process here may need thousands of sockets.
 ulimit -Sn "$(ulimit -Hn)"
@@ -135,7 +138,7 @@ CONF
 }
 
 start_fast_upstream() {
-  bg fast-upstream nsenter --net="/run/netns/$NS_INET" -- "$BENCH_XTASK" bench-upstream \
+  bg fast-upstream nsenter --net="/run/netns/$NS_INET" -- "$BENCH_PEERS" upstream \
     --listen "$INET_IP4:$FAST_PORT"
   FAST_PID=${BG_PIDS[-1]}
   wait_for 15 "fast upstream on :$FAST_PORT" port_listening "$NS_INET" "$FAST_PORT" \
@@ -143,7 +146,7 @@ start_fast_upstream() {
 }
 
 start_bench_server() {
-  bg bench-server nsenter --net="/run/netns/$NS_INET" -- "$BENCH_XTASK" bench-serve \
+  bg bench-server nsenter --net="/run/netns/$NS_INET" -- "$BENCH_PEERS" serve \
     --listen "0.0.0.0:$SERVER_PORT"
   wait_for 15 "bench server on :$SERVER_PORT" port_listening "$NS_INET" "$SERVER_PORT" \
     || { tail -n 20 "$WORK/bench-server.out" >&2; return 1; }
@@ -324,13 +327,13 @@ load() { # load PATH ROUND WORKLOAD [--port PORT] ARGS...
   if [[ $path == redirector-fast ]]; then use_upstream fast; fi
   if [[ $POD == redsocks ]]; then
     timeout 300 nsenter --net="/run/netns/$NS_POD_R" -- \
-      "$BENCH_XTASK" bench-load --label "$path" --round "$round" --workload "$workload" \
+      "$BENCH_PEERS" load --label "$path" --round "$round" --workload "$workload" \
       "${TARGET_ARGS[@]}" --out "$BENCH_RAW" "$@" 9>&-
     return
   fi
   # shellcheck disable=SC2016  # $0 and $@ are for the inner shell
   timeout 300 bash -c 'source "$0"; find_cgroup2; in_pod "$@"' "$E2E_DIR/lib.sh" "$POD" \
-    "$BENCH_XTASK" bench-load --label "$path" --round "$round" --workload "$workload" \
+    "$BENCH_PEERS" load --label "$path" --round "$round" --workload "$workload" \
     "${TARGET_ARGS[@]}" --out "$BENCH_RAW" "$@" 9>&-
 }
 

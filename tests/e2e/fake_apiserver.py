@@ -12,6 +12,15 @@ daemon follows, as kube-rs's watcher uses it:
          second. An RV older than the history kept gets an ERROR event with
          code 410 (Gone), which makes a client relist.
 
+And the two calls of the daemon's --remove-taint (startup taint):
+
+  GET   /api/v1/nodes/NAME                                     -> Node
+  PATCH /api/v1/nodes/NAME  (application/json-patch+json)      -> Node; ops
+        test, remove, add and replace on paths below the object; a failed
+        test answers 422 and changes nothing. Each PATCH is logged with its
+        result and, when the node names a pins directory, the program links
+        pinned there at that moment ("links=a,b,...").
+
 A control endpoint lets the test change the cluster (one JSON object per POST):
 
   POST /control {"op": "ns", "name": N, "labels": {...}}        create or relabel
@@ -21,6 +30,11 @@ A control endpoint lets the test change the cluster (one JSON object per POST):
   POST /control {"op": "gone"}           forget the history and end every watch
                                           with a 410 (clients must relist)
   POST /control {"op": "fail-lists", "seconds": S}   lists answer 500 for S s
+  POST /control {"op": "node", "name": N, "taints": [...], "pins": DIR}
+                                          create a node or set its taints
+  POST /control {"op": "race-taints", "taint": {...}}  before the next PATCH
+                                          of a node, prepend this taint to its
+                                          taints (a concurrent writer), once
   GET  /control                          the state, for debugging
 
 The state is saved to --state FILE after each change and loaded at start, so a
@@ -41,11 +55,12 @@ import time
 import urllib.parse
 
 LOCK = threading.Condition()
-STATE = {"rv": 1, "pods": {}, "namespaces": {}}
+STATE = {"rv": 1, "pods": {}, "namespaces": {}, "nodes": {}}
 HISTORY = []        # (rv, resource, type, object), oldest first
 FLOOR = [1]         # the oldest RV a watch can start from (410 below it)
 EPOCH = [0]         # bumped by "gone": running watches end with a 410
 FAIL_LISTS_UNTIL = [0.0]
+RACE_TAINT = []          # a taint to prepend before the next node PATCH
 ARGS = None
 
 
@@ -109,9 +124,79 @@ def control(cmd):
             LOCK.notify_all()
         elif op == "fail-lists":
             FAIL_LISTS_UNTIL[0] = time.time() + float(cmd["seconds"])
+        elif op == "node":
+            name = cmd["name"]
+            obj = STATE["nodes"].get(name) or {
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "uid": "node-" + name}, "spec": {}}
+            etype = "MODIFIED" if name in STATE["nodes"] else "ADDED"
+            obj["spec"]["taints"] = cmd.get("taints") or []
+            # where to look for pinned links at PATCH time (not in the object)
+            STATE.setdefault("node_pins", {})[name] = cmd.get("pins") or ""
+            STATE["nodes"][name] = obj
+            bump("nodes", etype, obj)
+        elif op == "race-taints":
+            RACE_TAINT[:] = [cmd["taint"]]
+
         else:
             raise ValueError(f"unknown op {op}")
         return {"rv": STATE["rv"]}
+
+
+class PatchFailed(Exception):
+    """A JSON patch that does not apply: 422, nothing changed."""
+
+
+def pointer(doc, path):
+    """The parent container and last key of a JSON pointer below doc."""
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in path.split("/")[1:]]
+    if not parts:
+        raise PatchFailed(f"empty path {path!r}")
+    parent = doc
+    for part in parts[:-1]:
+        parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+    last = parts[-1]
+    if isinstance(parent, list):
+        last = len(parent) if last == "-" else int(last)
+    return parent, last
+
+
+def json_patch(doc, ops):
+    """RFC 6902 test/remove/add/replace on a copy of doc; PatchFailed if any fails."""
+    doc = json.loads(json.dumps(doc))
+    for op in ops:
+        try:
+            parent, key = pointer(doc, op["path"])
+            kind = op["op"]
+            if kind == "test":
+                if parent[key] != op["value"]:
+                    raise PatchFailed(f"test {op['path']} failed")
+            elif kind == "remove":
+                del parent[key]
+            elif kind == "add":
+                if isinstance(parent, list):
+                    parent.insert(key, op["value"])
+                else:
+                    parent[key] = op["value"]
+            elif kind == "replace":
+                parent[key]   # must exist
+                parent[key] = op["value"]
+            else:
+                raise PatchFailed(f"unsupported op {kind}")
+        except (KeyError, IndexError, ValueError, TypeError) as e:
+            raise PatchFailed(f"{op.get('op')} {op.get('path')}: {e!r}")
+    return doc
+
+
+def pinned_links(name):
+    pins = STATE.get("node_pins", {}).get(name)
+    if not pins:
+        return "-"
+    import os
+    try:
+        return ",".join(sorted(os.listdir(os.path.join(pins, "links")))) or "none"
+    except FileNotFoundError:
+        return "none"
 
 
 def node_filter(query):
@@ -156,12 +241,45 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except (KeyError, ValueError) as e:
             self.send_json(400, {"error": str(e)})
 
+    def do_PATCH(self):
+        url = urllib.parse.urlsplit(self.path)
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        name = url.path[len("/api/v1/nodes/"):] if url.path.startswith("/api/v1/nodes/") else ""
+        if not name or "/" in name:
+            return self.send_json(404, status(404, "NotFound", url.path))
+        if self.headers.get("Content-Type", "").split(";")[0] != "application/json-patch+json":
+            return self.send_json(415, status(415, "UnsupportedMediaType", "JSON patch only (test)"))
+        with LOCK:
+            node = STATE["nodes"].get(name)
+            if node is None:
+                return self.send_json(404, status(404, "NotFound", f'nodes "{name}" not found'))
+            links = pinned_links(name)
+            if RACE_TAINT:
+                node["spec"].setdefault("taints", []).insert(0, RACE_TAINT.pop())
+                bump("nodes", "MODIFIED", node)
+                log(f"PATCH node {name}: a concurrent writer prepended a taint first")
+            try:
+                patched = json_patch(node, json.loads(body))
+            except PatchFailed as e:
+                log(f"PATCH node {name} result=422 links={links} body={body.decode()}")
+                return self.send_json(422, status(422, "Invalid", f"the patch did not apply: {e}"))
+            STATE["nodes"][name] = patched
+            bump("nodes", "MODIFIED", patched)
+            log(f"PATCH node {name} result=200 links={links} body={body.decode()}")
+            self.send_json(200, patched)
+
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         if url.path == "/control":
             with LOCK:
                 return self.send_json(200, {"state": STATE, "floor": FLOOR[0]})
+        if url.path.startswith("/api/v1/nodes/"):
+            with LOCK:
+                node = STATE["nodes"].get(url.path[len("/api/v1/nodes/"):])
+                if node is None:
+                    return self.send_json(404, status(404, "NotFound", url.path))
+                return self.send_json(200, node)
         resource = {"/api/v1/pods": "pods", "/api/v1/namespaces": "namespaces"}.get(url.path)
         if resource is None:
             return self.send_json(404, status(404, "NotFound", url.path))

@@ -292,11 +292,91 @@ t_kube_api_not_proxied() {
   [[ $peers == "$NODE_IP4" ]] || why "API clients seen by the server: '$peers', expected only $NODE_IP4" || return 1
 }
 
+# --- the startup taint (--remove-taint, deploy/components/startup-taint):
+#     without the flag the daemon never reads or patches nodes; with it, the
+#     taint stays while the daemon is not ready (hooks attached, but the
+#     API's first complete list failing), then goes, every effect of it and
+#     nothing else, after a concurrent change to the node's taints made the
+#     first patch fail (422) rather than be overwritten; the programs were
+#     all pinned when the patch arrived; a restart with the taint gone
+#     patches nothing.
+STARTUP_TAINT=egress-redirector/not-ready
+# kube_node TAINTS-JSON: node $KUBE_NODE with these taints (pins: where
+# the fake server looks for pinned links when a PATCH arrives).
+kube_node() {
+  kube_api "{\"op\":\"node\",\"name\":\"$KUBE_NODE\",\"taints\":$1,\"pins\":\"$PIN_DIR\"}"
+}
+# node_taints: the node's taints as "key:effect ...", in order.
+node_taints() {
+  in_netns "$NS_NODE" curl -q -sS --fail --max-time 5 "http://$NODE_IP4:$KUBE_PORT/api/v1/nodes/$KUBE_NODE" \
+    | "$PYTHON" -c 'import json, sys
+print(" ".join(t["key"] + ":" + t["effect"] for t in json.load(sys.stdin)["spec"].get("taints") or []))'
+}
+node_patches() { grep "PATCH node $KUBE_NODE result=" "$KUBE_LOG" || true; }
+t_kube_startup_taint() {
+  local rc=0
+  kube_startup_taint_body || rc=1
+  use_daemon "$PROXY_CONFIG" || { why "the standard daemon did not come back"; rc=1; }
+  return "$rc"
+}
+kube_startup_taint_body() {
+  local ours_s="{\"key\":\"$STARTUP_TAINT\",\"effect\":\"NoSchedule\"}"
+  local ours_x="{\"key\":\"$STARTUP_TAINT\",\"effect\":\"NoExecute\"}"
+  local other='{"key":"example.com/other","effect":"NoSchedule"}' late='{"key":"example.com/late","effect":"NoExecute"}'
+  local all="example.com/other:NoSchedule $STARTUP_TAINT:NoSchedule example.com/late:NoExecute $STARTUP_TAINT:NoExecute"
+  local got i patches links
+  kube_up || return 1
+  kube_node "[$other,$ours_s,$late,$ours_x]" || return 1
+  sleep 2
+  ! grep -q "/api/v1/nodes" "$KUBE_LOG" \
+    || why "a daemon without --remove-taint called the nodes API:" "$(grep "/api/v1/nodes" "$KUBE_LOG" | head -n 3)" || return 1
+  got=$(node_taints) && [[ $got == "$all" ]] || why "taints without the flag: '$got', expected '$all'" || return 1
+
+  # A fresh attach (no pins), with the API's lists failing for a while and
+  # a concurrent writer waiting for the first patch.
+  stop_daemon
+  timeout 10 "$REDIRECTOR_BIN" detach --bpffs "$PIN_DIR" >/dev/null || why "detach failed" || return 1
+  kube_api '{"op":"fail-lists","seconds":4}' || return 1
+  kube_api '{"op":"race-taints","taint":{"key":"example.com/raced","effect":"NoSchedule"}}' || return 1
+  use_daemon "$PROXY_CONFIG" --kube --node-name "$KUBE_NODE" --remove-taint "$STARTUP_TAINT" \
+    || why "daemon with --remove-taint did not start:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
+  redirector_status 2>/dev/null | grep -q "^attached: .*connect4" || why "hooks not attached:" "$(redirector_status 2>&1)" || return 1
+  for i in 1 2; do
+    sleep 1
+    got=$(node_taints)
+    [[ $got == "$all" ]] || why "taints $i s into a start that is not ready: '$got', expected '$all'" || return 1
+  done
+  [[ -z $(node_patches) ]] || why "patched before ready:" "$(node_patches)" || return 1
+  wait_for 30 "the startup taint removed" eval 'got=$(node_taints) && [[ $got != *"$STARTUP_TAINT"* ]]' \
+    || why "still tainted: $(node_taints)" "$(grep -E "taint|ready" "$DAEMON_LOG" | tail -n 5)" || return 1
+  got=$(node_taints)
+  [[ $got == "example.com/raced:NoSchedule example.com/other:NoSchedule example.com/late:NoExecute" ]] \
+    || why "taints after removal: '$got'" || return 1
+  patches=$(node_patches)
+  [[ $(grep -c "result=422" <<<"$patches") == 1 && $(grep -c "result=200" <<<"$patches") == 1 ]] \
+    || why "expected one patch refused by the concurrent change (422), then one applied (200):" "$patches" || return 1
+  links=$(find "$PIN_DIR/links" -mindepth 1 -printf '%f\n' | sort | paste -sd,)
+  expect_contains "$(grep "result=200" <<<"$patches")" "links=$links " "every program pinned at the patch" || return 1
+  expect_contains "$(grep "startup taint removed" "$DAEMON_LOG")" 'effects=["NoSchedule", "NoExecute"]' \
+    "the daemon's log of the removal" || return 1
+  expect_contains "$(cat "$DAEMON_LOG")" "removing the startup taint failed" "the conflict logged and retried" || return 1
+  info "  $(grep -c . <<<"$patches") patches; taints now: $got"
+
+  # Idempotent: a restart with the taint gone reads the node, patches nothing.
+  DAEMON_CONFIG="(replaced)"
+  use_daemon "$PROXY_CONFIG" --kube --node-name "$KUBE_NODE" --remove-taint "$STARTUP_TAINT" \
+    || why "the restarted daemon did not start" || return 1
+  wait_for 20 "the restarted daemon's check" grep -q "startup taint not on the node" "$DAEMON_LOG" \
+    || why "no check after the restart:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
+  [[ $(node_patches) == "$patches" ]] || why "the restart patched the node again:" "$(node_patches)" || return 1
+}
+
 KUBE_TESTS=(kube_namespace_label:t_kube_namespace_label kube_pod_annotation:t_kube_pod_annotation
   kube_aks_annotation:t_kube_aks_annotation kube_reinclude:t_kube_reinclude
   kube_late_cgroup:t_kube_late_cgroup kube_api_outage:t_kube_api_outage
   kube_restart_keeps:t_kube_restart_keeps
-  kube_static_exempt:t_kube_static_exempt kube_api_not_proxied:t_kube_api_not_proxied)
+  kube_static_exempt:t_kube_static_exempt kube_api_not_proxied:t_kube_api_not_proxied
+  kube_startup_taint:t_kube_startup_taint)
 
 # Standalone: bring the node up, run only these tests, tear it down.
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then

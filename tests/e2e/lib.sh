@@ -71,6 +71,13 @@ AUTH_FLOW_LOG=$WORK/flow-auth.log
 ORIGIN_LOG=$WORK/origin.log
 MITM_LOG=$WORK/mitmdump.log
 DAEMON_LOG=$WORK/redirector.log
+# The test name server (dns.py, in rde-inet): the daemon's --resolv-conf,
+# so noProxy name rules are verified against it and never against the
+# machine's real resolver.
+DNS_IP=$INET_IP4
+DNS_TABLE=$WORK/dns-table.txt
+DNS_LOG=$WORK/dns.log
+RESOLV_CONF=$WORK/resolv.conf
 
 CG2=""          # cgroup2 mount point, found by find_cgroup2
 CG_ROOT=""      # $CG2/rde-e2e: where the hooks are attached
@@ -424,6 +431,22 @@ make_other_ca() {
     || { die "redirector gen-ca (second CA) failed"; return 1; }
 }
 
+# Every *.test name resolves to the origin's addresses, as flowlog.py pins
+# them for mitmproxy and the tests' curl --resolve does for pods.
+start_dns() {
+  printf '*.test 60 %s %s\n' "$INET_IP4" "$INET_IP6" >"$DNS_TABLE"
+  printf 'nameserver %s\noptions timeout:1 attempts:1\n' "$DNS_IP" >"$RESOLV_CONF"
+  : >"$DNS_LOG"
+  bg dns nsenter --net="/run/netns/$NS_INET" -- "$PYTHON" "$E2E_DIR/dns.py" serve \
+    --listen "$DNS_IP" --table "$DNS_TABLE" --log "$DNS_LOG"
+  wait_for 10 "test name server" grep -q "dns ready" "$WORK/dns.out" \
+    || { tail -n 20 "$WORK/dns.out" >&2; return 1; }
+  local out
+  out=$(in_netns "$NS_NODE" "$PYTHON" "$E2E_DIR/dns.py" query origin.test --server "$DNS_IP") \
+    || { die "the test name server does not answer from rde-node: $out"; return 1; }
+  [[ $out == "$INET_IP4 ttl=60" ]] || { die "test name server: origin.test is '$out'"; return 1; }
+}
+
 start_origin() {
   : >"$ORIGIN_LOG"
   bg origin nsenter --net="/run/netns/$NS_INET" -- "$PYTHON" "$E2E_DIR/origin.py" --log "$ORIGIN_LOG" \
@@ -524,6 +547,7 @@ node_up() {
   write_policy_config "$POLICY_CONFIG"
   make_other_ca
   start_origin
+  start_dns
   start_mitmproxy
   node_selfcheck
   untrap_setup_errors
@@ -560,7 +584,8 @@ daemon_cmd() { # daemon_cmd ARGS...: sets CMD_ARRAY
 daemon_run_args() { # daemon_run_args CONFIGFILE
   printf '%s\n' run --proxy-config "$1" --cgroup "$CG_ROOT" \
     --listen "$NODE_IP4:$LISTEN_PORT" --listen "[$NODE_IP6]:$LISTEN_PORT" \
-    --bpffs "$PIN_DIR" --exempt-cgroup "$CG_ROOT/pods/pod-b" --metrics "$METRICS_ADDR"
+    --bpffs "$PIN_DIR" --exempt-cgroup "$CG_ROOT/pods/pod-b" --metrics "$METRICS_ADDR" \
+    --resolv-conf "$RESOLV_CONF"
   if ((${#DAEMON_EXTRA[@]})); then printf '%s\n' "${DAEMON_EXTRA[@]}"; fi
 }
 

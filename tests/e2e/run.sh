@@ -21,6 +21,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/kube.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/security.sh"
 # shellcheck source-path=SCRIPTDIR source=hostile.sh
 source "$(dirname "${BASH_SOURCE[0]}")/hostile.sh"
+# shellcheck source-path=SCRIPTDIR source=switches.sh
+source "$(dirname "${BASH_SOURCE[0]}")/switches.sh"
 
 PASSED=0
 FAILED=0
@@ -384,13 +386,15 @@ t_upstream_unreachable() {
 # ---------------------------------------------------------------- policy (issue 3)
 # Host-name recovery (TLS SNI, HTTP Host), noProxy name rules, httpProxy for
 # plain HTTP in absolute form, TLS and Basic auth to the proxy, `explain`.
-# Test names (*.test) never reach DNS: pods use curl --resolve, mitmproxy
-# pins them with flowlog.py, `explain` resolves nothing.
+# Test names (*.test) never reach a real DNS: pods use curl --resolve,
+# mitmproxy pins them with flowlog.py, and the daemon and `explain` verify
+# noProxy name rules with the test name server (dns.py), which answers
+# every *.test name with the origin's addresses.
 
-# explain ARGS...: `redirector explain` in the node's netns (no resolver is
-# reachable from there, should it ever try one).
+# explain ARGS...: `redirector explain` in the node's netns, with the test
+# name server as its resolver.
 explain() {
-  in_netns "$NS_NODE" timeout 10 "$REDIRECTOR_BIN" explain "$@" 2>&1
+  in_netns "$NS_NODE" timeout 10 "$REDIRECTOR_BIN" explain --resolv-conf "$RESOLV_CONF" "$@" 2>&1
 }
 unmask() { # unmask URL: without a masked userinfo (scheme://***@) and a trailing /
   local u=${1%/}
@@ -1042,6 +1046,7 @@ DAEMON_TESTS=(https:t_https http:t_http tcp_echo:t_tcp_echo ipv6:t_ipv6
   silent_client:t_silent_client
   proxy_auth:t_proxy_auth proxy_tls:t_proxy_tls
   "${KUBE_TESTS[@]}" "${SECURITY_TESTS[@]}" "${HOSTILE_TESTS[@]}"
+  "${SWITCHES_TESTS[@]}"
   reload:t_reload
   metrics:t_metrics
   restart_under_load:t_restart_under_load

@@ -11,7 +11,8 @@
 # daemon's RSS, descriptors, map entries (`redirector status --json`, and
 # the unpinned original-destination maps through the daemon's fds) and
 # /metrics are recorded with the load's counts as one JSON line of
-# $SOAK_RAW. xtask's soak module checks them and writes the summary.
+# $SOAK_RAW. xtask's soak module reads them (shapes: xtask/src/soak/records.rs),
+# checks them and writes the summary.
 #
 # Env: REDIRECTOR_BIN, MITMDUMP, SOAK_RAW (output), SOAK_MINUTES (10),
 # SOAK_RATE (requests/s, 25), SOAK_RELOAD_EVERY (30).

@@ -4,33 +4,31 @@
 //! classifier, summarised as JSON and a Markdown table under `target/bench/`.
 //!
 //! `tests/e2e/bench.sh` builds the node (lib.sh: blackhole routes, lock,
-//! namespaces), starts squid and our own minimal CONNECT upstream
-//! ([`upstream`]) and the benchmark server in rde-inet, and runs
-//! `cargo xtask bench-load` in the pods for each round, path and workload;
-//! every run appends one JSON line to `target/bench/raw.jsonl`. This module
-//! then takes the medians and ratios. `--quick` only checks that every path
-//! moved data: a speed is never asserted.
-
-pub mod loadgen;
-pub mod upstream;
+//! namespaces), starts squid, our own minimal CONNECT upstream and the
+//! benchmark server in rde-inet (the test peers, tests/peers, which this
+//! module builds), and runs `peers load` in the pods for each round, path
+//! and workload; every run appends one JSON line to
+//! `target/bench/raw.jsonl` ([`peers::records`]). This module then takes
+//! the medians and ratios. `--quick` only checks that every path moved
+//! data: a speed is never asserted.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::fs::OpenOptions;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
+use peers::records::{IdleMemory, Measured, Record, RelayCost, Run};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::toolchain::{self, Paths, run};
-use crate::{build, setup, test};
+use crate::toolchain::{self, Paths, e2e_command, require_root, run};
+use crate::{build, setup};
 
 /// Paths in the order they run within a round (bench.sh records the ones it
-/// ran in a `{"kind":"paths"}` line). The `-fast` ones go through xtask's
-/// minimal CONNECT upstream instead of squid.
+/// ran in a `{"kind":"paths"}` line). The `-fast` ones go through the test
+/// peers' minimal CONNECT upstream instead of squid.
 pub const PATHS: &[&str] = &[
     "direct",
     "env-var",
@@ -107,32 +105,34 @@ impl Options {
     }
 }
 
+/// bench.sh's record of what the run covers.
+fn run_record(records: &[Record]) -> Option<&Run> {
+    records.iter().find_map(|r| match r {
+        Record::Paths(run) => Some(run),
+        _ => None,
+    })
+}
+
 /// The paths of the run: bench.sh's `paths` record, else all of them.
-pub fn run_paths(records: &[Value]) -> Vec<String> {
-    strings_of(records, "paths").unwrap_or_else(|| PATHS.iter().map(|p| p.to_string()).collect())
+pub fn run_paths(records: &[Record]) -> Vec<String> {
+    run_record(records).map_or_else(
+        || PATHS.iter().map(|p| p.to_string()).collect(),
+        |run| run.paths.clone(),
+    )
 }
 
 /// The network workloads of the run: bench.sh's record, else bulk, rate
 /// and latency.
-fn run_workloads(records: &[Value]) -> Vec<String> {
-    strings_of(records, "workloads").unwrap_or_else(|| {
-        ["bulk", "rate", "latency"]
-            .iter()
-            .map(|w| w.to_string())
-            .collect()
-    })
-}
-
-fn strings_of(records: &[Value], key: &str) -> Option<Vec<String>> {
-    records
-        .iter()
-        .find(|r| r["kind"] == "paths")
-        .and_then(|r| r[key].as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.as_str().map(String::from))
+fn run_workloads(records: &[Record]) -> Vec<String> {
+    run_record(records).map_or_else(
+        || {
+            ["bulk", "rate", "latency"]
+                .iter()
+                .map(|w| w.to_string())
                 .collect()
-        })
+        },
+        |run| run.workloads.clone(),
+    )
 }
 
 /// Workloads and the figures each one reports.
@@ -148,7 +148,7 @@ pub fn bench(paths: &Paths, opts: &Options) -> Result<()> {
     opts.check()?;
     let network = opts.workloads().iter().any(|w| w != "micro");
     let daemon = if network {
-        test::require_root("the benchmark")?;
+        require_root("the benchmark")?;
         setup::setup(paths)?;
         Some(match &opts.daemon {
             Some(d) => d
@@ -191,8 +191,12 @@ fn run_with(paths: &Paths, daemon: Option<&Path>, opts: &Options) -> Result<()> 
         .collect();
     let mut records = Vec::new();
     if let (Some(daemon), false) = (daemon, network.is_empty()) {
-        let mut cmd = test::e2e_command(paths, "bench.sh", daemon)?;
-        cmd.env("BENCH_XTASK", load_generator(paths, opts.quick)?)
+        // Optimised in every mode: the measuring tools should cost as
+        // little CPU as they can, and a release build of the `redirector`
+        // library is at hand (the daemon's dependencies are built).
+        let peers = build::build_peers(paths, true)?;
+        let mut cmd = e2e_command(paths, "bench.sh", daemon)?;
+        cmd.env("BENCH_PEERS", peers)
             .env("BENCH_RAW", &raw)
             .env("BENCH_QUICK", if opts.quick { "1" } else { "0" })
             .env("BENCH_PATHS", opts.paths.join(" "))
@@ -231,17 +235,25 @@ fn run_with(paths: &Paths, daemon: Option<&Path>, opts: &Options) -> Result<()> 
     Ok(())
 }
 
-/// The xtask binary the pods and rde-inet run (load generator, server,
-/// upstream): this one for `--quick`, else an optimised build of it, so
-/// that the measuring tools cost as little CPU as they can.
-fn load_generator(paths: &Paths, quick: bool) -> Result<PathBuf> {
-    if quick {
-        return std::env::current_exe().context("path of xtask itself");
-    }
-    let mut cmd = toolchain::host_cargo();
-    cmd.args(["build", "--release", "--package", "xtask"]);
-    run(&mut cmd).context("building xtask with optimisations")?;
-    Ok(paths.root.join("target/release/xtask"))
+/// The part of criterion's `benchmark.json` that is read.
+#[derive(Deserialize)]
+struct CriterionBenchmark {
+    full_id: Option<String>,
+}
+
+/// The part of criterion's `estimates.json` that is read (nanoseconds).
+#[derive(Deserialize)]
+struct CriterionEstimates {
+    median: Option<CriterionEstimate>,
+}
+
+#[derive(Deserialize)]
+struct CriterionEstimate {
+    point_estimate: f64,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    Ok(serde_json::from_str(&fs::read_to_string(path)?)?)
 }
 
 /// Runs the criterion benches of the redirector crate (briefly with
@@ -273,15 +285,10 @@ fn run_micro(paths: &Paths, quick: bool) -> Result<Value> {
         if !fresh {
             continue;
         }
-        let read = |f: &str| -> Result<Value> {
-            Ok(serde_json::from_str(&fs::read_to_string(new.join(f))?)?)
-        };
-        let (id, est) = (read("benchmark.json")?, read("estimates.json")?);
-        if let (Some(id), Some(ns)) = (
-            id["full_id"].as_str(),
-            est["median"]["point_estimate"].as_f64(),
-        ) {
-            out.insert(id.to_string(), json!(ns));
+        let id: CriterionBenchmark = read_json(&new.join("benchmark.json"))?;
+        let estimates: CriterionEstimates = read_json(&new.join("estimates.json"))?;
+        if let (Some(id), Some(ns)) = (id.full_id, estimates.median.map(|m| m.point_estimate)) {
+            out.insert(id, json!(ns));
         }
     }
     if out.is_empty() {
@@ -295,7 +302,7 @@ fn run_micro(paths: &Paths, quick: bool) -> Result<Value> {
 
 /// `--quick`'s only assertion: each path completed each workload of the
 /// run at least once with data through it.
-pub fn check_moved_data(records: &[Value]) -> Result<()> {
+pub fn check_moved_data(records: &[Record]) -> Result<()> {
     let mut missing = Vec::new();
     let workloads = run_workloads(records);
     for path in &run_paths(records) {
@@ -307,20 +314,7 @@ pub fn check_moved_data(records: &[Value]) -> Result<()> {
             {
                 continue;
             }
-            let moved = records.iter().any(|r| {
-                r["path"] == path.as_str()
-                    && match workload {
-                        "bulk" | "iperf3" => {
-                            r["workload"] == workload && r["bytes"].as_u64().unwrap_or(0) > 0
-                        }
-                        "rate" => r["workload"] == "rate" && r["ok"].as_u64().unwrap_or(0) > 0,
-                        "memory" => {
-                            r["kind"] == "memory" && r["connections"].as_u64().unwrap_or(0) > 0
-                        }
-                        _ => r["workload"] == workload && r["samples"].as_u64().unwrap_or(0) > 0,
-                    }
-            });
-            if !moved {
+            if !records.iter().any(|r| moved_data(r, path, workload)) {
                 missing.push(format!("{path}/{workload}"));
             }
         }
@@ -329,6 +323,22 @@ pub fn check_moved_data(records: &[Value]) -> Result<()> {
         bail!("no data moved on: {}", missing.join(", "));
     }
     Ok(())
+}
+
+/// Whether `record` shows `workload` moving data over `path`.
+fn moved_data(record: &Record, path: &str, workload: &str) -> bool {
+    match record {
+        Record::Load(l) if l.path == path && l.measured.workload() == workload => {
+            match &l.measured {
+                Measured::Bulk(t) | Measured::Iperf3(t) => t.bytes > 0,
+                Measured::Rate(r) => r.ok > 0,
+                Measured::Latency(l) => l.samples > 0,
+                Measured::Idle(i) => i.opened > 0,
+            }
+        }
+        Record::Memory(m) => workload == "memory" && m.path == path && m.connections > 0,
+        _ => false,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -364,20 +374,39 @@ const RATIO_KEYS: &[&str] = &[
     "latency.p50_ms",
 ];
 
+/// A figure of [`FIGURES`] that a workload run measured.
+fn figure(measured: &Measured, name: &str) -> Option<f64> {
+    match (measured, name) {
+        (Measured::Bulk(t) | Measured::Iperf3(t), "up_gbps") => Some(t.up_gbps),
+        (Measured::Bulk(t) | Measured::Iperf3(t), "down_gbps") => Some(t.down_gbps),
+        (Measured::Rate(r), "conn_per_s") => Some(r.conn_per_s),
+        (Measured::Rate(r), "errors") => Some(r.errors as f64),
+        (Measured::Latency(l), "p50_ms") => Some(l.p50_ms),
+        (Measured::Latency(l), "p99_ms") => Some(l.p99_ms),
+        (Measured::Latency(l), "errors") => Some(l.errors as f64),
+        _ => None,
+    }
+}
+
 /// Medians over the rounds of every path × workload figure, the relay
 /// figures, the ratios and the micro-benchmarks.
-pub fn summarise(records: &[Value], quick: bool, machine: &Value, micro: Option<&Value>) -> Value {
+pub fn summarise(records: &[Record], quick: bool, machine: &Value, micro: Option<&Value>) -> Value {
     let paths = run_paths(records);
     let mut figures = BTreeMap::new();
     for path in &paths {
         let mut per_path = serde_json::Map::new();
         for (workload, names) in FIGURES {
-            let runs: Vec<&Value> = records
+            let runs: Vec<&Measured> = records
                 .iter()
-                .filter(|r| r["path"] == path.as_str() && r["workload"] == *workload)
+                .filter_map(|r| match r {
+                    Record::Load(l) if l.path == *path && l.measured.workload() == *workload => {
+                        Some(&l.measured)
+                    }
+                    _ => None,
+                })
                 .collect();
             for name in *names {
-                let vals: Vec<f64> = runs.iter().filter_map(|r| r[*name].as_f64()).collect();
+                let vals: Vec<f64> = runs.iter().filter_map(|m| figure(m, name)).collect();
                 let key = format!("{workload}.{name}");
                 let v = if *name == "errors" {
                     (!vals.is_empty()).then(|| vals.iter().sum())
@@ -419,69 +448,69 @@ pub fn summarise(records: &[Value], quick: bool, machine: &Value, micro: Option<
         if !paths.iter().any(|p| p == relay) {
             continue;
         }
-        let runs: Vec<&Value> = records
+        let runs: Vec<&RelayCost> = records
             .iter()
-            .filter(|r| r["kind"] == "daemon" && r["path"] == *relay)
+            .filter_map(|r| match r {
+                Record::Daemon(d) if d.path == *relay => Some(d),
+                _ => None,
+            })
             .collect();
-        let per_gib = |key: &str| {
+        let per_gib = |cpu_s: fn(&RelayCost) -> Option<f64>| {
             median(
                 runs.iter()
-                    .filter_map(|r| Some(r[key].as_f64()? / (r["bytes"].as_f64()? / gib)))
+                    .filter_map(|r| Some(cpu_s(r)? / (r.bytes as f64 / gib)))
                     .collect(),
             )
         };
         let rss_idle = runs
             .iter()
-            .filter_map(|r| r["rss_kib_before"].as_f64())
+            .map(|r| r.rss_kib_before as f64)
             .reduce(f64::min);
-        let rss_max = runs
+        let rss_max = runs.iter().map(|r| r.rss_kib_after as f64).reduce(f64::max);
+        let memory: Vec<&IdleMemory> = records
             .iter()
-            .filter_map(|r| r["rss_kib_after"].as_f64())
-            .reduce(f64::max);
-        let memory: Vec<&Value> = records
-            .iter()
-            .filter(|r| r["kind"] == "memory" && r["path"] == *relay)
+            .filter_map(|r| match r {
+                Record::Memory(m) if m.path == *relay => Some(m),
+                _ => None,
+            })
             .collect();
         let kib_per_conn = median(
             memory
                 .iter()
-                .filter_map(|r| {
-                    let n = r["connections"].as_f64().filter(|n| *n > 0.0)?;
-                    Some((r["rss_kib_held"].as_f64()? - r["rss_kib_before"].as_f64()?) / n)
-                })
+                .filter(|m| m.connections > 0)
+                .map(|m| (m.rss_kib_held as f64 - m.rss_kib_before as f64) / m.connections as f64)
                 .collect(),
         );
-        let max_of = |key: &str| memory.iter().filter_map(|r| r[key].as_u64()).max();
         relays.insert(
             relay.to_string(),
             json!({
-                "cpu_s_per_gib_relayed": per_gib("cpu_s"),
-                "upstream_cpu_s_per_gib": per_gib("upstream_cpu_s"),
+                "cpu_s_per_gib_relayed": per_gib(|r| Some(r.cpu_s)),
+                "upstream_cpu_s_per_gib": per_gib(|r| r.upstream_cpu_s),
                 "rss_kib_idle": rss_idle,
                 "rss_kib_after_bulk_max": rss_max,
-                "idle_connections": max_of("connections"),
-                "idle_connections_requested": max_of("requested"),
-                "rss_kib_before_idle": memory.first().and_then(|r| r["rss_kib_before"].as_f64()),
-                "rss_kib_with_idle": memory.first().and_then(|r| r["rss_kib_held"].as_f64()),
+                "idle_connections": memory.iter().map(|m| m.connections).max(),
+                "idle_connections_requested": memory.iter().map(|m| m.requested).max(),
+                "rss_kib_before_idle": memory.first().map(|m| m.rss_kib_before as f64),
+                "rss_kib_with_idle": memory.first().map(|m| m.rss_kib_held as f64),
                 "kib_per_idle_connection": kib_per_conn,
             }),
         );
     }
-    let run = records.iter().find(|r| r["kind"] == "paths");
+    let run = run_record(records);
     json!({
         "mode": if quick { "quick" } else { "full" },
         "machine": machine,
         "paths": paths,
-        "workloads": run.map_or(Value::Null, |r| r["workloads"].clone()),
+        "workloads": run.map(|r| &r.workloads),
         "sizes": {
-            "bulk_bytes": run.map_or(Value::Null, |r| r["bulk_bytes"].clone()),
-            "idle_connections": run.map_or(Value::Null, |r| r["idle_connections"].clone()),
+            "bulk_bytes": run.map(|r| r.bulk_bytes),
+            "idle_connections": run.map(|r| r.idle_connections),
         },
         "figures": figures,
         "ratios": ratios,
         "relays": relays,
         "micro_ns": micro.cloned().unwrap_or(Value::Null),
-        "rounds": records.iter().filter_map(|r| r["round"].as_u64()).max(),
+        "rounds": records.iter().filter_map(Record::round).max(),
     })
 }
 
@@ -526,7 +555,7 @@ pub fn markdown(s: &Value) -> String {
     let bulk_mib = s["sizes"]["bulk_bytes"].as_u64().map(|b| b >> 20);
     md += &format!(
         "# egress-redirector benchmark ({} mode)\n\nMachine: {} cores, kernel {}, {}. \
-         Upstreams: {} (one worker), and xtask's minimal CONNECT upstream (the `-fast` paths: \
+         Upstreams: {} (one worker), and the test peers' minimal CONNECT upstream (the `-fast` paths: \
          one epoll thread per core, splice). Medians over {} interleaved rounds; bulk {} MiB each way.\n\n",
         s["mode"].as_str().unwrap_or("?"),
         m["cores"],
@@ -696,152 +725,32 @@ fn micro_table(m: &Value) -> String {
     md
 }
 
-/// Raises this process's soft limit on open files to the hard one: the
-/// memory workload holds 9,000 connections, which the usual soft limit of
-/// 1,024 would refuse. Best effort: a failure shows up as refused sockets.
-pub fn raise_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid rlimit for both calls.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
-/// Which workload `bench-load` runs, with its size.
-#[derive(Debug, Clone)]
-pub enum Workload {
-    Bulk {
-        bytes: u64,
-    },
-    Rate {
-        concurrency: usize,
-        seconds: f64,
-    },
-    Latency {
-        per_second: u32,
-        count: u32,
-    },
-    /// iperf3 to `server` (an iperf3 server), `bytes` each way, one stream.
-    Iperf3 {
-        bytes: u64,
-    },
-    /// Open `count` idle connections, write their number to `ready_file`,
-    /// hold them for `seconds`.
-    Idle {
-        count: u32,
-        seconds: f64,
-        ready_file: PathBuf,
-    },
-}
-
-/// `cargo xtask bench-load`: run one workload and append its JSON line
-/// (with the path label and round) to `out`.
-pub fn load(
-    label: &str,
-    round: u32,
-    target: loadgen::Target,
-    workload: Workload,
-    out: &Path,
-) -> Result<()> {
-    raise_open_files_limit();
-    let mut rec = json!({"kind": "load", "path": label, "round": round,
-        "server": target.server.to_string(),
-        "proxy": target.proxy.map(|p| p.to_string())});
-    let extra = match workload {
-        Workload::Bulk { bytes } => {
-            let b = loadgen::bulk(target, bytes)?;
-            json!({"workload": "bulk", "bytes": b.bytes, "up_gbps": b.up_gbps, "down_gbps": b.down_gbps})
-        }
-        Workload::Iperf3 { bytes } => {
-            if target.proxy.is_some() {
-                bail!("iperf3 cannot speak CONNECT to a proxy");
-            }
-            let up = iperf3(target.server, bytes, false)?;
-            let down = iperf3(target.server, bytes, true)?;
-            json!({"workload": "iperf3", "bytes": bytes, "up_gbps": up, "down_gbps": down})
-        }
-        Workload::Rate {
-            concurrency,
-            seconds,
-        } => {
-            let r = loadgen::rate(target, concurrency, Duration::from_secs_f64(seconds));
-            json!({"workload": "rate", "concurrency": concurrency, "ok": r.ok, "errors": r.errors,
-                "conn_per_s": r.conn_per_s})
-        }
-        Workload::Latency { per_second, count } => {
-            let l = loadgen::latency(target, per_second, count);
-            json!({"workload": "latency", "per_second": per_second, "samples": l.samples,
-                "errors": l.errors, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms})
-        }
-        Workload::Idle {
-            count,
-            seconds,
-            ready_file,
-        } => {
-            let mut written = Ok(());
-            let (opened, errors) =
-                loadgen::idle(target, count, Duration::from_secs_f64(seconds), |n| {
-                    written = fs::write(&ready_file, format!("{n}\n"));
-                });
-            written.with_context(|| format!("write {}", ready_file.display()))?;
-            json!({"workload": "idle", "requested": count, "opened": opened, "errors": errors})
-        }
-    };
-    if let (Some(r), Some(e)) = (rec.as_object_mut(), extra.as_object()) {
-        r.extend(e.clone());
-    }
-    let line = rec.to_string();
-    println!("{line}");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out)
-        .with_context(|| format!("open {}", out.display()))?;
-    writeln!(f, "{line}")?;
-    Ok(())
-}
-
-/// One iperf3 run (`-R`: the server sends); the receiver's Gbit/s.
-fn iperf3(server: std::net::SocketAddr, bytes: u64, reverse: bool) -> Result<f64> {
-    let mut cmd = Command::new("iperf3");
-    cmd.args(["--client", &server.ip().to_string()])
-        .args(["--port", &server.port().to_string()])
-        .args(["--bytes", &bytes.to_string()])
-        .args(["--connect-timeout", "10000", "--json"]);
-    if reverse {
-        cmd.arg("--reverse");
-    }
-    let out = cmd
-        .output()
-        .context("run iperf3 (cargo xtask setup installs it)")?;
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("iperf3 printed no JSON ({})", out.status))?;
-    if let Some(e) = report["error"].as_str() {
-        bail!("iperf3: {e}");
-    }
-    let bps = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 JSON without end.sum_received.bits_per_second")?;
-    Ok(bps / 1e9)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A load line of `peers load`, as JSON.
     fn rec(path: &str, workload: &str, v: Value) -> Value {
-        let mut r = json!({"kind": "load", "path": path, "workload": workload, "round": 1});
+        let mut r = json!({"kind": "load", "path": path, "workload": workload, "round": 1,
+            "server": "10.249.0.2:7100", "proxy": null});
         r.as_object_mut()
             .unwrap()
             .extend(v.as_object().unwrap().clone());
         r
+    }
+
+    /// bench.sh's line of what the run covers.
+    fn run_line(paths: &[&str], workloads: &[&str]) -> Value {
+        json!({"kind": "paths", "paths": paths, "workloads": workloads, "rounds": 1,
+            "bulk_bytes": 5, "idle_connections": 9, "quick": true})
+    }
+
+    /// The lines, read as `cargo xtask bench` reads raw.jsonl.
+    fn records(lines: &[Value]) -> Vec<Record> {
+        lines
+            .iter()
+            .map(|l| serde_json::from_value(l.clone()).unwrap())
+            .collect()
     }
 
     fn all_paths(ok: u64) -> Vec<Value> {
@@ -856,12 +765,13 @@ mod tests {
             v.push(rec(
                 p,
                 "rate",
-                json!({"ok": ok, "errors": 0, "conn_per_s": 100.0 * x}),
+                json!({"concurrency": 32, "ok": ok, "errors": 0, "conn_per_s": 100.0 * x}),
             ));
             v.push(rec(
                 p,
                 "latency",
-                json!({"samples": ok, "errors": 0, "p50_ms": x, "p99_ms": 2.0 * x}),
+                json!({"per_second": 100, "samples": ok, "errors": 0, "p50_ms": x,
+                    "p99_ms": 2.0 * x}),
             ));
         }
         v
@@ -869,30 +779,42 @@ mod tests {
 
     #[test]
     fn quick_check_needs_every_path() {
-        assert!(check_moved_data(&all_paths(5)).is_ok());
-        let err = check_moved_data(&all_paths(0)).unwrap_err().to_string();
+        let check = |lines: &[Value]| check_moved_data(&records(lines));
+        assert!(check(&all_paths(5)).is_ok());
+        let err = check(&all_paths(0)).unwrap_err().to_string();
         assert!(err.contains("redirector/rate"), "{err}");
         let mut some = all_paths(5);
         some.retain(|r| r["path"] != "kernel-bypass");
-        assert!(check_moved_data(&some).is_err());
+        assert!(check(&some).is_err());
         // a run without redsocks says so, and is complete without it
         let mut no_redsocks = all_paths(5);
         no_redsocks.retain(|r| r["path"] != "redsocks");
-        no_redsocks.push(json!({"kind": "paths",
-            "paths": ["direct", "env-var", "redirector", "kernel-bypass"]}));
-        assert!(check_moved_data(&no_redsocks).is_ok());
+        no_redsocks.push(run_line(
+            &["direct", "env-var", "redirector", "kernel-bypass"],
+            &["bulk", "rate", "latency"],
+        ));
+        assert!(check(&no_redsocks).is_ok());
         // memory is asked of the relays only, iperf3 of all but env-var
         let mut more = all_paths(5);
-        more.push(json!({"kind": "paths", "paths": ["env-var", "redirector"],
-            "workloads": ["bulk", "memory", "iperf3"]}));
-        let err = check_moved_data(&more).unwrap_err().to_string();
+        more.push(run_line(
+            &["env-var", "redirector"],
+            &["bulk", "memory", "iperf3"],
+        ));
+        let err = check(&more).unwrap_err().to_string();
         assert_eq!(
             err,
             "no data moved on: redirector/memory, redirector/iperf3"
         );
-        more.push(json!({"kind": "memory", "path": "redirector", "connections": 9}));
-        more.push(rec("redirector", "iperf3", json!({"bytes": 1})));
-        assert!(check_moved_data(&more).is_ok());
+        more.push(
+            json!({"kind": "memory", "path": "redirector", "requested": 9,
+            "connections": 9, "rss_kib_before": 4000, "rss_kib_held": 4100}),
+        );
+        more.push(rec(
+            "redirector",
+            "iperf3",
+            json!({"bytes": 1, "up_gbps": 1.0, "down_gbps": 1.0}),
+        ));
+        assert!(check(&more).is_ok());
     }
 
     #[test]
@@ -904,17 +826,18 @@ mod tests {
             json!({"bytes": 5, "up_gbps": 3.0, "down_gbps": 3.0}),
         ));
         recs.push(
-            json!({"kind": "daemon", "path": "redirector", "cpu_s": 0.5, "bytes": 1u64 << 31,
-            "upstream_cpu_s": 2.0, "rss_kib_before": 4000, "rss_kib_after": 5000}),
+            json!({"kind": "daemon", "path": "redirector", "round": 1, "cpu_s": 0.5,
+            "bytes": 1u64 << 31, "upstream_cpu_s": 2.0, "rss_kib_before": 4000,
+            "rss_kib_after": 5000}),
         );
         recs.push(
-            json!({"kind": "memory", "path": "redirector", "connections": 100,
+            json!({"kind": "memory", "path": "redirector", "requested": 100, "connections": 100,
             "rss_kib_before": 4000, "rss_kib_held": 4300}),
         );
         let micro = json!({"find/10000/name-miss": 30.0, "scan/10000/name-miss": 56000.0,
             "decide/10000/name-miss": 80.0, "find/10/name-miss": 20.0,
             "classify/tls13-openssl": 100.0});
-        let s = summarise(&recs, true, &json!({"cores": 2}), Some(&micro));
+        let s = summarise(&records(&recs), true, &json!({"cores": 2}), Some(&micro));
         assert_eq!(s["figures"]["direct"]["bulk.up_gbps"], 2.0);
         assert_eq!(s["ratios"]["redirector/env-var rate.conn_per_s"], 1.5);
         assert_eq!(s["relays"]["redirector"]["cpu_s_per_gib_relayed"], 0.25);

@@ -3,12 +3,12 @@
 
 use anyhow::{Context, Result};
 
-use crate::toolchain::{Paths, run};
-use crate::{build, setup, test};
+use crate::toolchain::{Paths, e2e_command, require_root, run};
+use crate::{build, setup};
 
 pub fn demo(paths: &Paths) -> Result<()> {
-    test::require_root("the demo")?;
+    require_root("the demo")?;
     setup::setup(paths)?;
     let binary = build::build(paths, true)?;
-    run(&mut test::e2e_command(paths, "demo.sh", &binary)?).context("the demo failed")
+    run(&mut e2e_command(paths, "demo.sh", &binary)?).context("the demo failed")
 }

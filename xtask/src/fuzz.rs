@@ -6,7 +6,8 @@
 //! ignores it). Instrumented builds go to target/fuzz, apart from the normal
 //! ones. libFuzzer writes what it learns to target/fuzz/corpus/TARGET (so
 //! longer runs build on earlier ones) and reads the committed seeds in
-//! redirector/fuzz/corpus/TARGET; a crashing input goes to
+//! redirector/fuzz/corpus/TARGET and redirector/testdata/TARGET (captured
+//! inputs the unit tests and benchmarks read too); a crashing input goes to
 //! redirector/fuzz/artifacts/TARGET/.
 
 use std::fs;
@@ -173,6 +174,7 @@ fn select(targets: &[String]) -> Result<Vec<(&'static str, &'static [&'static st
 fn run_one(paths: &Paths, target: &str, options: &[&str], seconds: u64) -> Result<Outcome> {
     let corpus = target_dir(paths).join("corpus").join(target);
     let seeds = fuzz_dir(paths).join("corpus").join(target);
+    let testdata = paths.root.join("redirector/testdata").join(target);
     let logs = target_dir(paths).join("logs");
     for dir in [&corpus, &logs] {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -185,8 +187,10 @@ fn run_one(paths: &Paths, target: &str, options: &[&str], seconds: u64) -> Resul
     // New inputs go to the first corpus directory; the seeds stay as
     // committed.
     cmd.arg(target).arg(&corpus);
-    if seeds.is_dir() {
-        cmd.arg(&seeds);
+    for dir in [&seeds, &testdata] {
+        if dir.is_dir() {
+            cmd.arg(dir);
+        }
     }
     cmd.arg("--")
         .arg(format!("-max_total_time={seconds}"))

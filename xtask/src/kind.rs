@@ -30,10 +30,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::image::{self, DEV_TAG, IMAGE};
-use crate::manifests;
-use crate::test::Counts;
-use crate::toolchain::{Paths, describe, find_program, run};
+use crate::build::{self, DEV_TAG, IMAGE};
+use crate::counts::Counts;
+use crate::toolchain::{self, Paths, describe, docker_missing, find_program, run};
 
 /// Exit code of a skipped run (automake's "skipped"): distinct from success
 /// and from failure.
@@ -78,13 +77,13 @@ struct Kind {
 }
 
 pub fn kind_e2e(paths: &Paths) -> Result<()> {
-    if let Some(why) = image::docker_missing() {
+    if let Some(why) = docker_missing() {
         return Err(Skipped(why).into());
     }
     if find_program("kind").is_none() {
         return Err(Skipped("kind not found on PATH".into()).into());
     }
-    let kubectl = manifests::kubectl(paths)
+    let kubectl = toolchain::kubectl(paths)
         .context("no working kubectl; run `cargo xtask setup` (it installs one if missing)")?;
     let dir = paths.root.join("target/kind-e2e");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -96,7 +95,7 @@ pub fn kind_e2e(paths: &Paths) -> Result<()> {
     };
 
     // Build first: a compile error should not cost a cluster.
-    let image_ref = image::image(paths)?;
+    let image_ref = build::image(paths)?;
 
     let _ = kind.delete_cluster();
     let result = kind.create_and_test(&image_ref);

@@ -1,12 +1,26 @@
 //! Development tasks of egress-redirector, run as `cargo xtask <cmd>`
-//! (alias in `.cargo/config.toml`). One module per subcommand; the helpers
-//! they share are in [`toolchain`].
+//! (alias in `.cargo/config.toml`); `main.rs` is the command line.
+//!
+//! The modules form a one-way graph, shared pieces at the bottom:
+//!
+//! - shared, importing no subcommand: [`toolchain`] (pinned versions,
+//!   paths, running commands, finding tools, the eBPF toolchain),
+//!   [`build`] (the eBPF object, the daemon, the test peers, the node
+//!   image) and [`counts`] (test counts);
+//! - one module per subcommand: [`fuzz`], [`manifests`], [`kind`] and the
+//!   ones below. A subcommand imports another only to run it as a step:
+//!   [`setup`] installs cargo-fuzz through [`fuzz`]; [`bench`](mod@bench),
+//!   [`soak`] and [`demo`] run [`setup`] first; [`test`](mod@test) runs
+//!   [`setup`], [`fuzz`], [`manifests`] and [`bench`](mod@bench) as stages.
+//!
+//! Programs that the tests run live in crates of their own: the
+//! benchmark's peers in `tests/peers`, whose records `bench` reads.
 
 pub mod bench;
 pub mod build;
+pub mod counts;
 pub mod demo;
 pub mod fuzz;
-pub mod image;
 pub mod kind;
 pub mod manifests;
 pub mod setup;

@@ -4,9 +4,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use std::net::SocketAddr;
 
-use xtask::{Paths, bench, build, demo, fuzz, image, kind, manifests, setup, soak, test};
+use xtask::{Paths, bench, build, demo, fuzz, kind, manifests, setup, soak, test};
 
 /// Build, test and demo tasks of egress-redirector.
 #[derive(Parser)]
@@ -34,7 +33,7 @@ enum Cmd {
     Setup,
     /// Build the eBPF object and the daemon that embeds it
     ///
-    /// The eBPF object goes to target/ebpf/bpfel-unknown-none/release/redirector,
+    /// The eBPF object goes to target/ebpf/bpfel-unknown-none/release/redirector-ebpf,
     /// the daemon to target/release/redirector (target/debug with --debug).
     Build {
         /// Build the daemon with the dev profile (target/debug/redirector);
@@ -96,24 +95,15 @@ enum Cmd {
     /// Benchmark every egress path on the miniature node (needs root)
     ///
     /// Runs the criterion micro-benchmarks of the redirector crate, then
-    /// tests/e2e/bench.sh: squid and xtask's minimal CONNECT upstream and a
-    /// benchmark server in rde-inet; bulk, iperf3, connection-rate, latency
-    /// and idle-memory workloads over the direct, env-var (CONNECT by the
-    /// client), redirector, redsocks and kernel-bypass (noProxy CIDR) paths,
-    /// each proxied one through squid and through the fast upstream,
-    /// interleaved. Writes target/bench/results.json and
+    /// tests/e2e/bench.sh: squid, and the test peers' (tests/peers) minimal
+    /// CONNECT upstream and benchmark server in rde-inet; bulk, iperf3,
+    /// connection-rate, latency and idle-memory workloads over the direct,
+    /// env-var (CONNECT by the client), redirector, redsocks and
+    /// kernel-bypass (noProxy CIDR) paths, each proxied one through squid
+    /// and through the fast upstream, interleaved. Writes target/bench/results.json and
     /// target/bench/results.md. With --quick (about a minute) it only checks
     /// that every path moved data.
     Bench(bench::Options),
-    /// The benchmark's minimal CONNECT upstream (run by bench.sh in rde-inet)
-    #[command(hide = true)]
-    BenchUpstream {
-        #[arg(long, required = true)]
-        listen: Vec<SocketAddr>,
-        /// Worker threads (default: one per core).
-        #[arg(long)]
-        threads: Option<usize>,
-    },
     /// Soak the daemon on the miniature node (needs root; not part of `test`)
     ///
     /// Runs tests/e2e/soak.sh: mixed traffic (HTTPS via mitmproxy, plain
@@ -126,45 +116,6 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
     },
-    /// The benchmark's server (run by bench.sh in rde-inet)
-    #[command(hide = true)]
-    BenchServe {
-        #[arg(long, required = true)]
-        listen: Vec<SocketAddr>,
-    },
-    /// One benchmark workload (run by bench.sh in a pod)
-    #[command(hide = true)]
-    BenchLoad {
-        /// Path label written into the record (direct, env-var, ...).
-        #[arg(long)]
-        label: String,
-        #[arg(long, default_value_t = 1)]
-        round: u32,
-        /// bulk, rate, latency, iperf3 or idle.
-        #[arg(long)]
-        workload: String,
-        #[arg(long)]
-        server: SocketAddr,
-        /// Speak CONNECT to this proxy first, as an env-var client does.
-        #[arg(long)]
-        proxy: Option<SocketAddr>,
-        #[arg(long, default_value_t = 1 << 30)]
-        bytes: u64,
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-        #[arg(long, default_value_t = 200)]
-        per_second: u32,
-        #[arg(long, default_value_t = 1000)]
-        count: u32,
-        /// idle: write the number of open connections here once all are open.
-        #[arg(long)]
-        ready_file: Option<std::path::PathBuf>,
-        /// JSON lines file the record is appended to.
-        #[arg(long)]
-        out: std::path::PathBuf,
-    },
 }
 
 fn main() -> ExitCode {
@@ -176,56 +127,10 @@ fn main() -> ExitCode {
         Cmd::Fuzz { seconds, targets } => fuzz::fuzz(&paths, seconds, &targets),
         Cmd::Demo => demo::demo(&paths),
         Cmd::Manifests => manifests::validate(&paths),
-        Cmd::Image => image::image(&paths).map(drop),
+        Cmd::Image => build::image(&paths).map(drop),
         Cmd::KindE2e => kind::kind_e2e(&paths),
         Cmd::Bench(opts) => bench::bench(&paths, &opts),
         Cmd::Soak { minutes } => soak::soak(&paths, minutes),
-        Cmd::BenchUpstream { listen, threads } => bench::upstream::serve(
-            &listen,
-            threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-        ),
-        Cmd::BenchServe { listen } => bench::loadgen::serve(&listen),
-        Cmd::BenchLoad {
-            label,
-            round,
-            workload,
-            server,
-            proxy,
-            bytes,
-            concurrency,
-            seconds,
-            per_second,
-            count,
-            ready_file,
-            out,
-        } => {
-            let workload = match workload.as_str() {
-                "bulk" => Ok(bench::Workload::Bulk { bytes }),
-                "rate" => Ok(bench::Workload::Rate {
-                    concurrency,
-                    seconds,
-                }),
-                "latency" => Ok(bench::Workload::Latency { per_second, count }),
-                "iperf3" => Ok(bench::Workload::Iperf3 { bytes }),
-                "idle" => ready_file
-                    .map(|ready_file| bench::Workload::Idle {
-                        count,
-                        seconds,
-                        ready_file,
-                    })
-                    .ok_or_else(|| anyhow::anyhow!("idle needs --ready-file")),
-                other => Err(anyhow::anyhow!("unknown workload {other}")),
-            };
-            workload.and_then(|w| {
-                bench::load(
-                    &label,
-                    round,
-                    bench::loadgen::Target { server, proxy },
-                    w,
-                    &out,
-                )
-            })
-        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

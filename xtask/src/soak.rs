@@ -21,6 +21,10 @@
 //!   instance: one decision per connection, of the right kind, and one
 //!   outcome per decision, none of them a failure;
 //! - every reload written was applied, none refused.
+//!
+//! The lines are read into the types of `soak/records.rs`.
+
+mod records;
 
 use std::fs;
 use std::path::Path;
@@ -28,8 +32,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::toolchain::{Paths, run};
-use crate::{build, setup, test};
+use crate::toolchain::{Paths, e2e_command, require_root, run};
+use crate::{build, setup};
+use records::{LoadResult, Logs, Point, Record, Restart};
 
 /// Load kinds that go through the daemon (the others are kernel-bypassed).
 const PROXIED: &[&str] = &["https", "http", "tcp"];
@@ -58,14 +63,14 @@ pub fn soak(paths: &Paths, minutes: f64) -> Result<()> {
     if minutes.is_nan() || minutes < 1.0 {
         bail!("--minutes {minutes}: the soak needs at least 1 minute");
     }
-    test::require_root("the soak")?;
+    require_root("the soak")?;
     setup::setup(paths)?;
     let daemon = build::build(paths, true)?;
     let out_dir = paths.root.join("target/soak");
     fs::create_dir_all(&out_dir)?;
     let raw = out_dir.join("raw.jsonl");
     let _ = fs::remove_file(&raw);
-    let mut cmd = test::e2e_command(paths, "soak.sh", &daemon)?;
+    let mut cmd = e2e_command(paths, "soak.sh", &daemon)?;
     cmd.env("SOAK_RAW", &raw)
         .env("SOAK_MINUTES", minutes.to_string());
     // Summarise whatever was recorded, also when the script failed.
@@ -88,7 +93,7 @@ pub fn soak(paths: &Paths, minutes: f64) -> Result<()> {
     Ok(())
 }
 
-fn read_records(raw: &Path) -> Result<Vec<Value>> {
+fn read_records(raw: &Path) -> Result<Vec<Record>> {
     let text = fs::read_to_string(raw).with_context(|| format!("read {}", raw.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
@@ -100,35 +105,31 @@ fn checks(summary: &Value) -> impl Iterator<Item = &Value> {
     summary["checks"].as_array().into_iter().flatten()
 }
 
-fn num(v: &Value) -> i64 {
-    v.as_i64()
-        .or_else(|| v.as_f64().map(|f| f as i64))
-        .unwrap_or(0)
-}
-
-/// A metric's value at an idle point, 0 when absent.
-fn metric(point: &Value, key: &str) -> i64 {
-    num(&point["metrics"][key])
-}
-
-/// The load's count of `field` (sent, ok, errors) for `kind` at a point.
-fn count(point: &Value, kind: &str, field: &str) -> i64 {
-    num(&point["client"]["counts"][kind][field])
-}
-
-fn map_entries(point: &Value, name: &str) -> i64 {
-    num(&point["maps"][name]["entries"])
-}
-
 /// Checks the records of one soak and summarises it; `checks` in the
 /// result holds one `{name, ok, detail}` per property.
-pub fn summarise(records: &[Value]) -> Value {
-    let of_kind = |k: &'static str| records.iter().filter(move |r| r["kind"] == k);
-    let config = of_kind("config").next().cloned().unwrap_or(Value::Null);
-    let point = |name: &str| of_kind("point").find(|p| p["name"] == name);
-    let restart = of_kind("restart").next();
-    let load = of_kind("load").next().map(|l| &l["result"]);
-    let logs = of_kind("logs").next();
+pub fn summarise(records: &[Record]) -> Value {
+    let config = records.iter().find_map(|r| match r {
+        Record::Config(c) => Some(c),
+        _ => None,
+    });
+    let point = |name: &str| {
+        records.iter().find_map(|r| match r {
+            Record::Point(p) if p.name == name => Some(p),
+            _ => None,
+        })
+    };
+    let restart: Option<&Restart> = records.iter().find_map(|r| match r {
+        Record::Restart(r) => Some(r),
+        _ => None,
+    });
+    let load: Option<&LoadResult> = records.iter().find_map(|r| match r {
+        Record::Load { result } => Some(result),
+        _ => None,
+    });
+    let logs: Option<&Logs> = records.iter().find_map(|r| match r {
+        Record::Logs(l) => Some(l),
+        _ => None,
+    });
     let mut checks = Vec::new();
     let mut check = |name: &str, ok: bool, detail: String| {
         checks.push(json!({"name": name, "ok": ok, "detail": detail}));
@@ -136,9 +137,7 @@ pub fn summarise(records: &[Value]) -> Value {
 
     let missing: Vec<_> = POINTS
         .iter()
-        .filter(|(name, instance)| {
-            point(name).is_none_or(|p| num(&p["instance"]) != *instance as i64)
-        })
+        .filter(|(name, instance)| point(name).is_none_or(|p| p.instance != *instance))
         .map(|(name, _)| *name)
         .collect();
     check(
@@ -158,21 +157,23 @@ pub fn summarise(records: &[Value]) -> Value {
 
     // Every request accounted for, errors only around the restart.
     let mut requests = serde_json::Map::new();
+    let mut total_sent = 0;
     if let Some(load) = load {
         let mut bad = Vec::new();
         for kind in KINDS {
-            let c = &load["counts"][kind];
-            let (sent, ok, errors) = (num(&c["sent"]), num(&c["ok"]), num(&c["errors"]));
+            let c = load.counts.get(*kind).copied().unwrap_or_default();
+            let (sent, ok, errors) = (c.sent, c.ok, c.errors);
             if sent == 0 || sent != ok + errors {
                 bad.push(format!("{kind}: sent {sent}, ok {ok}, errors {errors}"));
             }
+            total_sent += sent;
             requests.insert(
                 kind.to_string(),
                 json!({"sent": sent, "ok": ok, "errors": errors,
-                       "latency_ms": load["latency_ms"][kind].clone()}),
+                       "latency_ms": load.latency_ms.get(*kind)}),
             );
         }
-        let alive = num(&load["threads_alive"]);
+        let alive = load.threads_alive;
         if alive != 0 {
             bad.push(format!("{alive} load threads never finished"));
         }
@@ -185,20 +186,17 @@ pub fn summarise(records: &[Value]) -> Value {
                 bad.join("; ")
             },
         );
-        let errors = load["errors_list"].as_array().cloned().unwrap_or_default();
+        let errors = &load.errors_list;
         let (from, to) = restart.map_or((i64::MAX, i64::MIN), |r| {
             (
-                num(&r["t_kill"]) - ERROR_WINDOW_BEFORE_MS,
-                num(&r["t_ready"]) + ERROR_WINDOW_AFTER_MS,
+                r.t_kill - ERROR_WINDOW_BEFORE_MS,
+                r.t_ready + ERROR_WINDOW_AFTER_MS,
             )
         });
         let outside: Vec<_> = errors
             .iter()
-            .filter(|e| {
-                let t = num(&e[0]);
-                t < from || t > to
-            })
-            .map(|e| e.to_string())
+            .filter(|(t, _, _)| *t < from || *t > to)
+            .map(|e| json!(e).to_string())
             .collect();
         check(
             "errors_only_at_restart",
@@ -220,14 +218,14 @@ pub fn summarise(records: &[Value]) -> Value {
     // Descriptors: sockets back to the idle baseline, pipes within the pool.
     let mut fds = serde_json::Map::new();
     if let Some(start) = point("start") {
-        let base = num(&start["sockets"]);
+        let base = start.sockets;
         let mut bad = Vec::new();
         for (name, _) in POINTS {
             let Some(p) = point(name) else { continue };
-            let (sockets, pipes) = (num(&p["sockets"]), num(&p["pipes"]));
+            let (sockets, pipes) = (p.sockets, p.pipes);
             fds.insert(
                 name.to_string(),
-                json!({"all": p["fds"], "sockets": sockets, "pipes": pipes}),
+                json!({"all": p.fds, "sockets": sockets, "pipes": pipes}),
             );
             if sockets > base + SOCKET_SLACK || pipes > PIPE_FDS_MAX {
                 bad.push(format!("{name}: {sockets} sockets, {pipes} pipe fds"));
@@ -251,7 +249,7 @@ pub fn summarise(records: &[Value]) -> Value {
     let mut rss = serde_json::Map::new();
     for (name, _) in POINTS {
         if let Some(p) = point(name) {
-            rss.insert(name.to_string(), p["rss_kb"].clone());
+            rss.insert(name.to_string(), json!(p.rss_kb));
         }
     }
     let mut growth = serde_json::Map::new();
@@ -259,7 +257,7 @@ pub fn summarise(records: &[Value]) -> Value {
         let (Some(pa), Some(pb)) = (point(a), point(b)) else {
             continue;
         };
-        let (ra, rb) = (num(&pa["rss_kb"]) as f64, num(&pb["rss_kb"]) as f64);
+        let (ra, rb) = (pa.rss_kb as f64, pb.rss_kb as f64);
         let g = if ra > 0.0 {
             (rb - ra) / ra
         } else {
@@ -282,11 +280,7 @@ pub fn summarise(records: &[Value]) -> Value {
     }
 
     if let Some(logs) = logs {
-        let (written, applied, refused) = (
-            num(&logs["reloads_written"]),
-            num(&logs["reloaded"]),
-            num(&logs["reload_failed"]),
-        );
+        let (written, applied, refused) = (logs.reloads_written, logs.reloaded, logs.reload_failed);
         check(
             "reloads",
             written > 0 && applied == written && refused == 0,
@@ -294,11 +288,8 @@ pub fn summarise(records: &[Value]) -> Value {
         );
         check(
             "daemon_alive",
-            logs["daemon_alive"] == true,
-            format!(
-                "{} ERROR lines in the daemon logs",
-                num(&logs["error_lines"])
-            ),
+            logs.daemon_alive,
+            format!("{} ERROR lines in the daemon logs", logs.error_lines),
         );
     }
 
@@ -308,28 +299,27 @@ pub fn summarise(records: &[Value]) -> Value {
             let p = point(name)?;
             Some((
                 name.to_string(),
-                json!({"DST_BY_CLIENT": map_entries(p, "DST_BY_CLIENT"),
-                       "DST_BY_COOKIE": map_entries(p, "DST_BY_COOKIE")}),
+                json!({"DST_BY_CLIENT": p.map_entries("DST_BY_CLIENT").unwrap_or(0),
+                       "DST_BY_COOKIE": p.map_entries("DST_BY_COOKIE").unwrap_or(0)}),
             ))
         })
         .collect();
-    let total_sent: i64 = requests.values().map(|r| num(&r["sent"])).sum();
     let duration_s = match (point("start"), point("D")) {
-        (Some(s), Some(d)) => (num(&d["t"]) - num(&s["t"])) as f64 / 1000.0,
+        (Some(s), Some(d)) => (d.t - s.t) as f64 / 1000.0,
         _ => 0.0,
     };
     let passed = checks.iter().all(|c| c["ok"] == true);
     json!({
         "result": if passed { "pass" } else { "fail" },
-        "minutes": config["minutes"],
-        "rate_target": config["rate"],
+        "minutes": config.map(|c| &c.minutes),
+        "rate_target": config.map(|c| &c.rate),
         "duration_s": duration_s,
         "requests_total": total_sent,
         "requests": requests,
         "restart": restart.map(|r| json!({
-            "ready_after_kill_ms": num(&r["t_ready"]) - num(&r["t_kill"]),
+            "ready_after_kill_ms": r.t_ready - r.t_kill,
         })),
-        "reloads": logs.map(|l| l["reloaded"].clone()),
+        "reloads": logs.map(|l| l.reloaded),
         "rss_kb": rss,
         "rss_growth_pct": growth,
         "fds": fds,
@@ -341,20 +331,16 @@ pub fn summarise(records: &[Value]) -> Value {
 /// Between two idle points of one instance: every connection of a daemon
 /// kind got one decision of the right kind and one outcome, none failed,
 /// and nothing was left active.
-fn metrics_agree(a: &Value, b: &Value) -> (bool, String) {
-    let d = |key: &str| metric(b, key) - metric(a, key);
+fn metrics_agree(a: &Point, b: &Point) -> (bool, String) {
+    let d = |key: &str| b.metric(key) - a.metric(key);
     let sent = |kinds: &[&str]| -> i64 {
         kinds
             .iter()
-            .map(|k| count(b, k, "sent") - count(a, k, "sent"))
+            .map(|k| b.counts(k).sent - a.counts(k).sent)
             .sum()
     };
-    let ok = |kinds: &[&str]| -> i64 {
-        kinds
-            .iter()
-            .map(|k| count(b, k, "ok") - count(a, k, "ok"))
-            .sum()
-    };
+    let ok =
+        |kinds: &[&str]| -> i64 { kinds.iter().map(|k| b.counts(k).ok - a.counts(k).ok).sum() };
     let outcome = |o: &str| {
         d(&format!(
             "redirector_connection_outcomes_total{{outcome=\"{o}\"}}"
@@ -390,7 +376,7 @@ fn metrics_agree(a: &Value, b: &Value) -> (bool, String) {
     want("failed outcomes", failed, 0);
     want(
         "active connections at idle",
-        metric(b, "redirector_active_connections"),
+        b.metric("redirector_active_connections"),
         0,
     );
     let detail = format!(
@@ -406,30 +392,31 @@ fn metrics_agree(a: &Value, b: &Value) -> (bool, String) {
 
 /// At idle the daemon has taken every destination it was given, and
 /// `DST_BY_COOKIE` only grows by connects that never completed.
-fn maps_bounded(a: &Value, b: &Value) -> (bool, String) {
+fn maps_bounded(a: &Point, b: &Point) -> (bool, String) {
     let absent: Vec<_> = ["DST_BY_CLIENT", "DST_BY_COOKIE"]
         .into_iter()
-        .filter(|m| [a, b].iter().any(|p| !p["maps"][m]["entries"].is_number()))
+        .filter(|m| [a, b].iter().any(|p| p.map_entries(m).is_none()))
         .collect();
     if !absent.is_empty() {
         return (false, format!("no entry count for {}", absent.join(", ")));
     }
-    let client = map_entries(b, "DST_BY_CLIENT");
-    let cookie_growth = map_entries(b, "DST_BY_COOKIE") - map_entries(a, "DST_BY_COOKIE");
+    let entries = |p: &Point, m: &str| p.map_entries(m).unwrap_or(0);
+    let client = entries(b, "DST_BY_CLIENT");
+    let cookie_growth = entries(b, "DST_BY_COOKIE") - entries(a, "DST_BY_COOKIE");
     let failed: i64 = KINDS
         .iter()
-        .map(|k| count(b, k, "errors") - count(a, k, "errors"))
+        .map(|k| b.counts(k).errors - a.counts(k).errors)
         .sum();
-    let max = num(&b["maps"]["DST_BY_COOKIE"]["max"]);
+    let max = b.map_max("DST_BY_COOKIE");
     let ok = client <= DST_BY_CLIENT_IDLE_MAX
         && cookie_growth <= failed + 8
-        && map_entries(b, "DST_BY_COOKIE") < max / 2;
+        && entries(b, "DST_BY_COOKIE") < max / 2;
     (
         ok,
         format!(
             "DST_BY_CLIENT {client} at idle (<= {DST_BY_CLIENT_IDLE_MAX}); DST_BY_COOKIE +{cookie_growth} \
              with {failed} failed requests, {} of {max}",
-            map_entries(b, "DST_BY_COOKIE")
+            entries(b, "DST_BY_COOKIE")
         ),
     )
 }
@@ -514,6 +501,15 @@ mod tests {
             },
             "client": {"counts": counts},
         })
+    }
+
+    /// The fixtures as the lines soak.sh writes, read as the soak reads them.
+    fn summarise(lines: &[Value]) -> Value {
+        let records: Vec<Record> = lines
+            .iter()
+            .map(|l| serde_json::from_value(l.clone()).unwrap())
+            .collect();
+        super::summarise(&records)
     }
 
     fn soak(points: Vec<Value>, errors: Value) -> Vec<Value> {

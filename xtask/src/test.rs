@@ -5,14 +5,13 @@
 //! Ends with a summary of the stages and one `N passed, M failed` line that
 //! adds up the unit, fuzz-target, manifest and end-to-end test counts.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::build::{self, EBPF_OBJ_ENV};
-use crate::toolchain::{self, Paths, run, run_scanning};
+use crate::counts::Counts;
+use crate::toolchain::{self, Paths, e2e_command, require_root, run, run_scanning};
 use crate::{bench, fuzz, manifests, setup};
 
 const STAGES: &[&str] = &[
@@ -26,58 +25,6 @@ const STAGES: &[&str] = &[
     "e2e tests",
     "bench --quick",
 ];
-
-/// Fails unless running as root, saying what needs it.
-pub fn require_root(what: &str) -> Result<()> {
-    if !toolchain::is_root() {
-        bail!(
-            "{what} needs root (network namespaces, cgroups, BPF programs); \
-             re-run as root, e.g. `sudo -E env PATH=\"$PATH\" cargo xtask ...`"
-        );
-    }
-    Ok(())
-}
-
-/// `bash tests/e2e/<script>` with the absolute paths of the daemon
-/// (`REDIRECTOR_BIN`) and of mitmdump (`MITMDUMP`) in its environment.
-pub fn e2e_command(paths: &Paths, script: &str, daemon: &Path) -> Result<Command> {
-    let script = paths.e2e_script(script);
-    if !script.is_file() {
-        bail!("{} is missing", script.display());
-    }
-    let mut cmd = Command::new("bash");
-    cmd.arg(script)
-        .env("REDIRECTOR_BIN", daemon)
-        .env("MITMDUMP", paths.mitmdump())
-        .current_dir(&paths.root);
-    Ok(cmd)
-}
-
-/// Test counts, summed over test runs.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    pub passed: u64,
-    pub failed: u64,
-    pub skipped: u64,
-}
-
-impl Counts {
-    fn add(&mut self, other: Counts) {
-        self.passed += other.passed;
-        self.failed += other.failed;
-        self.skipped += other.skipped;
-    }
-}
-
-impl std::fmt::Display for Counts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} passed, {} failed", self.passed, self.failed)?;
-        if self.skipped > 0 {
-            write!(f, ", {} skipped", self.skipped)?;
-        }
-        Ok(())
-    }
-}
 
 /// Parses libtest's `test result: ok. 5 passed; 0 failed; 1 ignored; ...`.
 pub fn parse_libtest_result(line: &str) -> Option<Counts> {
@@ -326,16 +273,5 @@ mod tests {
         );
         assert_eq!(parse_plain_result("ok 3 - 7 passed, 0 failed"), None);
         assert_eq!(parse_plain_result("passed, failed"), None);
-    }
-
-    #[test]
-    fn totals() {
-        let mut t = Counts::default();
-        t.add(Counts {
-            passed: 2,
-            failed: 1,
-            skipped: 0,
-        });
-        assert_eq!(t.to_string(), "2 passed, 1 failed");
     }
 }

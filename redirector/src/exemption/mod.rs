@@ -1,5 +1,5 @@
 //! Live exemption of Kubernetes pods: follow this node's pods and the
-//! cluster's namespaces, decide which pods are exempt (`policy`), find
+//! cluster's namespaces, decide which pods are exempt (`rules`), find
 //! their cgroups (`cgroups`), and keep the kernel's exempt-cgroup map in
 //! step (`reconcile`), driven by the API watches (`watcher`) over a client
 //! whose sockets carry the daemon's mark (`client`).
@@ -9,6 +9,6 @@
 //! rather than dropping them all.
 pub mod cgroups;
 pub mod client;
-pub mod policy;
 pub mod reconcile;
+pub mod rules;
 pub mod watcher;

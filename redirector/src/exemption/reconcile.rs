@@ -12,10 +12,11 @@ use std::{
 
 use kube::runtime::watcher::Event;
 
-use super::{cgroups, policy};
+use super::{cgroups, rules};
 use crate::{
     hook::{ExemptCgroups, cgroup_id},
     metrics::Metrics,
+    readiness::Condition,
 };
 
 /// What the reconciler keeps of a pod.
@@ -29,7 +30,7 @@ pub struct PodInfo {
     pub uid: String,
     /// `status.qosClass`, a hint for the cgroup's middle level.
     pub qos: Option<cgroups::Qos>,
-    /// Only the annotations the policy reads.
+    /// Only the annotations the rules read.
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -100,7 +101,7 @@ impl<T> Mirror<T> {
 }
 
 /// Everything the decision needs: this node's pods (by UID) and the
-/// namespaces' labels (by name, only the label the policy reads).
+/// namespaces' labels (by name, only the label the rules read).
 #[derive(Debug, Default)]
 pub struct View {
     pub pods: Mirror<PodInfo>,
@@ -120,9 +121,11 @@ pub struct Reconciler {
     applied: HashMap<u64, String>,
     /// The last (exempt pods, exempt cgroups) counts logged.
     last_counts: Option<(usize, usize)>,
-    /// Gets the exempt pods gauge, and readiness once a pass ran (passes
-    /// run only on complete lists, so the first one means "API synced").
+    /// Gets the exempt pods gauge and the exempt-map failures.
     metrics: Option<Arc<Metrics>>,
+    /// Marked ready once a pass ran (passes run only on complete lists, so
+    /// the first one means "API synced").
+    synced: Option<Condition>,
     /// The configuration's `allowPodOptOut` as in force now (it changes on
     /// reload); read on every pass.
     pod_opt_out: Arc<dyn Fn() -> bool + Send + Sync>,
@@ -136,7 +139,7 @@ pub struct Reconciler {
 /// The result of one pass, for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pass {
-    /// Pods the policy exempts.
+    /// Pods the rules exempt.
     pub exempt_pods: usize,
     /// Of those, pods whose cgroup is not there (yet).
     pub unresolved: usize,
@@ -161,6 +164,7 @@ impl Reconciler {
             applied: HashMap::new(),
             last_counts: None,
             metrics: None,
+            synced: None,
             pod_opt_out: Arc::new(|| true),
             last_pod_opt_out: None,
             failing: HashMap::new(),
@@ -176,6 +180,12 @@ impl Reconciler {
     /// Reports to `metrics` from the next pass on.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Marks `synced` ready after the first pass.
+    pub fn with_readiness(mut self, synced: Condition) -> Self {
+        self.synced = Some(synced);
         self
     }
 
@@ -219,7 +229,7 @@ impl Reconciler {
         let mut desired: HashMap<u64, &str> = HashMap::new();
         for pod in view.pods.values() {
             let ns_labels = view.namespaces.get(&pod.namespace);
-            if !policy::is_exempt(ns_labels, Some(&pod.annotations), pod_opt_out) {
+            if !rules::is_exempt(ns_labels, Some(&pod.annotations), pod_opt_out) {
                 continue;
             }
             pass.exempt_pods += 1;
@@ -286,10 +296,9 @@ impl Reconciler {
         if let Some(metrics) = &self.metrics {
             metrics.record_exempt_failures(write_failures, pass.failed);
             metrics.set_exempt_pods(pass.exempt_pods);
-            metrics
-                .readiness
-                .api_synced
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(synced) = self.synced.take() {
+            synced.mark_ready();
         }
         let counts = (pass.exempt_pods, self.applied.len());
         if self.last_counts != Some(counts) {
@@ -351,7 +360,7 @@ mod tests {
     use std::path::Path;
 
     use super::{fake::FakeMap, *};
-    use crate::exemption::policy::{AKS_NO_PROXY_KEY, EXEMPT_KEY};
+    use crate::exemption::rules::{AKS_NO_PROXY_KEY, EXEMPT_KEY};
 
     fn pod(ns: &str, name: &str, uid: &str, annotations: &[(&str, &str)]) -> PodInfo {
         PodInfo {
@@ -393,6 +402,21 @@ mod tests {
 
     const A: &str = "aaaaaaaa-0000-0000-0000-000000000001";
     const B: &str = "bbbbbbbb-0000-0000-0000-000000000002";
+
+    /// The first pass (passes run on complete lists only) means the API is
+    /// synced: `/readyz` may say ready from then on.
+    #[test]
+    fn the_first_pass_marks_the_api_synced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let readiness = crate::readiness::Readiness::default();
+        let mut r = Reconciler::new(Arc::new(FakeMap::default()), tmp.path(), HashSet::new())
+            .with_readiness(readiness.register("api synced"));
+        assert!(!readiness.is_ready());
+        r.reconcile(&View::default());
+        assert!(readiness.is_ready());
+        r.reconcile(&View::default());
+        assert!(readiness.is_ready());
+    }
 
     #[test]
     fn follows_labels_annotations_and_deletions() {

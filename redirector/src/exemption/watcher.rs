@@ -1,5 +1,5 @@
 //! The API side: watch this node's pods and all namespaces, mirror what the
-//! policy needs, and reconcile on every event and on a short timer (the
+//! exemption rules need, and reconcile on every event and on a short timer (the
 //! timer catches cgroups that appear after their pod's API event, and
 //! cgroups recreated under a live pod).
 use std::{collections::BTreeMap, pin::pin, time::Duration};
@@ -13,15 +13,15 @@ use kube::{
 
 use super::{
     cgroups::Qos,
-    policy::{AKS_NO_PROXY_KEY, EXEMPT_KEY},
     reconcile::{PodInfo, Reconciler, View},
+    rules::{AKS_NO_PROXY_KEY, EXEMPT_KEY},
 };
 
 /// How often cgroups are looked up again without an API event.
 pub const RESCAN: Duration = Duration::from_secs(1);
 
 /// What we keep of a pod: its UID as the key, and the annotations the
-/// policy reads.
+/// rules read.
 fn pod_info(pod: Pod) -> Option<(String, PodInfo)> {
     let meta = pod.metadata;
     let uid = meta.uid?;

@@ -1,0 +1,328 @@
+//! `redirector run`: validate the configuration, load the programs, bind
+//! the listeners, and only then attach the hooks, so a pod's connect is
+//! never redirected to an address nobody listens on because of us.
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    classify::PeekLimits,
+    cli::{DEFAULT_PORT, RunArgs},
+    config::ProxyConfig,
+    connection::Shared,
+    dial::{self, Dialer},
+    exemption,
+    hook::{self, HookSettings, LoadedHooks, PinDir, PinnedCounters},
+    limits::{self, Limits},
+    memory_budget, ratelog,
+    lookup::KernelOriginalDst,
+    metrics::{self, Metrics},
+    policy::Policy,
+    readiness::Readiness,
+    reload::{Reloader, Watch},
+    server, startup_taint,
+    swappable::Swappable,
+};
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    // Before anything is attached: SIGHUP's default action would kill us.
+    let hangup = signal(SignalKind::hangup())?;
+    // What `/readyz` waits for, all registered before it is served.
+    let readiness = Readiness::default();
+    let config_loaded = readiness.register("config loaded");
+    let programs_attached = readiness.register("programs attached");
+    let listeners_up = readiness.register("listeners up");
+    // With --kube: the first complete list of pods and namespaces applied.
+    let api_synced = args.kube.kube.then(|| readiness.register("api synced"));
+    let open_files = limits::raise_open_files_limit()?;
+    let memory = memory_budget::effective_limit(args.memory_limit);
+    let caps = limits::caps(
+        open_files,
+        memory.as_ref(),
+        args.max_connections,
+        args.max_connections_per_pod,
+    )?;
+    let (max_connections, max_connections_per_pod) = (caps.global, caps.per_pod);
+    let limits = Limits::new(max_connections, max_connections_per_pod);
+    tracing::info!(
+        open_files,
+        memory_limit = %memory.as_ref().map_or("none found".into(), |m| m.to_string()),
+        memory_bound = ?caps.memory_bound,
+        fd_bound = caps.fd_bound,
+        per_connection_max_bytes = memory_budget::PER_CONNECTION_MAX,
+        max_connections,
+        max_connections_per_pod,
+        "connection caps"
+    );
+    tokio::spawn(ratelog::report_periodically());
+    let (config, config_digest) = ProxyConfig::load_with_digest(&args.proxy_config)?;
+    config_loaded.mark_ready();
+    let listen = listen_addrs(&args.listen)?;
+    let tls = dial::proxy_tls_config(&config.trusted_ca)?;
+    let policy = Policy::new(config, &args.policy.builtins());
+
+    let settings = HookSettings {
+        listen: listen.clone(),
+        socket_mark: args.socket_mark,
+        daemon_cgroup: hook::own_cgroup()?.1,
+        exempt_cgroups: args.exempt_cgroup.clone(),
+        bypass: policy.kernel_bypass(),
+        kernel_debug_logs: tracing::enabled!(target: "redirector::kernel", tracing::Level::DEBUG),
+        held_udp_ports: policy.config().refuse_udp_ports.clone(),
+        allow_other_streams: policy.config().allow_other_stream_protocols,
+    };
+    // Named failures (not a cgroup v2 dir, no capability, old kernel)
+    // before the loader's bare errno.
+    hook::check_cgroup2(&args.cgroup)?;
+    hook::check_kernel()?;
+    let mut hooks = LoadedHooks::load(&settings)?;
+    let original_dst = Arc::new(KernelOriginalDst::new(hooks.take_dst_by_client()?));
+    if let Some(logger) = hooks.take_logger() {
+        tokio::spawn(forward_kernel_logs(logger));
+    }
+
+    // Read now: a missing or empty resolv.conf stops the start, named.
+    let names = args.resolver.resolver()?;
+
+    let metrics = Arc::new(Metrics::new(Some(Box::new(PinnedCounters::new(
+        PinDir::new(&args.pins.bpffs),
+    )))));
+    metrics.set_connection_limits(max_connections, max_connections_per_pod);
+    let shared = Arc::new(Shared {
+        policy: Swappable::new(policy),
+        original_dst,
+        dialer: Dialer {
+            socket_mark: args.socket_mark,
+            timeout: Duration::from_secs_f64(args.connect_timeout),
+            tls: Swappable::new(tls),
+        },
+        peek: PeekLimits {
+            timeout: Duration::from_secs_f64(args.peek_timeout),
+            ..PeekLimits::default()
+        },
+        metrics: metrics.clone(),
+        names,
+    });
+    // The API client before anything is attached: a bad kubeconfig stops
+    // the start, not the watcher later.
+    let api = if args.kube.kube || args.kube.remove_taint.is_some() {
+        Some(exemption::client::infer(args.socket_mark).await?)
+    } else {
+        None
+    };
+    let kube = match (&args.kube.kube, &args.kube.node_name, &api) {
+        (true, Some(node), Some(client)) => Some((client.clone(), node.clone())),
+        (true, None, _) => bail!("--kube needs --node-name (or NODE_NAME)"),
+        _ => None,
+    };
+    let mut listeners = Vec::new();
+    for addr in &listen {
+        let listener = server::listen(*addr).with_context(|| format!("listening on {addr}"))?;
+        listeners.push(listener);
+    }
+    let metrics_listener = match args.metrics {
+        Some(addr) => Some(metrics::server::bind(addr).await?),
+        None => None,
+    };
+
+    let pins = PinDir::new(&args.pins.bpffs);
+    // With --kube, keep what an earlier instance exempted until our first
+    // complete view of the API says otherwise: a restart must not send
+    // exempt pods to the proxy, even while the API is unreachable.
+    let inherited = match &kube {
+        Some(_) => hook::read_exempt_cgroups(&pins).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    hooks.exempt_cgroup_ids(&inherited)?;
+    hooks.attach(&args.cgroup, &pins)?;
+    programs_attached.mark_ready();
+    for listener in listeners {
+        tokio::spawn(server::serve(listener, shared.clone(), limits.clone()));
+    }
+    listeners_up.mark_ready();
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        }
+        tokio::spawn(metrics::server::serve(
+            listener,
+            metrics.clone(),
+            readiness.clone(),
+        ));
+    }
+    let reloader = Reloader {
+        path: args.proxy_config.clone(),
+        builtins: args.policy.builtins(),
+        policy: shared.policy.clone(),
+        tls: shared.dialer.tls.clone(),
+        // Taken after attach, which pins the tries for `redirector status`.
+        bypass: Box::new(hooks.take_bypass()?),
+        switches: Box::new(hooks.take_switches()?),
+        metrics: metrics.clone(),
+        watch: Watch::new(config_digest.clone()),
+    };
+    tokio::spawn(reloader.run(hangup));
+    if let Some((client, node)) = kube {
+        // Taken after attach, which pins the map for `redirector status`.
+        let exempt = Arc::new(hooks.take_exempt_cgroups()?);
+        let static_ids = args
+            .exempt_cgroup
+            .iter()
+            .map(|dir| hook::cgroup_id(dir))
+            .collect::<Result<HashSet<_>>>()?;
+        let mut reconciler =
+            exemption::reconcile::Reconciler::new(exempt, &args.cgroup, static_ids)
+                .with_metrics(metrics.clone())
+                .with_pod_opt_out({
+                    // The reloaded configuration's value, read on every pass.
+                    let shared = shared.clone();
+                    move || shared.policy.load().config().allow_pod_opt_out
+                });
+        if let Some(synced) = api_synced {
+            reconciler = reconciler.with_readiness(synced);
+        }
+        reconciler.adopt(inherited);
+        tracing::info!(node = %node, "following the Kubernetes API for exempt pods and namespaces");
+        tokio::spawn(exemption::watcher::run(client, node, reconciler));
+    }
+    if let (Some(key), Some(node), Some(client)) =
+        (&args.kube.remove_taint, &args.kube.node_name, api)
+    {
+        tracing::info!(%node, taint = %key, "the startup taint goes once the daemon is ready");
+        tokio::spawn(startup_taint::run(
+            client,
+            node.clone(),
+            key.clone(),
+            readiness.clone(),
+        ));
+    }
+    let policy = shared.policy.load();
+    tracing::info!(
+        cgroup = %args.cgroup.display(), listen = ?listen, bpffs = %args.pins.bpffs.display(),
+        config_digest,
+        https_proxy = ?policy.config().https_proxy,
+        http_proxy = ?policy.config().http_proxy,
+        no_proxy_rules = policy.config().no_proxy.rules().len(),
+        trusted_ca_certs = policy.config().trusted_ca.len(),
+        fail_mode = %policy.config().fail_mode,
+        allow_pod_opt_out = policy.config().allow_pod_opt_out,
+        refuse_udp_ports = ?policy.config().refuse_udp_ports,
+        allow_other_stream_protocols = policy.config().allow_other_stream_protocols,
+        missing_proxy = %policy.config().missing_proxy,
+        resolv_conf = %args.resolver.resolv_conf.display(),
+        "ready"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    // The hooks stay attached (pinned): until a new instance listens, pods'
+    // connects are refused, never sent around the proxy.
+    tracing::info!("stopping; hooks stay attached (`redirector detach` removes them)");
+    Ok(())
+}
+
+/// `--listen` as given, or `$NODE_IP:15001`. Loopback is refused: a pod's
+/// loopback is its own, so it could never reach the daemon there.
+fn listen_addrs(given: &[SocketAddr]) -> Result<Vec<SocketAddr>> {
+    let addrs = if given.is_empty() {
+        node_ips(
+            std::env::var("NODE_IPS").ok().as_deref(),
+            std::env::var("NODE_IP").ok().as_deref(),
+        )?
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, DEFAULT_PORT))
+        .collect()
+    } else {
+        given.to_vec()
+    };
+    for addr in &addrs {
+        if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+            bail!(
+                "--listen {addr}: must be an address of the node that pods can reach \
+                 (not loopback, which is the pod's own, nor unspecified)"
+            );
+        }
+    }
+    Ok(addrs)
+}
+
+/// The node's addresses from the downward API: `NODE_IPS` (`status.hostIPs`,
+/// "v4,v6" on a dual-stack node) or else `NODE_IP` (`status.hostIP`); the
+/// first of each family, since the hooks redirect to one address per family.
+fn node_ips(node_ips: Option<&str>, node_ip: Option<&str>) -> Result<Vec<IpAddr>> {
+    let Some(list) = node_ips.filter(|l| !l.trim().is_empty()).or(node_ip) else {
+        bail!(
+            "no --listen given and neither NODE_IPS nor NODE_IP is set: give the node's IP, \
+             reachable from pods"
+        );
+    };
+    let mut out: Vec<IpAddr> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let ip: IpAddr = item
+            .parse()
+            .with_context(|| format!("node IP `{item}` is not an IP address"))?;
+        if !out.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+            out.push(ip);
+        }
+    }
+    if out.is_empty() {
+        bail!("NODE_IPS/NODE_IP `{list}` holds no address");
+    }
+    Ok(out)
+}
+
+async fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns the ring buffer's fd and lives inside the
+    // AsyncFd, so the fd stays open for as long as it is registered.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let Ok(mut fd) = registered else {
+        tracing::warn!("cannot poll the kernel log ring buffer");
+        return;
+    };
+    while let Ok(mut guard) = fd.readable_mut().await {
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_loopback_and_unspecified_listen() {
+        for bad in ["127.0.0.1:15001", "[::1]:15001", "0.0.0.0:15001"] {
+            assert!(listen_addrs(&[bad.parse().unwrap()]).is_err(), "{bad}");
+        }
+        assert!(listen_addrs(&["10.0.0.4:15001".parse().unwrap()]).is_ok());
+    }
+
+    #[test]
+    fn node_ips_from_the_downward_api() {
+        let ips =
+            |a, b| node_ips(a, b).map(|v| v.iter().map(|i| i.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            ips(Some("10.0.0.4,fd00::4"), Some("10.0.0.4")).unwrap(),
+            ["10.0.0.4", "fd00::4"]
+        );
+        assert_eq!(ips(None, Some("10.0.0.4")).unwrap(), ["10.0.0.4"]);
+        assert_eq!(ips(Some(""), Some("10.0.0.4")).unwrap(), ["10.0.0.4"]);
+        assert_eq!(ips(Some("10.0.0.4,10.0.0.5"), None).unwrap(), ["10.0.0.4"]);
+        assert!(ips(None, None).is_err());
+        assert!(ips(Some("nope"), None).is_err());
+    }
+}

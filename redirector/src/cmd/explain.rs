@@ -1,0 +1,319 @@
+//! `redirector explain`: how the daemon would route a connection, and the
+//! rule that decided. It calls the daemon's own [`Policy::decide`]; only
+//! the input differs (a target from the command line instead of a peeked
+//! connection).
+//!
+//! When a `noProxy` name rule matches, the name is resolved as the daemon
+//! resolves it (`--resolv-conf`, `--resolve-timeout`, the same flags as
+//! `run`), and the rule counts only if the connection's address
+//! (`--destination`) is one of the name's; without `--destination`, any of
+//! them. Resolving for real, rather than taking the answers on the command
+//! line, shows what the daemon on this node would do, not what the
+//! operator assumes the names resolve to. No other name is ever resolved.
+use std::net::IpAddr;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use crate::{
+    classify::Protocol,
+    cli::ExplainArgs,
+    config::ProxyConfig,
+    policy::{Decision, Mode, NameCheck, Policy, Target, Verdict},
+    resolve::Resolution,
+};
+
+/// A parsed TARGET: what the daemon would know about such a connection.
+#[derive(Debug, PartialEq, Eq)]
+struct ParsedTarget {
+    ip: Option<IpAddr>,
+    host: Option<String>,
+    port: u16,
+    protocol: Protocol,
+}
+
+pub fn run(args: &ExplainArgs) -> Result<()> {
+    let config = ProxyConfig::load(&args.proxy_config)?;
+    let policy = Policy::new(config, &args.policy.builtins());
+    let mut target = parse_target(&args.target, &args.protocol)?;
+    if let Some(destination) = args.destination {
+        match target.ip {
+            Some(ip) if ip != destination => bail!(
+                "--destination {destination} with the address target {ip}: give a host-name \
+                 target (a URL or host:port) to say which name the client sent"
+            ),
+            _ => target.ip = Some(destination),
+        }
+    }
+    let verdict = policy.decide(&Target {
+        ip: target.ip,
+        host: target.host.as_deref(),
+        port: target.port,
+        protocol: target.protocol,
+    });
+    let (decision, check) = match verdict {
+        Verdict::Final(decision) => (decision, None),
+        Verdict::CheckName(rule) => {
+            let resolver = args.resolver.resolver()?;
+            let resolution = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(resolver.resolve(rule.name()));
+            let (decision, check) = rule.decide(resolution);
+            (decision, Some(check))
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            to_json(&args.target, &target, &decision, check.as_ref())
+        );
+    } else {
+        print!(
+            "{}",
+            to_text(&args.target, &target, &decision, check.as_ref())
+        );
+    }
+    Ok(())
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Connect => "connect",
+        Mode::AbsoluteForm => "absolute-form",
+    }
+}
+
+fn protocol_name(p: &Protocol) -> &'static str {
+    match p {
+        Protocol::Http => "http",
+        Protocol::Tls => "tls",
+        Protocol::Other => "tcp",
+    }
+}
+
+fn to_text(raw: &str, t: &ParsedTarget, d: &Decision, check: Option<&NameCheck>) -> String {
+    let mut out = format!(
+        "target: {raw} (host {}, port {}, {})\n",
+        t.host
+            .clone()
+            .or(t.ip.map(|i| i.to_string()))
+            .unwrap_or_default(),
+        t.port,
+        protocol_name(&t.protocol),
+    );
+    if let (Some(_), Some(ip)) = (&t.host, t.ip) {
+        out += &format!("destination: {ip}\n");
+    }
+    out += &format!("decision: {}\n", d.kind());
+    if let Decision::Proxy { proxy, mode, .. } = d {
+        out += &format!("proxy: {proxy}\nmode: {}\n", mode_name(*mode));
+    }
+    out += &format!("rule: {}\n", d.rule());
+    if let Some(check) = check {
+        out += &format!("name check: {}: {check}\n", check.result.label());
+    }
+    out
+}
+
+fn to_json(
+    raw: &str,
+    t: &ParsedTarget,
+    d: &Decision,
+    check: Option<&NameCheck>,
+) -> serde_json::Value {
+    let mut v = json!({
+        "target": raw,
+        "host": t.host,
+        "ip": t.ip.map(|i| i.to_string()),
+        "port": t.port,
+        "protocol": protocol_name(&t.protocol),
+        "decision": d.kind(),
+        "rule": d.rule(),
+    });
+    if let Decision::Proxy { proxy, mode, .. } = d {
+        v["proxy"] = json!(proxy.to_string());
+        v["mode"] = json!(mode_name(*mode));
+    }
+    if let Some(check) = check {
+        let (addresses, error) = match &check.resolution {
+            Resolution::Addresses(a) => (
+                Some(a.iter().map(IpAddr::to_string).collect::<Vec<_>>()),
+                None,
+            ),
+            Resolution::Failed(why) => (None, Some(why.to_string())),
+        };
+        v["name_check"] = json!({
+            "name": check.name,
+            "rule": check.rule,
+            "result": check.result.label(),
+            "addresses": addresses,
+            "error": error,
+            "explanation": check.to_string(),
+        });
+    }
+    v
+}
+
+/// A URL (`https://host/x`), `host:port`, `ip:port` or `[v6]:port`.
+fn parse_target(raw: &str, protocol: &str) -> Result<ParsedTarget> {
+    let (host, port, protocol) = if raw.contains("://") {
+        let url = url::Url::parse(raw).with_context(|| format!("target `{raw}`"))?;
+        let protocol = match url.scheme() {
+            "http" => Protocol::Http,
+            "https" => Protocol::Tls,
+            other => bail!("target `{raw}`: scheme `{other}` (use http://, https:// or host:port)"),
+        };
+        let host = match url.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => bail!("target `{raw}`: no host"),
+        };
+        let port = url.port_or_known_default().unwrap_or(80);
+        (host, port, protocol)
+    } else {
+        let (host, port) = raw
+            .rsplit_once(':')
+            .with_context(|| format!("target `{raw}`: expected a URL or host:port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = port
+            .parse()
+            .with_context(|| format!("target `{raw}`: bad port `{port}`"))?;
+        let protocol = match protocol {
+            "http" => Protocol::Http,
+            "tls" => Protocol::Tls,
+            "tcp" => Protocol::Other,
+            other => bail!("--protocol `{other}`: expected http, tls or tcp"),
+        };
+        (host.to_owned(), port, protocol)
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() {
+        bail!("target `{raw}`: no host");
+    }
+    Ok(match host.parse::<IpAddr>() {
+        Ok(ip) => ParsedTarget {
+            ip: Some(ip),
+            host: None,
+            port,
+            protocol,
+        },
+        Err(_) => ParsedTarget {
+            ip: None,
+            host: Some(host),
+            port,
+            protocol,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = parse_target("https://API.Example.com./x", "tcp").unwrap();
+        assert_eq!(
+            t,
+            ParsedTarget {
+                ip: None,
+                host: Some("api.example.com".into()),
+                port: 443,
+                protocol: Protocol::Tls
+            }
+        );
+        let t = parse_target("http://[fd00::1]:8080/", "tcp").unwrap();
+        assert_eq!((t.ip, t.port), (Some("fd00::1".parse().unwrap()), 8080));
+        let t = parse_target("10.0.0.1:5432", "tcp").unwrap();
+        assert_eq!((t.ip.is_some(), t.protocol), (true, Protocol::Other));
+        let t = parse_target("example.com:80", "http").unwrap();
+        assert_eq!(t.protocol, Protocol::Http);
+        for bad in ["example.com", "ftp://x/", "x:y", ":80", "a:80"] {
+            let r = parse_target(bad, if bad == "a:80" { "udp" } else { "tcp" });
+            assert!(r.is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn output_never_shows_credentials() {
+        let cfg = ProxyConfig::parse(
+            "t",
+            r#"{"httpsProxy": "http://user:s3cret@proxy:3128", "noProxy": ["direct.example"]}"#,
+        )
+        .unwrap();
+        let policy = Policy::new(cfg, &crate::policy::Builtins::default());
+        let t = parse_target("https://origin.example/", "tcp").unwrap();
+        let (d, check) = policy
+            .decide(&Target {
+                ip: t.ip,
+                host: t.host.as_deref(),
+                port: t.port,
+                protocol: t.protocol,
+            })
+            .decide_with(|name| panic!("{name} resolved: no name rule matches"));
+        assert!(check.is_none());
+        let text = to_text("https://origin.example/", &t, &d, None);
+        assert!(
+            text.contains("decision: proxy\nproxy: http://proxy:3128\n"),
+            "{text}"
+        );
+        assert!(text.contains("rule: httpsProxy"), "{text}");
+        let json = to_json("https://origin.example/", &t, &d, None).to_string();
+        assert!(
+            !json.contains("s3cret") && json.contains(r#""decision":"proxy""#),
+            "{json}"
+        );
+    }
+
+    /// What `explain --destination` shows for a name rule, verified or not.
+    #[test]
+    fn a_name_rule_s_check_is_shown() {
+        let cfg = ProxyConfig::parse(
+            "t",
+            r#"{"httpsProxy": "http://proxy:3128", "noProxy": ["direct.example"]}"#,
+        )
+        .unwrap();
+        let policy = Policy::new(cfg, &crate::policy::Builtins::default());
+        let explain = |dst: &str| {
+            let mut t = parse_target("https://www.direct.example/", "tcp").unwrap();
+            t.ip = Some(dst.parse().unwrap());
+            let (d, check) = policy
+                .decide(&Target {
+                    ip: t.ip,
+                    host: t.host.as_deref(),
+                    port: t.port,
+                    protocol: t.protocol,
+                })
+                .decide_with(|_| Resolution::Addresses(["192.0.2.10".parse().unwrap()].into()));
+            (
+                to_text("https://www.direct.example/", &t, &d, check.as_ref()),
+                to_json("https://www.direct.example/", &t, &d, check.as_ref()),
+            )
+        };
+        let (text, json) = explain("192.0.2.10");
+        assert!(
+            text.contains("destination: 192.0.2.10\ndecision: direct\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "name check: verified: www.direct.example resolves to 192.0.2.10: 192.0.2.10 is \
+                 one of its addresses"
+            ),
+            "{text}"
+        );
+        assert_eq!(json["name_check"]["result"], "verified");
+        let (text, json) = explain("203.0.113.9");
+        assert!(text.contains("decision: proxy\n"), "{text}");
+        assert!(
+            text.contains(
+                "name check: mismatch: www.direct.example matches noProxy rule direct.example, \
+                 but 203.0.113.9 is not one of its addresses (192.0.2.10)"
+            ),
+            "{text}"
+        );
+        assert_eq!(json["name_check"]["addresses"][0], "192.0.2.10");
+        assert_eq!(json["decision"], "proxy");
+    }
+}

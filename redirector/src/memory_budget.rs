@@ -1,0 +1,382 @@
+//! The memory the daemon may use, and how many connections fit in it.
+//!
+//! Past its memory limit the daemon is OOM-killed, and every pod on the
+//! node loses egress with it. So the node-wide connection cap is derived
+//! from that limit: what a connection can cost at most, whatever its
+//! client and destination do, times the cap, fits in the limit with the
+//! daemon's fixed overhead and a headroom.
+//!
+//! The limit is the lower of `--memory-limit` and the daemon's memory
+//! cgroup's (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`; the lowest
+//! on the way up to the hierarchy's root, as the kernel enforces each),
+//! found through `/proc/self/cgroup` and `/proc/self/mountinfo`.
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+use crate::relay::tls;
+
+/// What the daemon takes before any connection: code, runtime, the
+/// configuration, the API client's caches, and the BPF maps the cgroup is
+/// charged for. Measured on the e2e node (x86_64, release build): 19 MiB in
+/// the memory cgroup at idle, of which 9 MiB RSS.
+pub const FIXED_OVERHEAD: u64 = 32 << 20;
+/// Idle cost of one connection, the most expensive path: a tunnel through
+/// an `https://` proxy (its task, rustls state with a 4 KiB read buffer,
+/// two sockets with their kernel objects, the kernel map entry). Measured
+/// on the e2e node: 13 KiB per tunnel in the memory cgroup (1,000 idle
+/// tunnels).
+pub const PER_CONNECTION_IDLE: u64 = 16 << 10;
+/// The most one connection can cost: idle, plus what rustls holds for a
+/// peer that does not read ([`tls::IN_FLIGHT_MAX`]). Measured on the e2e
+/// node: 52 KiB per tunnel with both peers stalled (1,000 tunnels).
+pub const PER_CONNECTION_MAX: u64 = PER_CONNECTION_IDLE + tls::IN_FLIGHT_MAX as u64;
+/// Kept free: allocator fragmentation, the splice relay's pipes, bursts of
+/// short-lived connections between accept and their first byte.
+pub const HEADROOM_DIVISOR: u64 = 8;
+/// Fewer connections than this is no proxy: the limit is a mistake.
+pub const MIN_CONNECTIONS: usize = 64;
+
+/// A memory limit and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryLimit {
+    pub bytes: u64,
+    pub source: String,
+}
+
+impl fmt::Display for MemoryLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} MiB ({})", self.bytes >> 20, self.source)
+    }
+}
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum BudgetError {
+    #[error(
+        "memory limit {limit} leaves room for fewer than {MIN_CONNECTIONS} connections; \
+         the daemon needs at least {needed} MiB: raise the container's memory limit \
+         (resources.limits.memory) or --memory-limit"
+    )]
+    TooSmall { limit: MemoryLimit, needed: u64 },
+    #[error("--memory-limit `{0}`: expected bytes, or a number with Ki, Mi or Gi (e.g. 512Mi)")]
+    BadQuantity(String),
+}
+
+/// How many connections fit in `limit`, each at its most expensive.
+pub fn connection_cap(limit: &MemoryLimit) -> Result<usize, BudgetError> {
+    let usable = limit
+        .bytes
+        .saturating_sub(FIXED_OVERHEAD)
+        .saturating_sub(limit.bytes / HEADROOM_DIVISOR);
+    let cap = usize::try_from(usable / PER_CONNECTION_MAX).unwrap_or(usize::MAX);
+    if cap < MIN_CONNECTIONS {
+        let needed = (FIXED_OVERHEAD + MIN_CONNECTIONS as u64 * PER_CONNECTION_MAX)
+            * HEADROOM_DIVISOR
+            / (HEADROOM_DIVISOR - 1);
+        return Err(BudgetError::TooSmall {
+            limit: limit.clone(),
+            needed: needed.div_ceil(1 << 20),
+        });
+    }
+    Ok(cap)
+}
+
+/// `--memory-limit`: bytes, or with a Kubernetes binary suffix (Ki, Mi, Gi).
+pub fn parse_quantity(s: &str) -> Result<u64, BudgetError> {
+    let bad = || BudgetError::BadQuantity(s.to_owned());
+    let (digits, shift) = match s.trim() {
+        t if t.ends_with("Gi") => (&t[..t.len() - 2], 30),
+        t if t.ends_with("Mi") => (&t[..t.len() - 2], 20),
+        t if t.ends_with("Ki") => (&t[..t.len() - 2], 10),
+        t => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).filter(|b| *b > 0).ok_or_else(bad)
+}
+
+/// The lowest of `flag` and the limits of the daemon's memory cgroup.
+pub fn effective_limit(flag: Option<u64>) -> Option<MemoryLimit> {
+    let cgroup = read_file("/proc/self/cgroup").unwrap_or_default();
+    let mountinfo = read_file("/proc/self/mountinfo").unwrap_or_default();
+    let from_cgroup = cgroup_limit(&cgroup, &mountinfo, &|p| read_file(p));
+    let from_flag = flag.map(|bytes| MemoryLimit {
+        bytes,
+        source: "--memory-limit".into(),
+    });
+    [from_flag, from_cgroup]
+        .into_iter()
+        .flatten()
+        .min_by_key(|l| l.bytes)
+}
+
+fn read_file(path: impl AsRef<Path>) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// The lowest memory limit over the daemon's cgroups (v2 and v1 memory),
+/// given the texts of `/proc/self/cgroup` and `/proc/self/mountinfo` and a
+/// way to read a file.
+pub fn cgroup_limit(
+    proc_cgroup: &str,
+    mountinfo: &str,
+    read: &dyn Fn(&Path) -> Option<String>,
+) -> Option<MemoryLimit> {
+    let mut best: Option<MemoryLimit> = None;
+    for mount in cgroup_mounts(mountinfo) {
+        let Some(own) = own_cgroup(proc_cgroup, mount.v1_memory) else {
+            continue;
+        };
+        // The mount shows the hierarchy from `root`; our cgroup must be
+        // under it to be seen there.
+        let Some(rel) = Path::new(own).strip_prefix(&mount.root).ok() else {
+            continue;
+        };
+        let file = if mount.v1_memory {
+            "memory.limit_in_bytes"
+        } else {
+            "memory.max"
+        };
+        let mut dir = mount.point.join(rel);
+        loop {
+            let path = dir.join(file);
+            if let Some(bytes) = read(&path).and_then(|text| parse_limit(&text))
+                && best.as_ref().is_none_or(|b| bytes < b.bytes)
+            {
+                best = Some(MemoryLimit {
+                    bytes,
+                    source: path.display().to_string(),
+                });
+            }
+            if dir == mount.point || !dir.pop() {
+                break;
+            }
+        }
+    }
+    best
+}
+
+/// A mounted cgroup hierarchy that can hold a memory limit.
+struct CgroupMount {
+    /// The hierarchy's directory shown at the mount point.
+    root: PathBuf,
+    point: PathBuf,
+    /// A v1 hierarchy with the memory controller (else cgroup2).
+    v1_memory: bool,
+}
+
+/// cgroup2 mounts and v1 memory mounts, from `/proc/self/mountinfo`:
+/// `ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER`.
+fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let super_opts = right.nth(1).unwrap_or("");
+            let v1_memory = match fstype {
+                "cgroup2" => false,
+                "cgroup" if super_opts.split(',').any(|o| o == "memory") => true,
+                _ => return None,
+            };
+            Some(CgroupMount {
+                root: PathBuf::from(unescape(left.get(3)?)),
+                point: PathBuf::from(unescape(left.get(4)?)),
+                v1_memory,
+            })
+        })
+        .collect()
+}
+
+/// Our cgroup's path in the v2 hierarchy (`0::PATH`) or the v1 memory one
+/// (`N:...memory...:PATH`), from `/proc/self/cgroup`.
+fn own_cgroup(proc_cgroup: &str, v1_memory: bool) -> Option<&str> {
+    proc_cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let matches = if v1_memory {
+            controllers.split(',').any(|c| c == "memory")
+        } else {
+            id == "0" && controllers.is_empty()
+        };
+        matches.then_some(path)
+    })
+}
+
+/// A limit file's value: `max` (v2) and v1's page-counter maximum mean none.
+fn parse_limit(text: &str) -> Option<u64> {
+    let n: u64 = text.trim().parse().ok()?;
+    (n < 1 << 62).then_some(n)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let code = rest.get(at + 1..at + 4);
+        match code.and_then(|c| u8::from_str_radix(c, 8).ok()) {
+            Some(b) => {
+                out.push(b as char);
+                rest = &rest[at + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const MIB: u64 = 1 << 20;
+
+    fn limit(bytes: u64) -> MemoryLimit {
+        MemoryLimit {
+            bytes,
+            source: "test".into(),
+        }
+    }
+
+    #[test]
+    fn the_cap_fits_in_the_limit_at_every_connection_s_worst() {
+        for mib in [96, 128, 512, 4096] {
+            let l = limit(mib * MIB);
+            let cap = connection_cap(&l).unwrap() as u64;
+            // Every connection at its most expensive, the fixed overhead and
+            // the headroom: within the limit, and one more would not be.
+            let used = FIXED_OVERHEAD + cap * PER_CONNECTION_MAX + l.bytes / HEADROOM_DIVISOR;
+            assert!(used <= l.bytes, "{mib} MiB: {cap} connections use {used}");
+            assert!(
+                used + PER_CONNECTION_MAX > l.bytes,
+                "{mib} MiB: {cap} is not the most"
+            );
+        }
+        // The DaemonSet's 512 MiB: thousands, not the 4,096-per-pod of before
+        // times any number of pods.
+        let cap = connection_cap(&limit(512 * MIB)).unwrap();
+        assert!((5_000..9_000).contains(&cap), "{cap}");
+    }
+
+    #[test]
+    fn a_limit_too_small_for_a_proxy_is_refused_with_what_it_needs() {
+        let err = connection_cap(&limit(32 * MIB)).unwrap_err();
+        let BudgetError::TooSmall { needed, .. } = err.clone() else {
+            panic!("{err}")
+        };
+        assert!(connection_cap(&limit(needed * MIB)).unwrap() >= MIN_CONNECTIONS);
+        assert!(connection_cap(&limit((needed - 1) * MIB)).is_err());
+        assert!(err.to_string().contains("resources.limits.memory"));
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("512Mi").unwrap(), 512 * MIB);
+        assert_eq!(parse_quantity("1Gi").unwrap(), 1 << 30);
+        assert_eq!(parse_quantity("64Ki").unwrap(), 64 << 10);
+        assert_eq!(parse_quantity("100000000").unwrap(), 100_000_000);
+        for bad in ["", "12MB", "-1", "0", "Mi", "99999999999Gi"] {
+            assert!(parse_quantity(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn fs(files: &[(&str, &str)]) -> impl Fn(&Path) -> Option<String> {
+        let files: HashMap<PathBuf, String> = files
+            .iter()
+            .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+            .collect();
+        move |p: &Path| files.get(p).cloned()
+    }
+
+    #[test]
+    fn cgroup_v2_in_a_container_namespace() {
+        // A container with its own cgroup namespace: it is the root it sees.
+        let mountinfo = "30 25 0:26 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup rw\n\
+                         31 25 0:26 /../.. /host/sys/fs/cgroup ro - cgroup2 cgroup rw\n";
+        let read = fs(&[("/sys/fs/cgroup/memory.max", "536870912\n")]);
+        let l = cgroup_limit("0::/\n", mountinfo, &read).unwrap();
+        assert_eq!(l.bytes, 512 * MIB);
+        assert_eq!(l.source, "/sys/fs/cgroup/memory.max");
+    }
+
+    #[test]
+    fn cgroup_v2_the_lowest_ancestor_wins_and_max_is_none() {
+        let mountinfo = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let read = fs(&[
+            ("/sys/fs/cgroup/kubepods/pod1/c1/memory.max", "max\n"),
+            ("/sys/fs/cgroup/kubepods/pod1/memory.max", "268435456\n"),
+            ("/sys/fs/cgroup/kubepods/memory.max", "1073741824\n"),
+        ]);
+        let l = cgroup_limit("0::/kubepods/pod1/c1\n", mountinfo, &read).unwrap();
+        assert_eq!(l.bytes, 256 * MIB);
+        assert!(l.source.ends_with("pod1/memory.max"), "{}", l.source);
+        let unlimited = fs(&[("/sys/fs/cgroup/kubepods/pod1/c1/memory.max", "max\n")]);
+        assert_eq!(
+            cgroup_limit("0::/kubepods/pod1/c1\n", mountinfo, &unlimited),
+            None
+        );
+    }
+
+    #[test]
+    fn cgroup_v1_memory_in_a_hybrid_hierarchy() {
+        // This machine's layout: v2 at /sys/fs/cgroup/unified without
+        // controllers, the memory controller on v1.
+        let mountinfo = "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+                         32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
+                         35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let proc_cgroup =
+            "8:pids:/\n4:memory:/a/rde-bounds\n1:cpu:/\n0::/rde-e2e/system/redirector\n";
+        let read = fs(&[
+            (
+                "/sys/fs/cgroup/memory/a/rde-bounds/memory.limit_in_bytes",
+                "100663296\n",
+            ),
+            (
+                "/sys/fs/cgroup/memory/a/memory.limit_in_bytes",
+                "9223372036854771712\n",
+            ),
+            (
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "9223372036854771712\n",
+            ),
+        ]);
+        let l = cgroup_limit(proc_cgroup, mountinfo, &read).unwrap();
+        assert_eq!(l.bytes, 96 * MIB);
+        assert_eq!(
+            l.source,
+            "/sys/fs/cgroup/memory/a/rde-bounds/memory.limit_in_bytes"
+        );
+        // Unlimited everywhere: no limit.
+        let read = fs(&[(
+            "/sys/fs/cgroup/memory/a/rde-bounds/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        )]);
+        assert_eq!(cgroup_limit(proc_cgroup, mountinfo, &read), None);
+    }
+
+    #[test]
+    fn mount_points_with_escapes() {
+        let mounts = cgroup_mounts("1 2 0:3 / /odd\\040dir rw - cgroup2 none rw\n");
+        assert_eq!(mounts[0].point, PathBuf::from("/odd dir"));
+    }
+
+    #[test]
+    fn this_process_s_limit_can_be_read() {
+        // Whatever this machine has, reading it does not fail, and a flag
+        // lower than any cgroup limit wins.
+        let l = effective_limit(Some(64 * MIB)).unwrap();
+        assert_eq!(l.bytes, 64 * MIB);
+        assert_eq!(l.source, "--memory-limit");
+    }
+}
