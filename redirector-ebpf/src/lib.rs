@@ -182,29 +182,14 @@ pub const CONFLICT: u32 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SavedDst {
-    /// The destination the client asked for (unset when `state` is
-    /// [`CONFLICT`]).
+    /// The destination the client asked for (meaningless when `state` is
+    /// [`CONFLICT`]: the daemon refuses the connection).
     pub dst: Endpoint,
     /// [`SAVED`] or [`CONFLICT`].
     pub state: u32,
     /// The socket cookie of the client that saved it; its close removes
     /// the entry if the daemon never took it.
     pub cookie: u64,
-}
-
-impl SavedDst {
-    /// The entry that replaces a claimed key when a second socket claims it.
-    pub const fn conflict(first_cookie: u64) -> Self {
-        Self {
-            dst: Endpoint {
-                addr: [0; 4],
-                port: 0,
-                family: 0,
-            },
-            state: CONFLICT,
-            cookie: first_cookie,
-        }
-    }
 }
 
 /// Socket types and protocols the hooks tell apart.
@@ -287,8 +272,10 @@ pub mod maps {
     /// `LruHashMap<u64 socket cookie, Endpoint>`: original destination saved
     /// by the connect hook, until `sock_ops` knows the client's port.
     pub const DST_BY_COOKIE: &str = "DST_BY_COOKIE";
-    /// `LruHashMap<Endpoint client, SavedDst>`: what the daemon looks up
-    /// (and removes) on accept.
+    /// `HashMap<Endpoint client, SavedDst>`: what the daemon looks up (and
+    /// removes) on accept. Not LRU: nothing may evict a claim (another
+    /// socket could then claim the key afresh); an entry the daemon does
+    /// not take is removed when the socket that saved it closes.
     pub const DST_BY_CLIENT: &str = "DST_BY_CLIENT";
     /// `HashMap<u16 port, u8>`: UDP destination ports redirected pods may
     /// not send to (default 443: HTTP/3).
@@ -301,8 +288,9 @@ pub mod maps {
     /// Capacity of each bypass trie.
     pub const BYPASS_MAX: u32 = 4 * 1024;
     /// Capacity of each original-destination map: connects in flight
-    /// between the hook and the daemon's accept. LRU, so a connect that
-    /// never completes cannot fill it for good.
+    /// between the hook and the daemon's accept. `DST_BY_COOKIE` is LRU,
+    /// so a connect that fails before `sock_ops` cannot fill it for good;
+    /// `DST_BY_CLIENT` holds an entry only while its socket lives.
     pub const DST_MAX: u32 = 64 * 1024;
     /// Capacity of the held-back UDP port set.
     pub const HELD_UDP_PORTS_MAX: u32 = 64;

@@ -9,7 +9,7 @@
 //! Redirector-only keys extend it: `failMode` (`"closed"`, the default,
 //! or `"open"`), `allowPodOptOut` (default `true`, as AKS honours pod
 //! annotations), `refuseUdpPorts` (default `[443]`: UDP destination ports
-//! redirected pods may not send to, so HTTP/3 falls back to TCP) and
+//! redirected pods may not send to, so HTTP/3 falls back to TCP),
 //! `allowOtherStreamProtocols` (default `false`: stream sockets other than
 //! TCP and MPTCP, such as SCTP, are refused) and `missingProxy` (default
 //! `"direct"`, AKS's meaning: what happens to plain HTTP when only

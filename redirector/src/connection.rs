@@ -332,9 +332,7 @@ async fn relay_to(mut client: TcpStream, mut upstream: Upstream, early: Bytes) -
         drop(early);
         let mut moved = match &mut upstream {
             Upstream::Tcp(upstream) => relay_spliced(&client, upstream).await?,
-            Upstream::Tls(upstream) => {
-                Box::pin(relay_tls(&client, upstream.as_mut())).await?
-            }
+            Upstream::Tls(upstream) => Box::pin(relay_tls(&client, upstream.as_mut())).await?,
         };
         moved.upstream_to_client += early_bytes;
         Ok::<_, std::io::Error>(moved)
@@ -812,7 +810,9 @@ mod tests {
                     seen.lock()
                         .unwrap()
                         .push(String::from_utf8_lossy(&head).into_owned());
-                    let _ = s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await;
                     let (mut r, mut w) = s.split();
                     let _ = tokio::io::copy(&mut r, &mut w).await;
                 });
@@ -906,17 +906,23 @@ mod tests {
                 &b"GET /x HTTP/1.1\r\nHost: plain.test\r\n\r\n"[..],
                 "CONNECT plain.test:",
             ),
-            ("httpProxy", &b"SSH-2.0-client\r\n"[..], "CONNECT 127.0.0.1:"),
+            (
+                "httpProxy",
+                &b"SSH-2.0-client\r\n"[..],
+                "CONNECT 127.0.0.1:",
+            ),
         ] {
             let (proxy, heads) = connect_proxy().await;
             let table = Arc::new(Table::default());
-            let config =
-                format!(r#"{{"{key}": "http://{proxy}", "missingProxy": "useOther"}}"#);
+            let config = format!(r#"{{"{key}": "http://{proxy}", "missingProxy": "useOther"}}"#);
             let listen = redirector(&config, table.clone()).await;
             let mut c = redirected(&table, listen, origin).await;
             c.write_all(first_bytes).await.unwrap();
             let head = first_head(&heads).await;
-            assert!(head.starts_with(&format!("{want}{} ", origin.port())), "{key}: {head}");
+            assert!(
+                head.starts_with(&format!("{want}{} ", origin.port())),
+                "{key}: {head}"
+            );
 
             let metrics = Arc::new(Metrics::new(None));
             let config = format!(r#"{{"{key}": "http://{proxy}", "missingProxy": "refuse"}}"#);
@@ -940,7 +946,47 @@ mod tests {
                 ],
             )
             .await;
-            assert_eq!(heads.lock().unwrap().len(), 1, "{key}: refused before any dial");
+            assert_eq!(
+                heads.lock().unwrap().len(),
+                1,
+                "{key}: refused before any dial"
+            );
+        }
+    }
+
+    /// Item 2: `0.0.0.0:port` from the node reaches the node's loopback
+    /// services. Neither a direct decision nor `failMode: open` dials it.
+    #[tokio::test]
+    async fn the_node_s_own_addresses_are_never_dialed() {
+        let service = echo_server().await;
+        let unspecified: SocketAddr = format!("0.0.0.0:{}", service.port()).parse().unwrap();
+        let dead = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        for config in [
+            "{}".to_owned(),
+            format!(r#"{{"httpsProxy": "http://{dead}", "failMode": "open"}}"#),
+        ] {
+            let table = Arc::new(Table::default());
+            let metrics = Arc::new(Metrics::new(None));
+            let listen = redirector_counted(&config, table.clone(), metrics.clone()).await;
+            let mut c = redirected(&table, listen, unspecified).await;
+            c.write_all(b"hello").await.unwrap();
+            let mut buf = [0u8; 8];
+            let r = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
+                .await
+                .unwrap();
+            assert!(
+                matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+                "{config}: {r:?} (an echo means the node's loopback was reached)"
+            );
+            expect_metrics(
+                &metrics,
+                &["redirector_connection_outcomes_total{outcome=\"policy_refused\"} 1".into()],
+            )
+            .await;
         }
     }
 

@@ -136,7 +136,8 @@ const METRICS_FDS: u64 = metrics::server::MAX_CONNECTIONS as u64 + 1;
 /// pipe (two more) for a moment.
 const FDS_PER_CONNECTION: u64 = 3;
 /// The per-pod cap when not given: at most this, and at most half the
-/// node's, so that one pod never takes the whole node by default.
+/// node's (rounded up), so that one pod never takes the whole node by
+/// default.
 pub const DEFAULT_PER_POD_MAX: usize = 4096;
 
 /// The node-wide cap the open-files limit allows.
@@ -218,7 +219,7 @@ pub fn caps(
         }
         None => memory_bound.map_or(fd_bound, |m| m.min(fd_bound)),
     };
-    let per_pod = per_pod.unwrap_or_else(|| DEFAULT_PER_POD_MAX.min((global / 2).max(1)));
+    let per_pod = per_pod.unwrap_or_else(|| DEFAULT_PER_POD_MAX.min(global.div_ceil(2)));
     Ok(Caps {
         global,
         per_pod,
@@ -306,6 +307,9 @@ mod tests {
         let c = caps(1 << 20, Some(&mib(512)), None, None).unwrap();
         assert_eq!(c.global, memory_budget::connection_cap(&mib(512)).unwrap());
         assert_eq!(c.memory_bound, Some(c.global));
+        // Half of it per pod, so one pod never takes the node by default.
+        assert_eq!(c.per_pod, c.global.div_ceil(2));
+        let c = caps(1 << 20, Some(&mib(4096)), None, None).unwrap();
         assert_eq!(c.per_pod, DEFAULT_PER_POD_MAX);
         // Few descriptors: they decide, with the metrics listener's budget
         // taken off.
@@ -316,7 +320,7 @@ mod tests {
         assert_eq!((c.global, c.memory_bound), ((20_000 - 1024 - 33) / 3, None));
         // A small node cap halves the default per-pod one; a given one stays.
         let c = caps(1 << 20, Some(&mib(96)), None, None).unwrap();
-        assert_eq!(c.per_pod, c.global / 2);
+        assert_eq!(c.per_pod, c.global.div_ceil(2));
         let c = caps(1 << 20, Some(&mib(96)), None, Some(10)).unwrap();
         assert_eq!(c.per_pod, 10);
     }

@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use crate::{
     classify::Protocol,
     config::{MissingProxy, ProxyConfig, ProxyUrl},
-    dial::NodeLocal,
+    dial::{LinkLocal, NodeLocal, guard},
     resolve::Resolution,
 };
 
@@ -109,7 +109,8 @@ pub enum Decision {
         mode: Mode,
         rule: &'static str,
     },
-    /// Reset: `missingProxy: refuse` for a class without a proxy.
+    /// Reset: `missingProxy: refuse` for a class without a proxy, or a
+    /// direct decision for an address the daemon never dials (`dial::guard`).
     Refuse { rule: String },
 }
 
@@ -316,6 +317,35 @@ impl fmt::Display for NameCheck {
     }
 }
 
+/// A direct decision for an address the daemon never dials (the node's own
+/// loopback or link, `dial::guard`) is a refusal: said here, so that
+/// `explain` shows it and it is counted as one; the guard enforces it.
+fn refuse_node_local(decision: Decision, dst: Option<IpAddr>) -> Decision {
+    let (
+        Decision::Direct {
+            rule, address_rule, ..
+        },
+        Some(dst),
+    ) = (&decision, dst)
+    else {
+        return decision;
+    };
+    let link_local = if *address_rule {
+        LinkLocal::AllowedByRule
+    } else {
+        LinkLocal::Refuse
+    };
+    match guard::check(dst, link_local) {
+        Ok(()) => decision,
+        Err(kind) => Decision::Refuse {
+            rule: format!(
+                "{rule}, but {dst} is {kind}: never dialed direct ({})",
+                kind.why()
+            ),
+        },
+    }
+}
+
 fn join(addrs: &Arc<[IpAddr]>) -> String {
     let list: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
     list.join(", ")
@@ -371,10 +401,11 @@ impl Policy {
             // Matched without the name: the rule names the address (or the
             // port), which the client cannot choose without going there.
             if let Some(by_address) = no_proxy.find(None, ip, target.port) {
-                return Verdict::Final(Decision::Direct {
+                let direct = Decision::Direct {
                     rule: by_address.entry().to_owned(),
                     address_rule: true,
-                });
+                };
+                return Verdict::Final(refuse_node_local(direct, target.ip));
             }
             // Matched by the name the client wrote: verified first.
             if let Some(host) = target.host {
@@ -382,11 +413,14 @@ impl Policy {
                     name: host.strip_suffix('.').unwrap_or(host).to_owned(),
                     rule: rule.entry().to_owned(),
                     dst: target.ip,
-                    otherwise: self.by_protocol(target.protocol),
+                    otherwise: refuse_node_local(self.by_protocol(target.protocol), target.ip),
                 });
             }
         }
-        Verdict::Final(self.by_protocol(target.protocol))
+        Verdict::Final(refuse_node_local(
+            self.by_protocol(target.protocol),
+            target.ip,
+        ))
     }
 
     /// The proxy for the connection's class, or what `missingProxy` says
@@ -735,6 +769,43 @@ mod tests {
             (d.kind(), check.unwrap().result),
             ("proxy", CheckResult::Mismatch)
         );
+    }
+
+    /// Item 2: whatever rule decides direct, the node's own loopback,
+    /// unspecified and (unless an address rule names it) link-local
+    /// addresses are refused; `explain` and the counters say so.
+    #[test]
+    fn direct_to_a_node_local_address_is_refused() {
+        let p = policy(
+            r#"{"httpsProxy": "http://sp:3129",
+                "noProxy": ["127.0.0.1:10248", "0.0.0.0:10249", "169.254.169.254:80", "meta.example"]}"#,
+            &Builtins {
+                loopback: false,
+                link_local: false,
+                cluster_cidrs: vec![],
+            },
+        );
+        use Protocol::*;
+        for (dst, port, host, proto, kind) in [
+            ("127.0.0.1", 10248, None, Other, "refuse"),
+            ("0.0.0.0", 10249, None, Other, "refuse"),
+            ("::ffff:0.0.0.0", 10249, None, Other, "refuse"),
+            // No httpProxy: plain HTTP would go direct, but not there.
+            ("::", 80, None, Http, "refuse"),
+            ("::1", 80, None, Http, "refuse"),
+            ("169.254.1.1", 80, None, Http, "refuse"),
+            // A rule names this link-local address: direct.
+            ("169.254.169.254", 80, None, Http, "direct"),
+            // A name rule's fallback is guarded too.
+            ("127.0.0.1", 80, Some("meta.example"), Http, "refuse"),
+            ("10.1.2.3", 80, None, Http, "direct"),
+        ] {
+            let (d, _) = decide_resolving(&p, Some(dst), host, port, proto, ips(&["192.0.2.10"]));
+            assert_eq!(d.kind(), kind, "{dst}:{port} {d:?}");
+            if kind == "refuse" {
+                assert!(d.rule().contains("never dialed direct"), "{d:?}");
+            }
+        }
     }
 
     #[test]

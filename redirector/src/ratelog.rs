@@ -131,10 +131,11 @@ impl RateLog {
     }
 }
 
-/// Reports, every [`INTERVAL`], what each limiter suppressed in an interval
-/// that is over and whose count no later line carried. Runs until dropped.
+/// Reports, within a second of its end, what each limiter suppressed in an
+/// interval that is over and whose count no later line carried. Runs until
+/// dropped.
 pub async fn report_periodically() {
-    let mut tick = tokio::time::interval(INTERVAL);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

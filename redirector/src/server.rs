@@ -2,11 +2,13 @@
 //! caps, and hand each to [`connection::handle`](crate::connection::handle).
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::{
     connection::{self, Shared},
-    limits::Limits,
+    limits::{Limits, Refusal},
+    lookup::OriginalDst,
+    metrics::Metrics,
     ratelog::{self, RateLog},
 };
 
@@ -30,6 +32,26 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// Refuses a connection over a cap: reset at once (the client learns at
+/// once; never queued), counted, logged (rate-limited).
+fn refuse(
+    stream: TcpStream,
+    peer: SocketAddr,
+    refusal: Refusal,
+    original_dst: &dyn OriginalDst,
+    metrics: &Metrics,
+    limits: &Limits,
+) {
+    // Forget the destination the hook saved for this client address first:
+    // left behind, it would be served to (or, as a second claim of the
+    // key, make the kernel refuse) a later connection from the same
+    // address and port.
+    let _ = original_dst.take(peer);
+    connection::reset(stream);
+    metrics.record_refusal(refusal);
+    limits.log_refusal(refusal, peer.ip());
+}
+
 /// Accepts until the task is dropped. Accept errors (for example running
 /// out of file descriptors) are logged and retried after a pause rather
 /// than ending the listener.
@@ -47,17 +69,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Arc<Limit
                         drop(permit);
                     });
                 }
-                Err(refusal) => {
-                    // Forget the destination the hook saved for this client
-                    // address first: left behind, it would be served to (or,
-                    // as a second claim of the key, refuse) a later
-                    // connection from the same address and port.
-                    let _ = shared.original_dst.take(peer);
-                    // Reset, not queued: the client learns at once.
-                    connection::reset(stream);
-                    shared.metrics.record_refusal(refusal);
-                    limits.log_refusal(refusal, peer.ip());
-                }
+                Err(refusal) => refuse(
+                    stream,
+                    peer,
+                    refusal,
+                    shared.original_dst.as_ref(),
+                    &shared.metrics,
+                    &limits,
+                ),
             },
             Err(e) => {
                 // Out of descriptors, typically: once per pause, so limited.
@@ -65,5 +84,55 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Arc<Limit
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{collections::HashMap, sync::Mutex};
+    use tokio::io::AsyncReadExt;
+
+    #[derive(Default)]
+    struct Table(Mutex<HashMap<SocketAddr, SocketAddr>>);
+    impl OriginalDst for Table {
+        fn take(&self, client: SocketAddr) -> Option<SocketAddr> {
+            self.0.lock().unwrap().remove(&client)
+        }
+    }
+
+    /// A refused connection's saved destination is taken, so a later
+    /// connection from the same address and port cannot be served it.
+    #[tokio::test]
+    async fn a_refusal_forgets_the_saved_destination_and_resets() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let table = Table::default();
+        let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for key in [peer, other] {
+            table
+                .0
+                .lock()
+                .unwrap()
+                .insert(key, "10.0.0.9:443".parse().unwrap());
+        }
+        let metrics = Metrics::new(None);
+        let limits = Limits::new(0, 0);
+        refuse(stream, peer, Refusal::Pod, &table, &metrics, &limits);
+        assert_eq!(table.take(peer), None, "the refused client's entry is gone");
+        assert!(table.take(other).is_some(), "nobody else's");
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            client.read(&mut buf).await.unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionReset
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("redirector_connections_refused_total{reason=\"pod_limit\"} 1")
+        );
     }
 }

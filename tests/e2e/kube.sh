@@ -340,7 +340,8 @@ kube_startup_taint_body() {
   kube_api '{"op":"race-taints","taint":{"key":"example.com/raced","effect":"NoSchedule"}}' || return 1
   use_daemon "$PROXY_CONFIG" --kube --node-name "$KUBE_NODE" --remove-taint "$STARTUP_TAINT" \
     || why "daemon with --remove-taint did not start:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
-  redirector_status 2>/dev/null | grep -q "^attached: .*connect4" || why "hooks not attached:" "$(redirector_status 2>&1)" || return 1
+  got=$(redirector_status 2>&1)
+  [[ $got == *$'\n'"attached: connect4"* || $got == "attached: connect4"* ]] || why "hooks not attached:" "$got" || return 1
   for i in 1 2; do
     sleep 1
     got=$(node_taints)

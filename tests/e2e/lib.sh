@@ -266,6 +266,7 @@ node_down() {
     find "$CG_ROOT" -depth -type d -exec rmdir {} \; 2>/dev/null
     [[ -d $CG_ROOT ]] && info "warning: could not remove $CG_ROOT"
   fi
+  [[ -n $DAEMON_MEMCG && -d $DAEMON_MEMCG ]] && rmdir "$DAEMON_MEMCG" 2>/dev/null
   # 5. the host blackhole routes go last: nothing of ours is left to send
   if [[ $keep_routes != keep-routes ]]; then
     blackhole_del
@@ -576,9 +577,16 @@ untrap_setup_errors() {
 # The daemon runs as on a node: in netns rde-node and cgroup
 # system/redirector, i.e. under the attach root, so skipping its own upstream
 # connects must come from SO_MARK, not from where it sits.
+# DAEMON_MEMCG: a cgroup v1 memory cgroup the daemon joins as well (its
+# memory limit; bounds.sh), removed by node_down.
+DAEMON_MEMCG=""
 daemon_cmd() { # daemon_cmd ARGS...: sets CMD_ARRAY
   cg_ns_cmd "$CG_ROOT/system/redirector" "$NS_NODE" \
     env RUST_LOG=info,redirector=debug NO_COLOR=1 "$REDIRECTOR_BIN" "$@"
+  if [[ -n $DAEMON_MEMCG ]]; then
+    # shellcheck disable=SC2016  # $$ and $@ are for the inner shell
+    CMD_ARRAY=(sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' sh "$DAEMON_MEMCG" "${CMD_ARRAY[@]}")
+  fi
 }
 
 daemon_run_args() { # daemon_run_args CONFIGFILE

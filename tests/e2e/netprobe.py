@@ -32,6 +32,42 @@
       "timeout bytes=N" or "closed bytes=N data=..."; exit 0 if the peer
       accepted and then closed or reset the connection without sending a
       single byte (a refused connect, i.e. no listener, is a failure).
+  netprobe.py tcp-echo ... --mptcp
+      The same over an MPTCP socket (IPPROTO_MPTCP); the line also names the
+      socket's protocol ("proto=262").
+  netprobe.py udp-send HOST PORT [--connect] [--data TEXT] [--reply]
+      Send one datagram with sendto(), or with connect() + send() (--connect).
+      Prints "sent bytes=N" (then, with --reply, the answer or "no reply"),
+      or "connect failed: ERRNO" / "send failed: ERRNO"; exit 0 only if
+      sent (and answered, with --reply).
+  netprobe.py listen HOST PORT --log FILE [--udp] [--reply TEXT]
+      A recorder: prints "listening" once bound, then serves until killed.
+      TCP: each connection is logged ("ACCEPT peer=IP port=N"), one line is
+      read (at most 3 s) and logged ("DATA peer=IP port=N data=..."), TEXT
+      (+CRLF) is sent back and the connection closed. UDP: each datagram is
+      logged ("UDP peer=IP port=N data=...") and TEXT sent back. HOST "::"
+      is dual-stack; the peer is logged without a ::ffff: prefix.
+  netprobe.py bind-connect HOST PORT --source IP:PORT [--freebind]
+                           [--transparent] [--nonblock] [--send TEXT]
+                           [--read-secs N] [--hold SECS --release-file F]
+                           [--abort]
+      A TCP connect from a chosen source address and port (IP_FREEBIND or
+      IP_TRANSPARENT let it be another host's address). Prints "bound ...",
+      then "connected" / "connect failed: ERRNO", or with --nonblock
+      "connect started: EINPROGRESS|connected|ERRNO" at once. --send: send
+      TEXT (Python escapes decoded), read until the peer closes (at most
+      --read-secs) and print "reply bytes=N data=...", "closed bytes=0",
+      "reset bytes=0" or "timeout bytes=N". --hold: keep the socket until F
+      exists (at most SECS), print its TCP state ("state=SYN_SENT"), close
+      it (--abort: with SO_LINGER 0) and print "closed". Exit 1 only if the
+      bind or a blocking connect failed.
+  netprobe.py claim-many HOST PORT --source IP:FIRST --count N [--freebind]
+                         [--transparent] [--spread-cpus] --hold SECS
+                         --release-file F
+      N non-blocking connects from IP and ports FIRST.. FIRST+N-1 (with
+      --spread-cpus, each from the next CPU in turn). Prints
+      "started N EINPROGRESS=N ..." (outcomes counted), holds the sockets
+      until F exists (at most SECS), closes them and prints "closed".
 """
 
 import argparse
@@ -39,9 +75,19 @@ import errno
 import os
 import socket
 import sys
+import threading
 import time
 
 TIMEOUT = 5.0
+# Not in every Python's socket module.
+IPPROTO_MPTCP = 262
+IP_FREEBIND = 15
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
+IPV6_FREEBIND = 78
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1",
+              5: "FIN_WAIT2", 6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT",
+              9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
 
 
 def family_of(host, forced):
@@ -52,8 +98,8 @@ def family_of(host, forced):
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def open_conn(host, port, family):
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def open_conn(host, port, family, proto=0):
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)
     sock.settimeout(TIMEOUT)
     sock.connect((host, port))
     return sock
@@ -71,8 +117,10 @@ def tcp_echo(args):
     # A fixed printable tag first: it is neither a TLS record nor an HTTP
     # request line, whatever random bytes follow.
     payload = b"RDE-ECHO\x00" + os.urandom(args.bytes)
+    proto = IPPROTO_MPTCP if args.mptcp else 0
     try:
-        sock = open_conn(args.host, args.port, family_of(args.host, args.family))
+        sock = open_conn(args.host, args.port, family_of(args.host, args.family), proto)
+        proto = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
         sock.sendall(payload)
         got = b""
         deadline = time.monotonic() + TIMEOUT
@@ -88,7 +136,7 @@ def tcp_echo(args):
     if got != payload:
         print(f"echo mismatch: sent {len(payload)} bytes, got {len(got)} bytes back")
         return 1
-    print(f"echo ok bytes={len(payload)}")
+    print(f"echo ok bytes={len(payload)} proto={proto}")
     return 0
 
 
@@ -268,19 +316,257 @@ def raw_send(args):
     return 0 if outcome in ("closed", "reset") and not got else 1
 
 
+def udp_send(args):
+    data = _decode(args.data)
+    sock = socket.socket(family_of(args.host, args.family), socket.SOCK_DGRAM)
+    sock.settimeout(3.0)
+    step = "connect"
+    try:
+        if args.connect:
+            sock.connect((args.host, args.port))
+            step = "send"
+            sock.send(data)
+        else:
+            step = "send"
+            sock.sendto(data, (args.host, args.port))
+    except OSError as exc:
+        print(f"{step} failed: {errname(exc)}")
+        return 1
+    print(f"sent bytes={len(data)}")
+    if not args.reply:
+        return 0
+    try:
+        answer = sock.recv(65536)
+    except OSError as exc:
+        print(f"no reply: {errname(exc)}")
+        return 1
+    print(answer.decode(errors="replace"))
+    return 0
+
+
+def _log_line(path, line):
+    with open(path, "a", buffering=1) as f:
+        f.write(line + "\n")
+
+
+def _printable(data):
+    """One log line's worth: escapes for anything unprintable, at most 200 chars."""
+    return data.strip()[:200].decode("latin-1").encode("unicode_escape").decode()
+
+
+def _peer(addr):
+    ip = addr[0]
+    if ip.lower().startswith("::ffff:") and "." in ip:
+        ip = ip[7:]
+    return f"peer={ip} port={addr[1]}"
+
+
+def listen(args):
+    family = family_of(args.host, None)
+    kind = socket.SOCK_DGRAM if args.udp else socket.SOCK_STREAM
+    sock = socket.socket(family, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6 and args.host == "::":
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((args.host, args.port))
+    reply = _decode(args.reply) + b"\r\n" if args.reply else b""
+    if args.udp:
+        print("listening", flush=True)
+        while True:
+            data, addr = sock.recvfrom(65536)
+            _log_line(args.log, f"UDP {_peer(addr)} data={_printable(data)}")
+            if reply:
+                sock.sendto(reply, addr)
+    sock.listen(64)
+    print("listening", flush=True)
+
+    def serve(conn, addr):
+        _log_line(args.log, f"ACCEPT {_peer(addr)}")
+        got = b""
+        conn.settimeout(3.0)
+        try:
+            while b"\n" not in got:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        except OSError:
+            pass
+        _log_line(args.log, f"DATA {_peer(addr)} data={_printable(got)}")
+        try:
+            if reply:
+                conn.sendall(reply)
+        except OSError:
+            pass
+        conn.close()
+
+    while True:
+        conn, addr = sock.accept()
+        threading.Thread(target=serve, args=(conn, addr), daemon=True).start()
+
+
+def _read_until_close(sock, secs):
+    got = b""
+    deadline = time.monotonic() + secs
+    try:
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:
+                return ("reply" if got else "closed"), got
+            got += chunk
+    except socket.timeout:
+        return "timeout", got
+    except ConnectionResetError:
+        return ("reply" if got else "reset"), got
+    except OSError as exc:
+        return errname(exc), got
+    return "timeout", got
+
+
+def _source(text):
+    ip, _, port = text.rpartition(":")
+    return ip.strip("[]"), int(port)
+
+
+def _bound_socket(args, ip, port):
+    """A TCP socket for args.host's family bound to (ip, port), with
+    IP(V6)_FREEBIND / IP(V6)_TRANSPARENT as asked; raises OSError."""
+    family = family_of(args.host, args.family)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    v6 = family == socket.AF_INET6
+    if args.freebind:
+        sock.setsockopt(*((socket.IPPROTO_IPV6, IPV6_FREEBIND) if v6 else (socket.IPPROTO_IP, IP_FREEBIND)), 1)
+    if args.transparent:
+        sock.setsockopt(*((socket.IPPROTO_IPV6, IPV6_TRANSPARENT) if v6 else (socket.IPPROTO_IP, IP_TRANSPARENT)), 1)
+    try:
+        sock.bind((ip, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _hold(args):
+    deadline = time.monotonic() + args.hold
+    while time.monotonic() < deadline:
+        if args.release_file and os.path.exists(args.release_file):
+            return
+        time.sleep(0.05)
+
+
+def bind_connect(args):
+    try:
+        sock = _bound_socket(args, *_source(args.source))
+    except OSError as exc:
+        print(f"bind failed: {errname(exc)}", flush=True)
+        return 1
+    print(f"bound {args.source}", flush=True)
+    if args.nonblock:
+        sock.setblocking(False)
+        rc = sock.connect_ex((args.host, args.port))
+        result = "connected" if rc == 0 else errno.errorcode.get(rc, str(rc))
+        print(f"connect started: {result}", flush=True)
+    else:
+        sock.settimeout(TIMEOUT)
+        try:
+            sock.connect((args.host, args.port))
+        except OSError as exc:
+            print(f"connect failed: {errname(exc)}", flush=True)
+            return 1
+        print("connected", flush=True)
+    if args.send is not None:
+        try:
+            sock.setblocking(True)
+            sock.sendall(_decode(args.send))
+            outcome, got = _read_until_close(sock, args.read_secs)
+        except (ConnectionResetError, BrokenPipeError):
+            outcome, got = "reset", b""
+        except OSError as exc:
+            outcome, got = errname(exc), b""
+        line = f"{outcome} bytes={len(got)}"
+        if got:
+            line += f" data={got[:200]!r}"
+        print(line, flush=True)
+    if args.hold:
+        _hold(args)
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        print(f"state={TCP_STATES.get(info[0], info[0])}", flush=True)
+    if args.abort:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+    print("closed", flush=True)
+    return 0
+
+
+def claim_many(args):
+    ip, first = _source(args.source)
+    socks, results = [], {}
+    cpus = sorted(os.sched_getaffinity(0))
+    for i, port in enumerate(range(first, first + args.count)):
+        if args.spread_cpus:
+            # A map's free and pending lists are per CPU: connect from
+            # each CPU in turn, as a busy node's many clients would.
+            os.sched_setaffinity(0, {cpus[i % len(cpus)]})
+        try:
+            sock = _bound_socket(args, ip, port)
+        except OSError as exc:
+            name = f"bind-{errname(exc)}"
+            results[name] = results.get(name, 0) + 1
+            continue
+        sock.setblocking(False)
+        rc = sock.connect_ex((args.host, args.port))
+        name = "connected" if rc == 0 else errno.errorcode.get(rc, str(rc))
+        results[name] = results.get(name, 0) + 1
+        socks.append(sock)
+    summary = " ".join(f"{k}={v}" for k, v in sorted(results.items()))
+    print(f"started {args.count} {summary}", flush=True)
+    _hold(args)
+    for sock in socks:
+        sock.close()
+    print("closed", flush=True)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, fn in (("tcp-echo", tcp_echo), ("udp-echo", udp_echo),
                      ("connect", connect), ("banner", banner),
                      ("send-split", send_split), ("tls-hello", tls_hello),
-                     ("raw-send", raw_send)):
+                     ("raw-send", raw_send), ("udp-send", udp_send),
+                     ("listen", listen), ("bind-connect", bind_connect),
+                     ("claim-many", claim_many)):
         p = sub.add_parser(name)
         p.add_argument("host")
         p.add_argument("port", type=int)
         p.add_argument("--family", choices=("4", "6"))
         if name == "tcp-echo":
             p.add_argument("--bytes", type=int, default=4096)
+            p.add_argument("--mptcp", action="store_true")
+        if name == "udp-send":
+            p.add_argument("--connect", action="store_true")
+            p.add_argument("--data", default="rde-udp-send")
+            p.add_argument("--reply", action="store_true")
+        if name == "listen":
+            p.add_argument("--log", required=True)
+            p.add_argument("--udp", action="store_true")
+            p.add_argument("--reply", default="")
+        if name in ("bind-connect", "claim-many"):
+            p.add_argument("--source", required=True, help="IP:PORT ([IPv6]:PORT)")
+            p.add_argument("--freebind", action="store_true")
+            p.add_argument("--transparent", action="store_true")
+            p.add_argument("--hold", type=float, default=0.0, help="seconds")
+            p.add_argument("--release-file")
+        if name == "bind-connect":
+            p.add_argument("--nonblock", action="store_true")
+            p.add_argument("--send")
+            p.add_argument("--read-secs", type=float, default=TIMEOUT)
+            p.add_argument("--abort", action="store_true")
+        if name == "claim-many":
+            p.add_argument("--count", type=int, required=True)
+            p.add_argument("--spread-cpus", action="store_true")
         if name == "raw-send":
             p.add_argument("data")
         if name in ("send-split", "tls-hello"):

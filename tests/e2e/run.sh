@@ -21,8 +21,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/kube.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/security.sh"
 # shellcheck source-path=SCRIPTDIR source=hostile.sh
 source "$(dirname "${BASH_SOURCE[0]}")/hostile.sh"
+# shellcheck source-path=SCRIPTDIR source=bounds.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bounds.sh"
 # shellcheck source-path=SCRIPTDIR source=switches.sh
 source "$(dirname "${BASH_SOURCE[0]}")/switches.sh"
+# shellcheck source-path=SCRIPTDIR source=names.sh
+source "$(dirname "${BASH_SOURCE[0]}")/names.sh"
+# shellcheck source-path=SCRIPTDIR source=escapes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/escapes.sh"
 
 PASSED=0
 FAILED=0
@@ -1045,8 +1051,8 @@ DAEMON_TESTS=(https:t_https http:t_http tcp_echo:t_tcp_echo ipv6:t_ipv6
   http_absolute_form:t_http_absolute bulk_transfer:t_bulk split_first_bytes:t_split_first_bytes
   silent_client:t_silent_client
   proxy_auth:t_proxy_auth proxy_tls:t_proxy_tls
-  "${KUBE_TESTS[@]}" "${SECURITY_TESTS[@]}" "${HOSTILE_TESTS[@]}"
-  "${SWITCHES_TESTS[@]}"
+  "${KUBE_TESTS[@]}" "${SECURITY_TESTS[@]}" "${HOSTILE_TESTS[@]}" "${BOUNDS_TESTS[@]}"
+  "${SWITCHES_TESTS[@]}" "${NAMES_TESTS[@]}" "${ESCAPE_TESTS[@]}"
   reload:t_reload
   metrics:t_metrics
   restart_under_load:t_restart_under_load

@@ -471,13 +471,13 @@ fn check_rbac(objects: &[Value], taint: Option<&str>, out: &mut Vec<String>) {
             }
         }
     }
-    if let Some(key) = taint {
-        if !NODE_VERBS.iter().all(|v| node_verbs.contains(v)) {
-            out.push(format!(
-                "the daemon removes taint {key} (--remove-taint) but no role bound to \
-                 {SERVICE_ACCOUNT} grants {NODE_VERBS:?} on nodes"
-            ));
-        }
+    if let Some(key) = taint
+        && !NODE_VERBS.iter().all(|v| node_verbs.contains(v))
+    {
+        out.push(format!(
+            "the daemon removes taint {key} (--remove-taint) but no role bound to \
+             {SERVICE_ACCOUNT} grants {NODE_VERBS:?} on nodes"
+        ));
     }
 }
 

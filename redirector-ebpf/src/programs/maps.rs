@@ -21,9 +21,10 @@ pub static BYPASS_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(m::BYPAS
 #[map(name = "DST_BY_COOKIE")]
 pub static DST_BY_COOKIE: LruHashMap<u64, Endpoint> = LruHashMap::with_max_entries(m::DST_MAX, 0);
 
+// Not LRU: an evicted claim could be claimed again by another socket
+// (see sock_ops.rs); entries are removed by the daemon or their socket.
 #[map(name = "DST_BY_CLIENT")]
-pub static DST_BY_CLIENT: LruHashMap<Endpoint, SavedDst> =
-    LruHashMap::with_max_entries(m::DST_MAX, 0);
+pub static DST_BY_CLIENT: HashMap<Endpoint, SavedDst> = HashMap::with_max_entries(m::DST_MAX, 0);
 
 #[map(name = "HELD_UDP_PORTS")]
 pub static HELD_UDP_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(m::HELD_UDP_PORTS_MAX, 0);

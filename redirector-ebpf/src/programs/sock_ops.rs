@@ -11,20 +11,28 @@
 //! took the first turns the entry into a conflict, which the daemon
 //! refuses: both connections fail, neither is misrouted.
 //!
-//! An entry the daemon never takes (the connect failed before reaching it)
-//! would turn the next honest connection from that port into a conflict,
-//! so the socket that saved it removes it when it closes before being
-//! established; once established, the daemon will accept it and take it.
+//! Nothing evicts a claim: `DST_BY_CLIENT` is a plain hash map, not an LRU
+//! one. Were the victim's entry evicted (another pod can fill the map with
+//! connects from made-up addresses whose SYN-ACKs go nowhere), a second
+//! claim would find the key free and the victim's connection would be
+//! served with the attacker's destination. So every entry is removed by
+//! the daemon, which takes it on accept, or by the socket that saved it,
+//! when that socket closes (whenever: before being established, or
+//! established but never accepted, e.g. refused at the daemon's caps or
+//! left in the backlog of a daemon that died) with the entry still its
+//! own. An entry the daemon never takes would otherwise turn the next
+//! honest connection from that port into a conflict, and fill the map.
 //!
-//! Failure policy: if the entry cannot be moved, the daemon finds no
-//! original destination and closes the connection (fail closed).
+//! Failure policy: if the entry cannot be moved (the map is full), the
+//! daemon finds no original destination and closes the connection (fail
+//! closed).
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_SOCK_OPS_STATE_CB_FLAG},
     helpers::bpf_get_socket_cookie,
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use redirector_ebpf::{AF_INET, AF_INET6, Counter, Endpoint, SAVED, SavedDst};
+use redirector_ebpf::{AF_INET, AF_INET6, CONFLICT, Counter, Endpoint, SAVED, SavedDst};
 
 use super::{
     maps::{DST_BY_CLIENT, DST_BY_COOKIE, count},
@@ -33,7 +41,6 @@ use super::{
 
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
-const TCP_ESTABLISHED: u32 = 1;
 const TCP_CLOSE: u32 = 7;
 const EEXIST: i32 = 17;
 
@@ -68,40 +75,55 @@ fn move_to_client_key(ctx: &SockOpsContext) {
         cookie,
     };
     match DST_BY_CLIENT.insert(&client, &saved, u64::from(BPF_NOEXIST)) {
-        // Watch this socket's state until it is established, to remove
-        // the entry should it close before the daemon took it.
-        Ok(()) => {
-            let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
-        }
+        // Watch this socket's state for its whole life, to remove the entry
+        // when it closes should the daemon never have taken it.
+        Ok(()) => watch_until_close(ctx),
         Err(e) if e == -EEXIST => {
-            // SAFETY: the value is plain data, copied out.
-            let first = unsafe { DST_BY_CLIENT.get(&client) }.map_or(0, |v| v.cookie);
-            let _ = DST_BY_CLIENT.insert(&client, &SavedDst::conflict(first), 0);
             count(Counter::KeyConflict);
+            match DST_BY_CLIENT.get_ptr_mut(&client) {
+                // Mark the first socket's entry in place: the daemon refuses
+                // it, and the first socket's close removes it.
+                // SAFETY: a value of the map, valid for the program's run;
+                // one aligned 4-byte store.
+                Some(first) => unsafe { (*first).state = CONFLICT },
+                // The daemon took the first one meanwhile: this socket's own
+                // entry marks the conflict, and its close removes it. (Built
+                // from `saved`: a zeroed struct would be a memset loop that
+                // the verifier refuses without CAP_PERFMON.)
+                None => {
+                    let conflict = SavedDst {
+                        state: CONFLICT,
+                        ..saved
+                    };
+                    if DST_BY_CLIENT.insert(&client, &conflict, 0).is_ok() {
+                        watch_until_close(ctx);
+                    }
+                }
+            }
         }
         Err(_) => {}
     }
 }
 
 #[inline(always)]
+fn watch_until_close(ctx: &SockOpsContext) {
+    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+}
+
+#[inline(always)]
 fn on_state_change(ctx: &SockOpsContext) {
-    match ctx.arg(1) {
-        TCP_ESTABLISHED => {
-            let _ = ctx.set_cb_flags(0);
-        }
-        TCP_CLOSE => {
-            // SAFETY: plain helper call on the program's own context.
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-            let Some(client) = client_key(ctx) else {
-                return;
-            };
-            // SAFETY: the value is plain data, read once.
-            let ours = unsafe { DST_BY_CLIENT.get(&client) }.is_some_and(|v| v.cookie == cookie);
-            if ours {
-                let _ = DST_BY_CLIENT.remove(&client);
-            }
-        }
-        _ => {}
+    if ctx.arg(1) != TCP_CLOSE {
+        return;
+    }
+    // SAFETY: plain helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let Some(client) = client_key(ctx) else {
+        return;
+    };
+    // SAFETY: the value is plain data, read once.
+    let ours = unsafe { DST_BY_CLIENT.get(&client) }.is_some_and(|v| v.cookie == cookie);
+    if ours {
+        let _ = DST_BY_CLIENT.remove(&client);
     }
 }
 

@@ -225,7 +225,9 @@ impl Dialer {
             Ok(mut tls) => {
                 // What rustls queues for a proxy that reads slowly: one
                 // record or so per connection, not its default 64 KiB.
-                tls.get_mut().1.set_buffer_limit(Some(relay::tls::SEND_LIMIT));
+                tls.get_mut()
+                    .1
+                    .set_buffer_limit(Some(relay::tls::SEND_LIMIT));
                 Ok(Upstream::Tls(Box::new(tls)))
             }
             Err(e) if answered_in_plain_http(&e) => Err(DialError::ProxySpeaksPlainHttp {

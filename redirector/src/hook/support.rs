@@ -77,6 +77,11 @@ pub const REQUIREMENTS: &[Requirement] = &[
         probe: Probe::Program(ProgramType::SockOps),
     },
     Requirement {
+        feature: "BPF_PROG_TYPE_CGROUP_SOCK (refusing other stream protocols at socket())",
+        needs: "Linux >= 4.10 with CONFIG_CGROUP_BPF",
+        probe: Probe::Program(ProgramType::CgroupSock),
+    },
+    Requirement {
         feature: "BPF_MAP_TYPE_HASH",
         needs: "Linux >= 3.19",
         probe: Probe::Map(MapType::Hash),
@@ -134,6 +139,19 @@ pub const REQUIREMENTS: &[Requirement] = &[
         feature: "the helper bpf_get_socket_cookie in sock_ops programs",
         needs: MINIMUM,
         probe: Probe::Helper(ProgramType::SockOps, BpfHelper::BPF_FUNC_get_socket_cookie),
+    },
+    Requirement {
+        feature: "the helper bpf_sock_ops_cb_flags_set (removing entries of connects that fail)",
+        needs: "Linux >= 4.16",
+        probe: Probe::Helper(ProgramType::SockOps, BpfHelper::BPF_FUNC_sock_ops_cb_flags_set),
+    },
+    Requirement {
+        feature: "the helper bpf_get_current_ancestor_cgroup_id in cgroup_sock programs",
+        needs: "Linux >= 5.7",
+        probe: Probe::Helper(
+            ProgramType::CgroupSock,
+            BpfHelper::BPF_FUNC_get_current_ancestor_cgroup_id,
+        ),
     },
 ];
 

@@ -75,7 +75,7 @@ async fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
         };
         moved += left as u64;
         while left > 0 {
-            dst.writable().await?;
+            writable_unless_reset(dst, src).await?;
             match dst.try_io(Interest::WRITABLE, || {
                 splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
             }) {
@@ -88,6 +88,24 @@ async fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
             }
         }
         pipe.give_back();
+    }
+}
+
+/// Waits until `dst` is writable, or fails when `src` is reset meanwhile: a
+/// relay waiting on a peer that does not read must still notice that the
+/// other peer is gone (it would otherwise hold the connection, and its
+/// place under the caps, until the slow peer moves).
+async fn writable_unless_reset(dst: &TcpStream, src: &TcpStream) -> io::Result<()> {
+    tokio::select! {
+        // The common case, a writable socket, costs no second registration.
+        biased;
+        ready = dst.writable() => ready,
+        ready = src.ready(Interest::ERROR) => {
+            ready?;
+            Err(src
+                .take_error()?
+                .unwrap_or_else(|| io::ErrorKind::ConnectionReset.into()))
+        }
     }
 }
 
@@ -349,6 +367,50 @@ mod tests {
 
     trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
     impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+    /// The proxy reads nothing, so the relay waits to hand it the client's
+    /// bytes; a client reset meanwhile ends the relay at once.
+    #[tokio::test]
+    async fn tls_relay_notices_a_client_reset_while_the_proxy_does_not_read() {
+        let (mut client, _server, task) = tls_pairs().await;
+        let block = vec![0u8; 64 * 1024];
+        // Until the relay is stuck writing to the proxy.
+        while tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            client.write_all(&block),
+        )
+        .await
+        .is_ok()
+        {}
+        client.set_zero_linger().unwrap();
+        drop(client);
+        let r = tokio::time::timeout(std::time::Duration::from_secs(2), task)
+            .await
+            .expect("the relay noticed the reset")
+            .unwrap();
+        assert!(r.is_err(), "{r:?}");
+    }
+
+    /// The same for the splice relay: the upstream reads nothing.
+    #[tokio::test]
+    async fn spliced_relay_notices_a_client_reset_while_the_upstream_does_not_read() {
+        let (mut client, _upstream, task) = spliced_pairs().await;
+        let block = vec![0u8; 64 * 1024];
+        while tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            client.write_all(&block),
+        )
+        .await
+        .is_ok()
+        {}
+        client.set_zero_linger().unwrap();
+        drop(client);
+        let r = tokio::time::timeout(std::time::Duration::from_secs(2), task)
+            .await
+            .expect("the relay noticed the reset")
+            .unwrap();
+        assert!(r.is_err(), "{r:?}");
+    }
 
     #[tokio::test]
     async fn tls_relay_fails_on_a_truncated_tunnel() {

@@ -359,8 +359,8 @@ pub struct DnsLookup {
 }
 
 impl DnsLookup {
-    /// The name servers (and `options timeout/attempts`) of `path`; each
-    /// query is bounded by `timeout` as well.
+    /// The name servers of `path` (its `options timeout/attempts` give way
+    /// to `timeout`: one lookup per type, bounded by it).
     pub fn from_resolv_conf(path: &Path, timeout: Duration) -> Result<Self, ResolveError> {
         let text = std::fs::read(path).map_err(|source| ResolveError::Read {
             path: path.to_owned(),
@@ -390,7 +390,12 @@ impl DnsLookup {
         opts.use_hosts_file = ResolveHosts::Never;
         // Our cache is the only one: its TTL bounds are the ones documented.
         opts.cache_size = 0;
-        opts.timeout = opts.timeout.min(timeout);
+        // One lookup per type, bounded as a whole by `timeout` (hickory
+        // re-sends a UDP query every 333 ms within it, for a lost datagram);
+        // no second round after it: a slow answer costs as much as a lost
+        // one, the proxy hop, never the connection.
+        opts.timeout = timeout;
+        opts.attempts = 0;
         let mut builder =
             TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
         *builder.options_mut() = opts;
