@@ -250,7 +250,10 @@ pub const fn is_local_only(dst: &Endpoint) -> bool {
         first_octet == 0 || first_octet == 127
     } else {
         let a = dst.addr;
-        a[0] == 0 && a[1] == 0 && a[2] == 0 && (a[3] == 0 || a[3] == u32::from_ne_bytes([0, 0, 0, 1]))
+        a[0] == 0
+            && a[1] == 0
+            && a[2] == 0
+            && (a[3] == 0 || a[3] == u32::from_ne_bytes([0, 0, 0, 1]))
     }
 }
 
@@ -331,7 +334,12 @@ mod tests {
         for local in [[127, 0, 0, 1], [127, 9, 9, 9], [0, 0, 0, 0], [0, 1, 2, 3]] {
             assert!(is_local_only(&v4(local)), "{local:?}");
         }
-        for remote in [[10, 0, 0, 1], [1, 0, 0, 0], [169, 254, 0, 1], [128, 0, 0, 1]] {
+        for remote in [
+            [10, 0, 0, 1],
+            [1, 0, 0, 0],
+            [169, 254, 0, 1],
+            [128, 0, 0, 1],
+        ] {
             assert!(!is_local_only(&v4(remote)), "{remote:?}");
         }
         let mut any = [0u8; 16];
@@ -354,13 +362,24 @@ mod tests {
     fn transports_by_type_and_protocol() {
         assert_eq!(Transport::of(sock::STREAM, sock::TCP), Transport::Tcp);
         assert_eq!(Transport::of(sock::STREAM, sock::MPTCP), Transport::Tcp);
-        assert_eq!(Transport::of(sock::STREAM, 132), Transport::OtherStream, "SCTP");
-        assert_eq!(Transport::of(sock::STREAM, 256), Transport::OtherStream, "SMC");
+        assert_eq!(
+            Transport::of(sock::STREAM, 132),
+            Transport::OtherStream,
+            "SCTP"
+        );
+        assert_eq!(
+            Transport::of(sock::STREAM, 256),
+            Transport::OtherStream,
+            "SMC"
+        );
         assert_eq!(Transport::of(sock::DGRAM, sock::UDP), Transport::Udp);
         assert_eq!(Transport::of(sock::DGRAM, sock::UDPLITE), Transport::Udp);
         assert_eq!(Transport::of(sock::DGRAM, 1), Transport::Other, "ping");
         assert_eq!(Transport::of(3, 255), Transport::Other, "raw");
-        assert_eq!(Transport::of(sock::SEQPACKET, sock::SCTP), Transport::OtherStream);
+        assert_eq!(
+            Transport::of(sock::SEQPACKET, sock::SCTP),
+            Transport::OtherStream
+        );
         assert_eq!(Transport::of(sock::SEQPACKET, 0), Transport::Other);
     }
 

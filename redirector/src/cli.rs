@@ -322,12 +322,21 @@ mod tests {
         assert_eq!(run.pins.bpffs, PathBuf::from(DEFAULT_BPFFS));
         assert!(!run.kube.kube);
         assert_eq!(run.resolver.resolv_conf, PathBuf::from("/etc/resolv.conf"));
-        assert_eq!(run.resolver.resolve_timeout, std::time::Duration::from_secs(1));
+        assert_eq!(
+            run.resolver.resolve_timeout,
+            std::time::Duration::from_secs(1)
+        );
     }
 
     #[test]
     fn resolver_flags_parse_and_refuse_nonsense() {
-        let base = ["redirector", "explain", "--proxy-config", "p", "https://a.example/"];
+        let base = [
+            "redirector",
+            "explain",
+            "--proxy-config",
+            "p",
+            "https://a.example/",
+        ];
         let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
         let cli = with(&[
             "--resolv-conf",

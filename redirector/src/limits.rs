@@ -22,7 +22,6 @@ use thiserror::Error;
 
 use crate::{
     memory_budget::{self, BudgetError, MemoryLimit},
-    metrics,
     ratelog::{self, RateLog},
 };
 
@@ -130,8 +129,12 @@ impl Drop for Permit {
 /// Descriptors kept for all but relayed connections: listeners, the API
 /// client, the kernel maps, the splice relay's idle pipes.
 const RESERVED_FDS: u64 = 1024;
+/// The metrics listener's connection cap. Set here, where descriptors are
+/// budgeted, so the data path's cap leaves room for it (the listener in
+/// `metrics::server` reads it).
+pub const METRICS_MAX_CONNECTIONS: usize = 32;
 /// Descriptors for the metrics listener: its connection cap and itself.
-const METRICS_FDS: u64 = metrics::server::MAX_CONNECTIONS as u64 + 1;
+const METRICS_FDS: u64 = METRICS_MAX_CONNECTIONS as u64 + 1;
 /// A proxied connection takes two descriptors, and a busy one borrows a
 /// pipe (two more) for a moment.
 const FDS_PER_CONNECTION: u64 = 3;

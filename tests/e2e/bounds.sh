@@ -326,9 +326,11 @@ t_bounds_log_flood() { bounds_test b_log_flood; }
 # DST_BY_CLIENT, and a later connection from the same source port (bound
 # explicitly) is served with its own destination. (A stale entry would be
 # served to it, or, since the kernel refuses a second claim of a key, make
-# it a refused conflict.)
+# it a refused conflict.) The kernel also removes an entry when the socket
+# that saved it closes; so that the check is the daemon's alone, pod-a
+# drops the daemon's reset meanwhile: its socket stays open.
 b_refused_entry() {
-  local port=$((20000 + RANDOM % 10000)) ready=$WORK/hold.ready out n
+  local port=$((20000 + RANDOM % 10000)) ready=$WORK/hold.ready out n rst_rule
   use_daemon "$PROXY_CONFIG" --max-connections-per-pod 2 \
     || why "daemon with --max-connections-per-pod 2 did not start" || return 1
   rm -f "$ready"
@@ -337,12 +339,21 @@ b_refused_entry() {
   wait_for 5 "two connections held" test -s "$ready" || return 1
   # shellcheck disable=SC2016
   wait_for 5 "both admitted" eval '(( $(metric_value "$(daemon_metrics)" redirector_active_connections) == 2 ))' || return 1
-  out=$(in_pod pod-a "${PYB[@]}" bound-connect "$INET_IP4" 7007 --source-port "$port" --send 'refused?' --expect 'refused?')
-  info "  third connection from port $port (to the echo port): $out"
-  [[ $(jget "$out" outcome) =~ ^(reset|closed)$ ]] || why "over the cap: expected a reset:" "$out" || return 1
+  rst_rule=(INPUT -s "$NODE_IP4" -p tcp --sport "$LISTEN_PORT" --dport "$port" --tcp-flags RST RST -j DROP)
+  in_netns "$NS_POD_A" iptables -I "${rst_rule[@]}" || why "cannot add the iptables rule in pod-a" || return 1
+  pod_bg pod-a refused "${PYB[@]}" bound-connect "$INET_IP4" 7007 --source-port "$port" --send 'refused?' --expect 'refused?'
+  local refused_pid=$POD_BG_PID
+  sleep 1
   n=$(jget "$("${PYH[@]}" map-entries --pid "$DAEMON_PID")" DST_BY_CLIENT.entries)
-  info "  DST_BY_CLIENT entries after the refusal: $n"
+  # before the client closes (at its 3 s timeout), so that the node's reset
+  # to its FIN ends it
+  in_netns "$NS_POD_A" iptables -D "${rst_rule[@]}"
+  wait "$refused_pid"
+  info "  third connection from port $port (to the echo port): $(tail -n 1 "$WORK/refused.out")"
+  info "  DST_BY_CLIENT entries after the refusal, the client's socket still open: $n"
   [[ $n == 0 ]] || why "the refused connection's entry is left in DST_BY_CLIENT ($n entries)" || return 1
+  [[ $(jget "$(tail -n 1 "$WORK/refused.out")" outcome) != answered ]] \
+    || why "over the cap, the connection was served:" "$(tail -n 1 "$WORK/refused.out")" || return 1
   wait "$hold_pid"
   # shellcheck disable=SC2016
   wait_for 5 "the held ones closed" eval '(( $(metric_value "$(daemon_metrics)" redirector_active_connections) == 0 ))' || return 1

@@ -272,10 +272,11 @@ t_sec_exempt_map_full() {
   kube_pod_a '{}' && kube_pod_s '{}'
 }
 
-# --- an evicted original destination fails closed. The LRU map of
-#     original destinations is shrunk to 2 entries and the daemon stopped
-#     (SIGSTOP) while 12 connects from pod-a complete in the listen backlog,
-#     evicting each other's entries. After SIGCONT every connection either
+# --- a full original-destination map fails closed. The map of original
+#     destinations is shrunk to 2 entries and the daemon stopped (SIGSTOP)
+#     while 12 connects from pod-a complete in the listen backlog; entries
+#     are never evicted, so the later ones find the map full and save
+#     nothing. After SIGCONT every connection either
 #     went through the proxy or failed; the failures are all counted
 #     (no_original_destination, or the kernel's refused_map_error), and
 #     none reached the origin directly.

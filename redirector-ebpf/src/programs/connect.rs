@@ -14,7 +14,9 @@
 //! connects to held-back ports (`udp.rs`) and streams of other protocols
 //! (`sock_create.rs`). MPTCP needs nothing of its own: the kernel runs this
 //! hook on its first subflow, a TCP socket.
-use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
+};
 use aya_log_ebpf::debug;
 use redirector_ebpf::{AF_INET, Counter, Endpoint, RedirectConfig, Transport, is_local_only};
 

@@ -26,7 +26,10 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     if Transport::of(sa.type_, sa.protocol) != Transport::Udp {
         return ALLOW;
     }
-    held_udp_verdict(&ctx, &Endpoint::v4(sa.user_ip4, port_from_user(sa.user_port)))
+    held_udp_verdict(
+        &ctx,
+        &Endpoint::v4(sa.user_ip4, port_from_user(sa.user_port)),
+    )
 }
 
 #[cgroup_sock_addr(sendmsg6)]

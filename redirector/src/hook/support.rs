@@ -143,7 +143,10 @@ pub const REQUIREMENTS: &[Requirement] = &[
     Requirement {
         feature: "the helper bpf_sock_ops_cb_flags_set (removing entries of connects that fail)",
         needs: "Linux >= 4.16",
-        probe: Probe::Helper(ProgramType::SockOps, BpfHelper::BPF_FUNC_sock_ops_cb_flags_set),
+        probe: Probe::Helper(
+            ProgramType::SockOps,
+            BpfHelper::BPF_FUNC_sock_ops_cb_flags_set,
+        ),
     },
     Requirement {
         feature: "the helper bpf_get_current_ancestor_cgroup_id in cgroup_sock programs",

@@ -33,7 +33,7 @@ use crate::{
 
 /// Most connections open at once: a kubelet's probes and a scraper or two
 /// need a handful. Also the listener's descriptor budget (plus itself).
-pub const MAX_CONNECTIONS: usize = 32;
+pub const MAX_CONNECTIONS: usize = crate::limits::METRICS_MAX_CONNECTIONS;
 /// Most connections open at once from one client address; more are closed
 /// at accept.
 pub const PER_CLIENT: usize = 8;

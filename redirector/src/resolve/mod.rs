@@ -1,6 +1,6 @@
 //! Resolve: the addresses a `noProxy` name has, from the node's resolver,
 //! so that a name rule sends a connection direct only to one of them (the
-//! check itself is `policy`'s [`NameRule`](crate::policy::NameRule)).
+//! check itself is `NameRule` in `policy`, which depends on this module).
 //!
 //! Why verify rather than dial the name: the pod keeps its choice among the
 //! name's addresses (pinned A records, happy eyeballs, IPv4 or IPv6); an
