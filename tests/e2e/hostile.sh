@@ -393,7 +393,9 @@ t_hostile_5000_pod_cap() { hostile_test h_5000_pod_cap; }
 # pod's connect is refused at once too (never queued), and works after.
 h_5000_global_cap() {
   local n=5000 cap=1500 f0 rss0 peak out before after ready=$WORK/burst-global.ready other ov
-  use_daemon "$HOSTILE_CONFIG" --max-connections "$cap" \
+  # The per-pod cap defaults to half the node cap: lift it, so that one
+  # pod can fill the node cap.
+  use_daemon "$HOSTILE_CONFIG" --max-connections "$cap" --max-connections-per-pod "$n" \
     || why "daemon with --max-connections $cap did not start:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
   f0=$(daemon_fds socket); rss0=$(daemon_rss_kb); ov=$(listen_overflows)
   before=$(daemon_metrics) || why "no /metrics" || return 1
