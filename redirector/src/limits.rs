@@ -138,6 +138,10 @@ const METRICS_FDS: u64 = METRICS_MAX_CONNECTIONS as u64 + 1;
 /// A proxied connection takes two descriptors, and a busy one borrows a
 /// pipe (two more) for a moment.
 const FDS_PER_CONNECTION: u64 = 3;
+/// What a connection needs at the least: its two sockets. An explicit
+/// `--max-connections` is refused only when these cannot fit (the pipes
+/// are borrowed briefly, from a pool); the default keeps the headroom.
+const SOCKETS_PER_CONNECTION: u64 = 2;
 /// The per-pod cap when not given: at most this, and at most half the
 /// node's (rounded up), so that one pod never takes the whole node by
 /// default.
@@ -210,7 +214,7 @@ pub fn caps(
                     limit: limit.clone(),
                 });
             }
-            let needed = given as u64 * FDS_PER_CONNECTION + RESERVED_FDS + METRICS_FDS;
+            let needed = given as u64 * SOCKETS_PER_CONNECTION + RESERVED_FDS + METRICS_FDS;
             if needed > open_files {
                 return Err(CapError::OverFds {
                     given,
