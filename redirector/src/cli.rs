@@ -361,8 +361,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn log_format_and_metrics_flags() {
+    /// `redirector run` with its two required flags, and `extra`.
+    fn run_with(extra: &[&str]) -> Result<Cli, clap::Error> {
         let base = [
             "redirector",
             "run",
@@ -371,14 +371,19 @@ mod tests {
             "--cgroup",
             "/cg",
         ];
-        let cli = Cli::try_parse_from(base).unwrap();
+        Cli::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn log_format_and_metrics_flags() {
+        let cli = run_with(&[]).unwrap();
         assert_eq!(cli.log_format, LogFormat::Text);
         let Command::Run(run) = cli.command else {
             panic!("not run")
         };
         assert_eq!(run.metrics, None);
         let extra = ["--log-format", "json", "--metrics", "127.0.0.1:9465"];
-        let cli = Cli::try_parse_from(base.iter().chain(&extra)).unwrap();
+        let cli = run_with(&extra).unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
         let Command::Run(run) = cli.command else {
             panic!("not run")
@@ -389,20 +394,11 @@ mod tests {
 
     #[test]
     fn kube_needs_a_node_name() {
-        let base = [
-            "redirector",
-            "run",
-            "--proxy-config",
-            "p",
-            "--cgroup",
-            "/cg",
-        ];
-        let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
         // NODE_NAME from the environment would satisfy --kube.
         if std::env::var_os("NODE_NAME").is_none() {
-            assert!(with(&["--kube"]).is_err());
+            assert!(run_with(&["--kube"]).is_err());
         }
-        let cli = with(&["--kube", "--node-name", "node-1"]).unwrap();
+        let cli = run_with(&["--kube", "--node-name", "node-1"]).unwrap();
         let Command::Run(run) = cli.command else {
             panic!("not run")
         };
@@ -412,19 +408,10 @@ mod tests {
 
     #[test]
     fn remove_taint_takes_a_key_and_a_node() {
-        let base = [
-            "redirector",
-            "run",
-            "--proxy-config",
-            "p",
-            "--cgroup",
-            "/cg",
-        ];
-        let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
         if std::env::var_os("NODE_NAME").is_none() {
-            assert!(with(&["--remove-taint", "egress-redirector/not-ready"]).is_err());
+            assert!(run_with(&["--remove-taint", "egress-redirector/not-ready"]).is_err());
         }
-        let cli = with(&[
+        let cli = run_with(&[
             "--remove-taint",
             "egress-redirector/not-ready",
             "--node-name",
@@ -439,7 +426,7 @@ mod tests {
             Some("egress-redirector/not-ready")
         );
         assert!(!run.kube.kube, "independent of --kube");
-        let err = with(&["--remove-taint", "x:NoSchedule", "--node-name", "n"]).unwrap_err();
+        let err = run_with(&["--remove-taint", "x:NoSchedule", "--node-name", "n"]).unwrap_err();
         assert!(err.to_string().contains("not a taint key"), "{err}");
     }
 }

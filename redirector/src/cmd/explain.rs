@@ -32,6 +32,18 @@ struct ParsedTarget {
     protocol: Protocol,
 }
 
+impl ParsedTarget {
+    /// The policy's view of it.
+    fn target(&self) -> Target<'_> {
+        Target {
+            ip: self.ip,
+            host: self.host.as_deref(),
+            port: self.port,
+            protocol: self.protocol,
+        }
+    }
+}
+
 pub fn run(args: &ExplainArgs) -> Result<()> {
     let config = ProxyConfig::load(&args.proxy_config)?;
     let policy = Policy::new(config, &args.policy.builtins());
@@ -45,12 +57,7 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
             _ => target.ip = Some(destination),
         }
     }
-    let verdict = policy.decide(&Target {
-        ip: target.ip,
-        host: target.host.as_deref(),
-        port: target.port,
-        protocol: target.protocol,
-    });
+    let verdict = policy.decide(&target.target());
     let (decision, check) = match verdict {
         Verdict::Final(decision) => (decision, None),
         Verdict::CheckName(rule) => {
@@ -245,12 +252,7 @@ mod tests {
         let policy = Policy::new(cfg, &crate::policy::Builtins::default());
         let t = parse_target("https://origin.example/", "tcp").unwrap();
         let (d, check) = policy
-            .decide(&Target {
-                ip: t.ip,
-                host: t.host.as_deref(),
-                port: t.port,
-                protocol: t.protocol,
-            })
+            .decide(&t.target())
             .decide_with(|name| panic!("{name} resolved: no name rule matches"));
         assert!(check.is_none());
         let text = to_text("https://origin.example/", &t, &d, None);
@@ -279,12 +281,7 @@ mod tests {
             let mut t = parse_target("https://www.direct.example/", "tcp").unwrap();
             t.ip = Some(dst.parse().unwrap());
             let (d, check) = policy
-                .decide(&Target {
-                    ip: t.ip,
-                    host: t.host.as_deref(),
-                    port: t.port,
-                    protocol: t.protocol,
-                })
+                .decide(&t.target())
                 .decide_with(|_| Resolution::Addresses(["192.0.2.10".parse().unwrap()].into()));
             (
                 to_text("https://www.direct.example/", &t, &d, check.as_ref()),

@@ -372,30 +372,25 @@ mod tests {
     /// bytes; a client reset meanwhile ends the relay at once.
     #[tokio::test]
     async fn tls_relay_notices_a_client_reset_while_the_proxy_does_not_read() {
-        let (mut client, _server, task) = tls_pairs().await;
-        let block = vec![0u8; 64 * 1024];
-        // Until the relay is stuck writing to the proxy.
-        while tokio::time::timeout(
-            std::time::Duration::from_millis(300),
-            client.write_all(&block),
-        )
-        .await
-        .is_ok()
-        {}
-        client.set_zero_linger().unwrap();
-        drop(client);
-        let r = tokio::time::timeout(std::time::Duration::from_secs(2), task)
-            .await
-            .expect("the relay noticed the reset")
-            .unwrap();
-        assert!(r.is_err(), "{r:?}");
+        let (client, _server, task) = tls_pairs().await;
+        assert_relay_notices_client_reset(client, task).await;
     }
 
     /// The same for the splice relay: the upstream reads nothing.
     #[tokio::test]
     async fn spliced_relay_notices_a_client_reset_while_the_upstream_does_not_read() {
-        let (mut client, _upstream, task) = spliced_pairs().await;
+        let (client, _upstream, task) = spliced_pairs().await;
+        assert_relay_notices_client_reset(client, task).await;
+    }
+
+    /// Writes until the relay is stuck writing to a peer that does not
+    /// read, resets the client, and expects the relay to end with an error.
+    async fn assert_relay_notices_client_reset(
+        mut client: TcpStream,
+        task: tokio::task::JoinHandle<io::Result<Transferred>>,
+    ) {
         let block = vec![0u8; 64 * 1024];
+        // Until the relay is stuck writing to the proxy.
         while tokio::time::timeout(
             std::time::Duration::from_millis(300),
             client.write_all(&block),
