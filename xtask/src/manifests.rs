@@ -10,7 +10,10 @@
 //! hostPort (so the scheduler refuses a second claim), and the daemon's
 //! service account can only get, list and watch pods and namespaces, plus,
 //! only where the daemon runs with `--remove-taint` (the startup-taint
-//! component), get and patch nodes.
+//! component), get and patch nodes. And for placement ([`placement`]): the
+//! daemon runs on Linux nodes only, never on virtual-kubelet or Fargate
+//! nodes, as system-node-critical, with memory requests and limits and no
+//! CPU limit.
 //!
 //! Run by `cargo xtask test` (stage `manifests`) and alone by
 //! `cargo xtask manifests`. The tools come from `cargo xtask setup`.
@@ -159,15 +162,19 @@ fn check_counting(paths: &Paths) -> Result<Counts> {
 
         match rendered_objects(paths, &rendered) {
             Ok(docs) => {
-                let violations = least_privilege(&docs);
-                for v in &violations {
-                    println!("FAIL least privilege {}: {v}", rel.display());
-                }
-                if violations.is_empty() {
-                    println!("  {} least privilege: ok", rel.display());
-                    counts.passed += 1;
-                } else {
-                    counts.failed += violations.len() as u64;
+                for (check, violations) in [
+                    ("least privilege", least_privilege(&docs)),
+                    ("placement", placement(&docs)),
+                ] {
+                    for v in &violations {
+                        println!("FAIL {check} {}: {v}", rel.display());
+                    }
+                    if violations.is_empty() {
+                        println!("  {} {check}: ok", rel.display());
+                        counts.passed += 1;
+                    } else {
+                        counts.failed += violations.len() as u64;
+                    }
                 }
             }
             Err(e) => {
@@ -387,6 +394,78 @@ fn check_daemonset(ds: &Value, taint: Option<&str>, out: &mut Vec<String>) {
     }
 }
 
+/// Node labels whose nodes run pods outside this node's kernel
+/// (virtual-kubelet, EKS Fargate): the daemon's pod could never run there.
+pub const FOREIGN_NODES: &[(&str, &str)] = &[
+    ("type", "virtual-kubelet"),
+    ("eks.amazonaws.com/compute-type", "fargate"),
+];
+
+/// Where and how big the daemon's pods are (empty: as they should be):
+/// Linux nodes only, never a virtual-kubelet or Fargate node, node-critical
+/// priority, and a memory request and limit (the limit sets the
+/// connection cap) without a CPU limit (throttling a relay delays every
+/// pod on the node).
+pub fn placement(objects: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    let daemons = objects
+        .iter()
+        .filter(|o| o["kind"] == "DaemonSet" && name_of(o) == "egress-redirector");
+    for ds in daemons {
+        let pod = &ds["spec"]["template"]["spec"];
+        let what = format!("DaemonSet {}", name_of(ds));
+        if pod["nodeSelector"]["kubernetes.io/os"] != "linux" {
+            out.push(format!(
+                "{what}: nodeSelector lacks kubernetes.io/os: linux"
+            ));
+        }
+        let terms = strings_or_objects(
+            &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"],
+        );
+        let mut terms = terms.peekable();
+        if terms.peek().is_none() {
+            out.push(format!(
+                "{what}: no required node affinity (virtual-kubelet, Fargate)"
+            ));
+        }
+        // Terms are ORed: each one must keep the daemon off every foreign node.
+        for (i, term) in terms.enumerate() {
+            for (key, value) in FOREIGN_NODES {
+                let excluded = strings_or_objects(&term["matchExpressions"]).any(|e| {
+                    e["key"] == *key
+                        && e["operator"] == "NotIn"
+                        && strings(&e["values"]).contains(value)
+                });
+                if !excluded {
+                    out.push(format!(
+                        "{what}: node affinity term {i} does not exclude {key}={value}"
+                    ));
+                }
+            }
+        }
+        if pod["priorityClassName"] != "system-node-critical" {
+            out.push(format!(
+                "{what}: priorityClassName is not system-node-critical"
+            ));
+        }
+        let daemon = strings_or_objects(&pod["containers"]).find(|c| c["name"] == "redirector");
+        let Some(daemon) = daemon else {
+            out.push(format!("{what}: no container named redirector"));
+            continue;
+        };
+        let resources = &daemon["resources"];
+        for field in ["requests", "limits"] {
+            if resources[field]["memory"].is_null() {
+                out.push(format!("{what}: redirector has no memory {field}"));
+            }
+        }
+        if !resources["limits"]["cpu"].is_null() {
+            out.push(format!("{what}: redirector has a CPU limit"));
+        }
+    }
+    out
+}
+
 fn strings_or_objects(v: &Value) -> impl Iterator<Item = &Value> {
     v.as_array().into_iter().flatten()
 }
@@ -496,6 +575,13 @@ mod tests {
         vec![
             json!({"kind": "DaemonSet", "metadata": {"name": "egress-redirector"},
               "spec": {"template": {"spec": {"hostNetwork": true,
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "priorityClassName": "system-node-critical",
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                    {"nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "type", "operator": "NotIn", "values": ["virtual-kubelet"]},
+                        {"key": "eks.amazonaws.com/compute-type", "operator": "NotIn",
+                         "values": ["fargate"]}]}]}}},
                 "initContainers": [{"name": "install-ca",
                     "securityContext": sc(json!(["SYS_CHROOT", "DAC_OVERRIDE"]))}],
                 "tolerations": [{"operator": "Exists"}],
@@ -504,6 +590,8 @@ mod tests {
                     "ports": [{"name": "redirect", "containerPort": 15001, "hostPort": 15001,
                                "protocol": "TCP"},
                               {"name": "metrics", "containerPort": 9465}],
+                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                  "limits": {"memory": "512Mi"}},
                     "securityContext": sc(json!(["BPF", "NET_ADMIN"]))}]}}}}),
             json!({"kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT}}),
             json!({"kind": "ClusterRole", "metadata": {"name": "egress-redirector"},
@@ -623,6 +711,85 @@ mod tests {
         ];
         for (objs, want) in cases {
             let found = least_privilege(&objs);
+            assert!(
+                found.iter().any(|v| v.contains(want)),
+                "expected a violation containing {want:?}, got {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_good_manifest_is_placed_right() {
+        assert_eq!(placement(&good()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_misplacement_fails() {
+        const POD: &str = "/0/spec/template/spec";
+        const TERM: &str = "/0/spec/template/spec/affinity/nodeAffinity/\
+            requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms";
+        let cases: Vec<(Vec<Value>, &str)> = vec![
+            (
+                with(&format!("{POD}/nodeSelector"), Value::Null),
+                "kubernetes.io/os: linux",
+            ),
+            (
+                with(
+                    &format!("{POD}/nodeSelector"),
+                    json!({"kubernetes.io/os": "windows"}),
+                ),
+                "kubernetes.io/os: linux",
+            ),
+            (
+                with(&format!("{POD}/affinity"), Value::Null),
+                "no required node affinity",
+            ),
+            (
+                with(
+                    &format!("{TERM}/0"),
+                    json!({"matchExpressions": [
+                        {"key": "type", "operator": "In", "values": ["virtual-kubelet"]}]}),
+                ),
+                "does not exclude type=virtual-kubelet",
+            ),
+            (
+                // A second term ORed in lets the daemon onto Fargate nodes.
+                with(
+                    TERM,
+                    json!([{"matchExpressions": [
+                        {"key": "type", "operator": "NotIn", "values": ["virtual-kubelet"]},
+                        {"key": "eks.amazonaws.com/compute-type", "operator": "NotIn",
+                         "values": ["fargate"]}]},
+                        {"matchExpressions": [
+                        {"key": "type", "operator": "NotIn", "values": ["virtual-kubelet"]}]}]),
+                ),
+                "term 1 does not exclude eks.amazonaws.com/compute-type=fargate",
+            ),
+            (
+                with(&format!("{POD}/priorityClassName"), Value::Null),
+                "system-node-critical",
+            ),
+            (
+                with(
+                    &format!("{POD}/containers/0/resources/limits"),
+                    json!({"cpu": "1"}),
+                ),
+                "no memory limits",
+            ),
+            (
+                with(
+                    &format!("{POD}/containers/0/resources/limits"),
+                    json!({"cpu": "1", "memory": "512Mi"}),
+                ),
+                "has a CPU limit",
+            ),
+            (
+                with(&format!("{POD}/containers/0/resources"), Value::Null),
+                "no memory requests",
+            ),
+        ];
+        for (objs, want) in cases {
+            let found = placement(&objs);
             assert!(
                 found.iter().any(|v| v.contains(want)),
                 "expected a violation containing {want:?}, got {found:?}"
