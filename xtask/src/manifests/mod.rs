@@ -26,6 +26,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::counts::Counts;
+pub mod kind_plan;
+
 use crate::toolchain::{self, Paths, describe};
 
 /// Kubernetes versions every object is validated against: the oldest the
@@ -162,10 +164,15 @@ fn check_counting(paths: &Paths) -> Result<Counts> {
 
         match rendered_objects(paths, &rendered) {
             Ok(docs) => {
-                for (check, violations) in [
+                let mut checks = vec![
                     ("least privilege", least_privilege(&docs)),
                     ("placement", placement(&docs)),
-                ] {
+                ];
+                if rel == Path::new(kind_plan::DEMO_OVERLAY) {
+                    let plan = kind_plan::violations(&docs, kind_plan::KIND_CONFIG);
+                    checks.push(("kind-e2e plan", plan));
+                }
+                for (check, violations) in checks {
                     for v in &violations {
                         println!("FAIL {check} {}: {v}", rel.display());
                     }
@@ -182,52 +189,96 @@ fn check_counting(paths: &Paths) -> Result<Counts> {
                 counts.failed += 1;
             }
         }
-
-        for version in versions_for(rel) {
-            let mut check = Command::new(&validator);
-            check
-                .args(["--strict", "--no-warn", "-k", version])
-                .arg(&rendered)
-                .stdin(Stdio::null());
-            let out = check
-                .output()
-                .with_context(|| format!("starting `{}`", describe(&check)))?;
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let (mut passed, mut failed) = (0u64, 0u64);
-            for line in text.lines() {
-                match parse_validator_line(line) {
-                    Some(Verdict::Passed) => passed += 1,
-                    Some(Verdict::Failed) => {
-                        failed += 1;
-                        println!("FAIL {line}");
-                    }
-                    None => {}
-                }
-            }
-            // A validator that failed without naming an object (a YAML
-            // error, a crash) or saw fewer objects than rendered still fails.
-            if (!out.status.success() && failed == 0) || passed + failed < objects as u64 {
-                println!(
-                    "FAIL validate {} against {version} ({}): {}",
-                    rel.display(),
-                    out.status,
-                    text.trim()
-                );
-                failed += 1;
-            }
-            println!(
-                "  {} against Kubernetes {version}: {passed} passed, {failed} failed",
-                rel.display()
-            );
-            counts.passed += passed;
-            counts.failed += failed;
-        }
+        validate_file(&validator, rel, &rendered, objects, &mut counts)?;
     }
+
+    // What kind-e2e applies besides the overlay, with a made-up origin
+    // address: valid objects, like the overlay's.
+    let rel = Path::new("kind-e2e runtime objects");
+    let rendered = out_dir.join("kind-e2e-runtime.yaml");
+    let text = kind_plan::runtime_objects("172.18.0.9");
+    fs::write(&rendered, &text).with_context(|| format!("writing {}", rendered.display()))?;
+    let objects = text.lines().filter(|l| l.starts_with("kind: ")).count();
+    validate_file(&validator, rel, &rendered, objects, &mut counts)?;
     Ok(counts)
+}
+
+/// Validates one rendered file (`objects` objects) against every version
+/// `rel` needs, counting each object's verdict.
+fn validate_file(
+    validator: &Path,
+    rel: &Path,
+    rendered: &Path,
+    objects: usize,
+    counts: &mut Counts,
+) -> Result<()> {
+    for version in versions_for(rel) {
+        let mut check = Command::new(validator);
+        check
+            .args(["--strict", "--no-warn", "-k", version])
+            .arg(rendered)
+            .stdin(Stdio::null());
+        let out = check
+            .output()
+            .with_context(|| format!("starting `{}`", describe(&check)))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (mut passed, mut failed) = (0u64, 0u64);
+        for line in text.lines() {
+            match parse_validator_line(line) {
+                Some(Verdict::Passed) => passed += 1,
+                Some(Verdict::Failed) => {
+                    failed += 1;
+                    println!("FAIL {line}");
+                }
+                None => {}
+            }
+        }
+        // A validator that failed without naming an object (a YAML
+        // error, a crash) or saw fewer objects than rendered still fails.
+        if (!out.status.success() && failed == 0) || passed + failed < objects as u64 {
+            println!(
+                "FAIL validate {} against {version} ({}): {}",
+                rel.display(),
+                out.status,
+                text.trim()
+            );
+            failed += 1;
+        }
+        println!(
+            "  {} against Kubernetes {version}: {passed} passed, {failed} failed",
+            rel.display()
+        );
+        counts.passed += passed;
+        counts.failed += failed;
+    }
+    Ok(())
+}
+
+/// `dir` rendered by `kubectl kustomize`, as JSON objects.
+pub fn render(paths: &Paths, dir: &Path) -> Result<Vec<Value>> {
+    let kubectl =
+        toolchain::kubectl(paths).context("no working kubectl; run `cargo xtask setup`")?;
+    let mut render = Command::new(&kubectl);
+    render.arg("kustomize").arg(dir).stdin(Stdio::null());
+    let out = render
+        .output()
+        .with_context(|| format!("starting `{}`", describe(&render)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            describe(&render),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let out_dir = paths.root.join("target/deploy-check");
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let rendered = out_dir.join("render.yaml");
+    fs::write(&rendered, &out.stdout).with_context(|| format!("writing {}", rendered.display()))?;
+    rendered_objects(paths, &rendered)
 }
 
 /// The rendered YAML as JSON objects, converted by the validator venv's
