@@ -552,6 +552,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let config = crate::config::ProxyConfig::parse("t", config).unwrap();
+        let tls = crate::dial::proxy_tls_config(&config.trusted_ca).unwrap();
         // No built-ins: the tests' destinations are on loopback.
         let builtins = crate::policy::Builtins {
             loopback: false,
@@ -564,7 +565,7 @@ mod tests {
             dialer: Dialer {
                 socket_mark: 0,
                 timeout: Duration::from_secs(2),
-                tls: Swappable::new(crate::dial::proxy_tls_config(&[]).unwrap()),
+                tls: Swappable::new(tls),
             },
             peek: PeekLimits {
                 max_bytes: 1024,
@@ -1072,46 +1073,26 @@ mod tests {
         }
     }
 
-    /// A proxy that takes plain HTTP requests: keeps each head; answers an
-    /// `Upgrade` with `101` and `early` bytes in the same segment, then
-    /// echoes; anything else with 200.
-    async fn upgrading_proxy(early: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    /// A proxy that takes plain HTTP requests, over TLS when `tls` is
+    /// given: keeps each head; answers an `Upgrade` with `101` and `early`
+    /// bytes in the same write, then echoes; anything else with 200.
+    async fn upgrading_proxy(
+        early: &'static [u8],
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(Vec::new()));
         let seen = heads.clone();
         tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                let seen = seen.clone();
+            while let Ok((s, _)) = l.accept().await {
+                let (seen, tls) = (seen.clone(), tls.clone());
                 tokio::spawn(async move {
-                    loop {
-                        let mut head = Vec::new();
-                        while !head.ends_with(b"\r\n\r\n") {
-                            let mut b = [0u8; 1];
-                            if s.read(&mut b).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            head.push(b[0]);
+                    match tls {
+                        Some(tls) => {
+                            serve_upgrades(tls.accept(s).await.unwrap(), seen, early).await
                         }
-                        let head = String::from_utf8_lossy(&head).into_owned();
-                        let upgrade = head.to_ascii_lowercase().contains("\r\nupgrade:");
-                        seen.lock().unwrap().push(head);
-                        if !upgrade {
-                            let _ = s
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                                .await;
-                            continue;
-                        }
-                        let switch = [
-                            &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                               Connection: Upgrade\r\n\r\n"[..],
-                            early,
-                        ]
-                        .concat();
-                        let _ = s.write_all(&switch).await;
-                        let (mut r, mut w) = s.split();
-                        let _ = tokio::io::copy(&mut r, &mut w).await;
-                        return;
+                        None => serve_upgrades(s, seen, early).await,
                     }
                 });
             }
@@ -1119,17 +1100,90 @@ mod tests {
         (addr, heads)
     }
 
+    async fn serve_upgrades<S>(mut s: S, seen: Arc<Mutex<Vec<String>>>, early: &[u8])
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        loop {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                if s.read(&mut b).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(b[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let upgrade = head.to_ascii_lowercase().contains("\r\nupgrade:");
+            seen.lock().unwrap().push(head);
+            if !upgrade {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                continue;
+            }
+            let switch = [
+                &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\n\r\n"[..],
+                early,
+            ]
+            .concat();
+            let _ = s.write_all(&switch).await;
+            let _ = s.flush().await;
+            let (mut r, mut w) = tokio::io::split(s);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+            return;
+        }
+    }
+
+    /// A TLS acceptor for 127.0.0.1 and the `trustedCA` value that trusts it.
+    fn proxy_tls_for_loopback() -> (tokio_rustls::TlsAcceptor, String) {
+        use base64::Engine as _;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let ca = base64::engine::general_purpose::STANDARD.encode(cert.pem());
+        (tokio_rustls::TlsAcceptor::from(Arc::new(server)), ca)
+    }
+
     /// Issue 13: an `Upgrade` over plain HTTP goes through `httpProxy` in
     /// absolute form; after its `101` the bytes flow both ways untouched:
     /// the proxy's early bytes, the client's bytes sent right behind its
-    /// request head, and everything after.
+    /// request head, and everything after. Through a plain-HTTP proxy (the
+    /// relay splices) and an `https://` one (through rustls).
     #[tokio::test]
     async fn after_101_the_bytes_flow_both_ways_untouched() {
-        let (proxy, heads) = upgrading_proxy(b"\x81\x05early").await;
+        let (acceptor, ca) = proxy_tls_for_loopback();
+        let (plain, plain_heads) = upgrading_proxy(b"\x81\x05early", None).await;
+        let (tls, tls_heads) = upgrading_proxy(b"\x81\x05early", Some(acceptor)).await;
+        for (config, heads) in [
+            (format!(r#"{{"httpProxy": "http://{plain}"}}"#), plain_heads),
+            (
+                format!(r#"{{"httpProxy": "https://{tls}", "trustedCA": "{ca}"}}"#),
+                tls_heads,
+            ),
+        ] {
+            upgrade_and_relay(&config, &heads).await;
+        }
+    }
+
+    async fn upgrade_and_relay(config: &str, heads: &Mutex<Vec<String>>) {
         let table = Arc::new(Table::default());
         let metrics = Arc::new(Metrics::new(None));
-        let config = format!(r#"{{"httpProxy": "http://{proxy}"}}"#);
-        let listen = redirector_counted(&config, table.clone(), metrics.clone()).await;
+        let listen = redirector_counted(config, table.clone(), metrics.clone()).await;
         let origin: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut c = redirected(&table, listen, origin).await;
         // A GET first: the same connection then upgrades.

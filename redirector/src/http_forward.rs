@@ -179,20 +179,15 @@ impl Switching {
         let upstream = upstream
             .downcast::<TokioIo<ProxyIo>>()
             .map_err(|_| lost())?;
-        let ProxyIo(mut proxy) = upstream.io.into_inner();
+        let mut proxy = upstream.io.into_inner();
         if !client.read_buf.is_empty() {
-            let written = match &mut proxy {
-                Upstream::Tcp(s) => s.write_all(&client.read_buf).await,
-                Upstream::Tls(s) => {
-                    async {
-                        s.write_all(&client.read_buf).await?;
-                        s.flush().await
-                    }
-                    .await
-                }
+            let written = async {
+                proxy.write_all(&client.read_buf).await?;
+                proxy.flush().await
             };
-            written.map_err(ForwardError::Switch)?;
+            written.await.map_err(ForwardError::Switch)?;
         }
+        let ProxyIo(proxy) = proxy;
         Ok(Switched {
             client: client.io.into_inner().io,
             tunnel: Tunnel {
@@ -343,9 +338,11 @@ impl Forwarder {
         };
         match sender.send_request(req).await {
             Ok(mut response) => {
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if switched {
+                    // The proxy connection is the new protocol's now.
+                    *upstream = None;
                     if !asks_upgrade {
-                        *upstream = None;
                         return error_response(
                             StatusCode::BAD_GATEWAY,
                             "the proxy switched protocols unasked",
@@ -356,15 +353,10 @@ impl Forwarder {
                         upstream: hyper::upgrade::on(&mut response),
                     };
                     *self.switching.lock().unwrap_or_else(|p| p.into_inner()) = Some(switching);
-                    self.served
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .switched_protocols = true;
-                    // The proxy connection is the new protocol's now.
-                    *upstream = None;
                 }
                 let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
                 served.requests += 1;
+                served.switched_protocols = switched;
                 if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
                     served.auth_failures += 1;
                     ratelog::warn!(
