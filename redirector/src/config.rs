@@ -13,7 +13,10 @@
 //! `allowOtherStreamProtocols` (default `false`: stream sockets other than
 //! TCP and MPTCP, such as SCTP, are refused) and `missingProxy` (default
 //! `"direct"`, AKS's meaning: what happens to plain HTTP when only
-//! `httpsProxy` is set, and to everything else when only `httpProxy` is).
+//! `httpsProxy` is set, and to everything else when only `httpProxy` is),
+//! `serverFirstPorts` (default [`DEFAULT_SERVER_FIRST_PORTS`]: destination
+//! ports whose clients wait for the server to speak, routed by address at
+//! once instead of after the peek timeout).
 //! Files without them are plain AKS files.
 //!
 //! Unknown keys are rejected rather than ignored: a typo such as
@@ -75,6 +78,10 @@ struct RawConfig {
     /// Redirector extension: `"direct"`, `"useOther"` or `"refuse"`.
     #[serde(rename = "missingProxy")]
     missing_proxy: Option<String>,
+    /// Redirector extension: destination ports routed by address without
+    /// waiting for the client's first bytes. Wide integers, as above.
+    #[serde(rename = "serverFirstPorts")]
+    server_first_ports: Option<Vec<i64>>,
 }
 
 /// `refuseUdpPorts` when the file has none: HTTP/3 (QUIC) on 443, the UDP
@@ -91,6 +98,31 @@ fn parse_udp_ports(ports: &[i64]) -> Result<Vec<u16>, String> {
             ports.len()
         ));
     }
+    parse_ports(ports)
+}
+
+/// `serverFirstPorts` when the file has none: FTP, SSH, SMTP, POP3, IMAP,
+/// mail submission and MySQL, whose servers send a banner before the
+/// client says anything.
+pub const DEFAULT_SERVER_FIRST_PORTS: &[u16] = &[21, 22, 25, 110, 143, 587, 3306];
+
+/// Most `serverFirstPorts` entries: each connection looks its port up in
+/// the list.
+const SERVER_FIRST_PORTS_MAX: usize = 1024;
+
+/// Validates `serverFirstPorts`: ports 1-65535, each once.
+fn parse_server_first_ports(ports: &[i64]) -> Result<Vec<u16>, String> {
+    if ports.len() > SERVER_FIRST_PORTS_MAX {
+        return Err(format!(
+            "{} ports; at most {SERVER_FIRST_PORTS_MAX}",
+            ports.len()
+        ));
+    }
+    parse_ports(ports)
+}
+
+/// Ports 1-65535, each once, in the order given.
+fn parse_ports(ports: &[i64]) -> Result<Vec<u16>, String> {
     let mut out: Vec<u16> = Vec::with_capacity(ports.len());
     for (i, &port) in ports.iter().enumerate() {
         let port = u16::try_from(port)
@@ -221,6 +253,10 @@ pub struct ProxyConfig {
     pub allow_other_stream_protocols: bool,
     /// `missingProxy`: what happens to a class whose proxy is not set.
     pub missing_proxy: MissingProxy,
+    /// `serverFirstPorts`: destination ports routed by address at once,
+    /// without peeking (the client waits for the server's banner); empty:
+    /// every connection is peeked at.
+    pub server_first_ports: Vec<u16>,
 }
 
 impl ProxyConfig {
@@ -281,6 +317,12 @@ impl ProxyConfig {
             None => DEFAULT_REFUSE_UDP_PORTS.to_vec(),
             Some(ports) => parse_udp_ports(ports).map_err(|m| field_error("refuseUdpPorts", m))?,
         };
+        let server_first_ports = match raw.server_first_ports.as_deref() {
+            None => DEFAULT_SERVER_FIRST_PORTS.to_vec(),
+            Some(ports) => {
+                parse_server_first_ports(ports).map_err(|m| field_error("serverFirstPorts", m))?
+            }
+        };
         let missing_proxy = match raw.missing_proxy.as_deref() {
             None => MissingProxy::default(),
             Some(v) => MissingProxy::parse(v).map_err(|m| field_error("missingProxy", m))?,
@@ -302,7 +344,14 @@ impl ProxyConfig {
             refuse_udp_ports,
             allow_other_stream_protocols: raw.allow_other_stream_protocols.unwrap_or(false),
             missing_proxy,
+            server_first_ports,
         })
+    }
+
+    /// Whether connections to `port` are routed by address at once
+    /// (`serverFirstPorts`).
+    pub fn is_server_first(&self, port: u16) -> bool {
+        self.server_first_ports.contains(&port)
     }
 }
 
@@ -771,6 +820,40 @@ mod tests {
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains("refuseUdpPorts"), "{text}: {err}");
+            assert!(err.contains(needle), "{text}: no {needle:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn server_first_ports_default_accept_a_list_and_refuse_bad_ones() {
+        let ports = |text: &str| parse(text).unwrap().server_first_ports;
+        assert_eq!(ports("{}"), [21, 22, 25, 110, 143, 587, 3306]);
+        assert_eq!(ports(r#"{"serverFirstPorts": null}"#), ports("{}"));
+        assert!(
+            ports(r#"{"serverFirstPorts": []}"#).is_empty(),
+            "[] disables"
+        );
+        assert_eq!(ports(r#"{"serverFirstPorts": [2222, 1]}"#), [2222, 1]);
+        let cfg = parse(r#"{"serverFirstPorts": [2222]}"#).unwrap();
+        assert!(cfg.is_server_first(2222) && !cfg.is_server_first(22));
+        let too_many: Vec<String> = (1..=1025).map(|p| p.to_string()).collect();
+        let too_many = format!(r#"{{"serverFirstPorts": [{}]}}"#, too_many.join(","));
+        for (text, needle) in [
+            (r#"{"serverFirstPorts": [0]}"#, "entry 0: 0 is not a port"),
+            (
+                r#"{"serverFirstPorts": [22, 65536]}"#,
+                "entry 1: 65536 is not a port",
+            ),
+            (
+                r#"{"serverFirstPorts": [22, 22]}"#,
+                "port 22 is listed twice",
+            ),
+            (r#"{"serverFirstPorts": ["22"]}"#, "serverFirstPorts[0]"),
+            (r#"{"serverFirstPorts": 22}"#, "serverFirstPorts"),
+            (too_many.as_str(), "1025 ports; at most 1024"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains("serverFirstPorts"), "{text}: {err}");
             assert!(err.contains(needle), "{text}: no {needle:?} in {err}");
         }
     }

@@ -4,8 +4,9 @@
 //! parsed and validated like at startup; if it is valid, the kernel bypass
 //! tries and the refused UDP ports are brought up to date (new entries in
 //! first, stale ones out after, so they are never empty), the kernel's
-//! flags rewritten (`allowOtherStreamProtocols`), and the policy and proxy
-//! TLS settings are swapped for new connections. Established connections keep the
+//! flags rewritten (`allowOtherStreamProtocols`), and the policy (with all
+//! of the configuration, `serverFirstPorts` included) and proxy TLS
+//! settings are swapped for new connections. Established connections keep the
 //! snapshot they took when they started. An invalid file is logged and
 //! counted, and the previous configuration stays in force.
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -147,6 +148,7 @@ impl Reloader {
             allow_pod_opt_out = config.allow_pod_opt_out,
             refuse_udp_ports = ?config.refuse_udp_ports,
             allow_other_stream_protocols = config.allow_other_stream_protocols,
+            server_first_ports = ?config.server_first_ports,
             bypass_added = ?added,
             bypass_removed = ?removed,
             udp_ports_added = ?udp_added,
@@ -412,6 +414,25 @@ mod tests {
         assert_eq!(reloads(&r, "ok"), 3);
         assert_eq!(switches.ports(), [443]);
         assert!(!switches.allow_other_streams());
+    }
+
+    /// `serverFirstPorts` travels with the policy: new connections see the
+    /// new list, one that started before keeps its own.
+    #[test]
+    fn server_first_ports_follow_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = reloader(dir.path(), "{}", Tries::default());
+        let before = r.policy.load();
+        assert!(before.config().is_server_first(22), "the default");
+        replace(&r.path, r#"{"serverFirstPorts": [2222]}"#);
+        r.poll(false);
+        assert_eq!(reloads(&r, "ok"), 1);
+        let after = r.policy.load();
+        assert!(after.config().is_server_first(2222) && !after.config().is_server_first(22));
+        assert!(before.config().is_server_first(22));
+        replace(&r.path, r#"{"serverFirstPorts": []}"#);
+        r.poll(false);
+        assert!(r.policy.load().config().server_first_ports.is_empty());
     }
 
     #[test]

@@ -59,6 +59,10 @@ BAD_PASS=wr0ngpass  # must never show up in a log either
 BANNER_PORT=7010    # origin speaks first
 REFUSED_PORT=7009   # mitmproxy answers CONNECT to this port with 403
 DEAD_PROXY_PORT=8099  # nothing listens here
+# protocols.sh's peers in rde-inet: a proxy of the pod's own, and an h2c
+# origin; mitmproxy carries both as raw TCP, as a corporate proxy would.
+SECOND_PROXY_PORT=3130
+H2C_PORT=7011
 LISTEN_PORT=15001
 
 BPFFS=$WORK/bpffs
@@ -459,15 +463,16 @@ start_origin() {
 # start_mitm NAME PORT FLOWLOG [EXTRA-ARGS...]: start one mitmdump in rde-inet.
 # It reads its CA from confdir (so it also answers a TLS-wrapped proxy
 # connection, an "https://" proxy, with a certificate for $INET_IP4 from our
-# CA); ssl_insecure because the origin's cert is self-signed; ports 7007 and
-# 7010 are forced to raw TCP and test names pinned (never DNS) by flowlog.py.
+# CA); ssl_insecure because the origin's cert is self-signed; ports 7007,
+# 7010 and the protocol tests' 3130 and 7011 are forced to raw TCP and test
+# names pinned (never DNS) by flowlog.py.
 start_mitm() {
   local name=$1 port=$2 log=$3; shift 3
   : >"$log"
   bg "$name" nsenter --net="/run/netns/$NS_INET" -- env HOME="$WORK" PYTHONUNBUFFERED=1 "$MITMDUMP" \
     --listen-host "$INET_IP4" --listen-port "$port" \
     --set confdir="$CA_DIR" --set ssl_insecure=true \
-    -s "$E2E_DIR/flowlog.py" --set flowlog="$log" --set raw_ports="7007,$BANNER_PORT" \
+    -s "$E2E_DIR/flowlog.py" --set flowlog="$log" --set raw_ports="7007,$BANNER_PORT,$SECOND_PROXY_PORT,$H2C_PORT" \
     --set test_ip="$INET_IP4" "$@"
 }
 

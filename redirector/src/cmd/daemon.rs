@@ -220,6 +220,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         refuse_udp_ports = ?policy.config().refuse_udp_ports,
         allow_other_stream_protocols = policy.config().allow_other_stream_protocols,
         missing_proxy = %policy.config().missing_proxy,
+        server_first_ports = ?policy.config().server_first_ports,
         resolv_conf = %args.resolver.resolv_conf.display(),
         "ready"
     );

@@ -10,6 +10,9 @@
 //! them. Resolving for real, rather than taking the answers on the command
 //! line, shows what the daemon on this node would do, not what the
 //! operator assumes the names resolve to. No other name is ever resolved.
+//!
+//! A port in `serverFirstPorts` is never peeked at: the daemon sees no
+//! name and no protocol there, and neither does `explain`, which says so.
 use std::net::IpAddr;
 
 use anyhow::{Context, Result, bail};
@@ -30,16 +33,23 @@ struct ParsedTarget {
     host: Option<String>,
     port: u16,
     protocol: Protocol,
+    /// The port is in `serverFirstPorts`: routed by address at once.
+    server_first: bool,
 }
 
 impl ParsedTarget {
-    /// The policy's view of it.
+    /// The policy's view of it: on a server-first port, only the address
+    /// and port, as the daemon never reads the client's first bytes there.
     fn target(&self) -> Target<'_> {
         Target {
             ip: self.ip,
-            host: self.host.as_deref(),
+            host: self.host.as_deref().filter(|_| !self.server_first),
             port: self.port,
-            protocol: self.protocol,
+            protocol: if self.server_first {
+                Protocol::Other
+            } else {
+                self.protocol
+            },
         }
     }
 }
@@ -57,6 +67,7 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
             _ => target.ip = Some(destination),
         }
     }
+    target.server_first = policy.config().is_server_first(target.port);
     let verdict = policy.decide(&target.target());
     let (decision, check) = match verdict {
         Verdict::Final(decision) => (decision, None),
@@ -112,6 +123,13 @@ fn to_text(raw: &str, t: &ParsedTarget, d: &Decision, check: Option<&NameCheck>)
     if let (Some(_), Some(ip)) = (&t.host, t.ip) {
         out += &format!("destination: {ip}\n");
     }
+    if t.server_first {
+        out += &format!(
+            "server-first: port {} is in serverFirstPorts: routed by address at once, without \
+             waiting for the client's first bytes (no host name is seen)\n",
+            t.port
+        );
+    }
     out += &format!("decision: {}\n", d.kind());
     if let Decision::Proxy { proxy, mode, .. } = d {
         out += &format!("proxy: {proxy}\nmode: {}\n", mode_name(*mode));
@@ -135,6 +153,7 @@ fn to_json(
         "ip": t.ip.map(|i| i.to_string()),
         "port": t.port,
         "protocol": protocol_name(&t.protocol),
+        "server_first": t.server_first,
         "decision": d.kind(),
         "rule": d.rule(),
     });
@@ -204,12 +223,14 @@ fn parse_target(raw: &str, protocol: &str) -> Result<ParsedTarget> {
             host: None,
             port,
             protocol,
+            server_first: false,
         },
         Err(_) => ParsedTarget {
             ip: None,
             host: Some(host),
             port,
             protocol,
+            server_first: false,
         },
     })
 }
@@ -227,7 +248,8 @@ mod tests {
                 ip: None,
                 host: Some("api.example.com".into()),
                 port: 443,
-                protocol: Protocol::Tls
+                protocol: Protocol::Tls,
+                server_first: false,
             }
         );
         let t = parse_target("http://[fd00::1]:8080/", "tcp").unwrap();
@@ -266,6 +288,41 @@ mod tests {
             !json.contains("s3cret") && json.contains(r#""decision":"proxy""#),
             "{json}"
         );
+    }
+
+    /// A server-first port: no name, so a noProxy name rule cannot match;
+    /// said in both outputs.
+    #[test]
+    fn a_server_first_port_is_routed_by_address() {
+        let cfg = ProxyConfig::parse(
+            "t",
+            r#"{"httpsProxy": "http://proxy:3128", "noProxy": ["mail.example", "192.0.2.25"]}"#,
+        )
+        .unwrap();
+        let policy = Policy::new(cfg, &crate::policy::Builtins::default());
+        let explain = |raw: &str| {
+            let mut t = parse_target(raw, "tcp").unwrap();
+            t.server_first = policy.config().is_server_first(t.port);
+            let (d, _) = policy
+                .decide(&t.target())
+                .decide_with(|_| Resolution::Addresses(["192.0.2.25".parse().unwrap()].into()));
+            (to_text(raw, &t, &d, None), to_json(raw, &t, &d, None))
+        };
+        let (text, json) = explain("mail.example:25");
+        assert!(
+            text.contains("server-first: port 25 is in serverFirstPorts"),
+            "{text}"
+        );
+        assert!(text.contains("decision: proxy\n"), "{text}");
+        assert_eq!(json["server_first"], true);
+        // By address, the noProxy IP entry still applies.
+        let (text, _) = explain("192.0.2.25:25");
+        assert!(text.contains("decision: kernel-bypass\n"), "{text}");
+        // Off the list, the name is seen.
+        let (text, json) = explain("mail.example:465");
+        assert!(!text.contains("server-first"), "{text}");
+        assert!(text.contains("decision: direct\n"), "{text}");
+        assert_eq!(json["server_first"], false);
     }
 
     /// What `explain --destination` shows for a name rule, verified or not.

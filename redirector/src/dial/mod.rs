@@ -19,19 +19,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::StatusCode;
 use thiserror::Error;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::{TcpSocket, TcpStream},
-};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 
 use crate::{config::ProxyUrl, relay, swappable::Swappable};
 pub use connect::ConnectError;
 pub use guard::{LinkLocal, NodeLocal};
-
-/// A byte stream to the upstream, whatever carries it.
-pub trait UpstreamIo: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpstreamIo for T {}
 
 /// The upstream side of a relayed connection.
 pub enum Upstream {
@@ -196,16 +189,9 @@ impl Dialer {
         Ok(Tunnel { upstream, early })
     }
 
-    /// A connection to the proxy itself as a byte stream (for plain HTTP
-    /// forwarding).
-    pub async fn proxy_connection(
-        &self,
-        proxy: &ProxyUrl,
-    ) -> Result<Box<dyn UpstreamIo>, DialError> {
-        Ok(match self.proxy_stream(proxy).await? {
-            Upstream::Tcp(s) => Box::new(s),
-            Upstream::Tls(s) => s,
-        })
+    /// A connection to the proxy itself (for plain HTTP forwarding).
+    pub async fn proxy_connection(&self, proxy: &ProxyUrl) -> Result<Upstream, DialError> {
+        self.proxy_stream(proxy).await
     }
 
     /// A connection to the proxy itself: TCP, and TLS for `https://`.
