@@ -228,15 +228,22 @@ pub fn own_cgroup_in_widest_tree(own_id: u64) -> Result<TreePosition> {
             }
             dir
         }
-        Reach::Above { height, .. } => find_dir_by_id(&mount.mountpoint, height, own_id)?
-            .with_context(|| {
+        Reach::Above { height, .. } => {
+            let dir = find_dir_by_id(&mount.mountpoint, height, own_id)?.with_context(|| {
                 format!(
                     "this process's cgroup is not {height} levels below {} (the widest cgroup2 \
                      mount: root {:?})",
                     mount.mountpoint.display(),
                     mount.root
                 )
-            })?,
+            })?;
+            tracing::debug!(
+                dir = %dir.display(),
+                mount_root = %mount.root,
+                "own cgroup found by its id in a tree above our cgroup namespace"
+            );
+            dir
+        }
         Reach::Unrelated => unreachable!("filtered out by widest_mount"),
     };
     let path = dir
@@ -296,10 +303,18 @@ pub fn derive_kubepods(own_id: u64) -> Result<Kubepods> {
 fn kubepods_of(position: &TreePosition) -> Result<Kubepods> {
     let path = position.path.to_string_lossy();
     let Some(pod) = PodCgroupPath::parse(&path) else {
+        // Only our own namespace's root in sight: a container whose host
+        // tree is not mounted.
+        let hint = if path.is_empty() {
+            " (in a container with its own cgroup namespace, mount the host's /sys/fs/cgroup \
+             so that the daemon sees where its cgroup is)"
+        } else {
+            ""
+        };
         bail!(
             "this process's cgroup {} is not inside a pod's cgroup (no kubepods directory \
-             above it, as when the daemon runs outside Kubernetes): give the hooks' attach \
-             root with --cgroup DIR (e.g. /sys/fs/cgroup/kubepods.slice)",
+             above it, as when the daemon runs outside Kubernetes){hint}: give the hooks' \
+             attach root with --cgroup DIR (e.g. /sys/fs/cgroup/kubepods.slice)",
             position.mountpoint.join(&position.path).display()
         );
     };
@@ -519,6 +534,14 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("--cgroup DIR"), "{err}");
+        assert!(!err.contains("mount the host's"), "{err}");
+        // A container that sees only its own cgroup (no host tree mounted).
+        let alone = TreePosition {
+            mountpoint: "/sys/fs/cgroup".into(),
+            path: "".into(),
+        };
+        let err = kubepods_of(&alone).unwrap_err().to_string();
+        assert!(err.contains("mount the host's /sys/fs/cgroup"), "{err}");
     }
 
     #[test]

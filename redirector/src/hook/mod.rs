@@ -26,11 +26,8 @@ mod maps;
 mod pins;
 mod support;
 
-pub use cgroup::{
-    TreePosition, cgroup_id, derive_kubepods, own_cgroup, own_cgroup_candidates,
-    own_cgroup_in_widest_tree, require_cgroup2,
-};
-pub use cgroup_layout::{Kubepods, Layout, PodCgroupPath, Qos};
+pub use cgroup::{cgroup_id, derive_kubepods, own_cgroup, own_cgroup_candidates};
+pub use cgroup_layout::{Kubepods, Layout, Qos};
 pub use counters::{PinnedCounters, read_counters};
 pub use load::{DEBUG_MAP_MAX_ENV, HookSettings, LoadedHooks, parse_debug_map_max};
 pub use maps::{
