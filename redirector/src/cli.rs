@@ -125,10 +125,15 @@ pub struct RunArgs {
     /// The AKS proxy JSON (`httpProxy`, `httpsProxy`, `noProxy`, `trustedCA`).
     #[arg(long, value_name = "FILE")]
     pub proxy_config: PathBuf,
-    /// cgroup v2 directory whose processes (and descendants') are redirected,
-    /// e.g. /sys/fs/cgroup/kubepods.slice.
+    /// cgroup v2 directory whose processes (and descendants') are redirected.
+    /// Default: the kubepods directory the daemon's own pod sits under
+    /// (e.g. /host/sys/fs/cgroup/kubepods.slice, or kind's
+    /// .../kubelet.slice/kubelet-kubepods.slice), derived at start. Pods'
+    /// cgroups are looked up in the layout its name says (kubepods,
+    /// kubepods.slice, <root>-kubepods.slice), else in kubelet's standard
+    /// places below it.
     #[arg(long, value_name = "DIR")]
-    pub cgroup: PathBuf,
+    pub cgroup: Option<PathBuf>,
     /// Address redirected connects go to: the node's IP, reachable from pods'
     /// network namespaces (never loopback: a pod's 127.0.0.1 is its own).
     /// Repeat for an IPv6 address. Default: $NODE_IP port 15001.
@@ -361,17 +366,23 @@ mod tests {
         }
     }
 
-    /// `redirector run` with its two required flags, and `extra`.
+    /// `redirector run` with its one required flag, and `extra`.
     fn run_with(extra: &[&str]) -> Result<Cli, clap::Error> {
-        let base = [
-            "redirector",
-            "run",
-            "--proxy-config",
-            "p",
-            "--cgroup",
-            "/cg",
-        ];
+        let base = ["redirector", "run", "--proxy-config", "p"];
         Cli::try_parse_from(base.iter().chain(extra))
+    }
+
+    /// Without --cgroup the attach root is derived at start.
+    #[test]
+    fn cgroup_is_optional() {
+        let Command::Run(run) = run_with(&[]).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(run.cgroup, None);
+        let Command::Run(run) = run_with(&["--cgroup", "/cg"]).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(run.cgroup, Some(PathBuf::from("/cg")));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -20,7 +21,7 @@ use crate::{
     config::ProxyConfig,
     connection::Shared,
     dial::{self, Dialer},
-    exemption,
+    exemption::{self, cgroups::PodCgroups},
     hook::{self, HookSettings, LoadedHooks, PinDir, PinnedCounters},
     limits::{self, Limits},
     lookup::KernelOriginalDst,
@@ -72,10 +73,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let tls = dial::proxy_tls_config(&config.trusted_ca)?;
     let policy = Policy::new(config, &args.policy.builtins());
 
+    // Refuses a cgroup v1-only node, named, before anything else.
+    let daemon_cgroup = hook::own_cgroup()?.1;
+    let (cgroup, pod_cgroups) = attach_root(args.cgroup.as_deref(), daemon_cgroup)?;
     let settings = HookSettings {
         listen: listen.clone(),
         socket_mark: args.socket_mark,
-        daemon_cgroup: hook::own_cgroup()?.1,
+        daemon_cgroup,
         exempt_cgroups: args.exempt_cgroup.clone(),
         bypass: policy.kernel_bypass(),
         kernel_debug_logs: tracing::enabled!(target: "redirector::kernel", tracing::Level::DEBUG),
@@ -84,7 +88,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     // Named failures (not a cgroup v2 dir, no capability, old kernel)
     // before the loader's bare errno.
-    hook::check_cgroup2(&args.cgroup)?;
+    hook::check_cgroup2(&cgroup)?;
     hook::check_kernel()?;
     let mut hooks = LoadedHooks::load(&settings)?;
     let original_dst = Arc::new(KernelOriginalDst::new(hooks.take_dst_by_client()?));
@@ -145,7 +149,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None => Vec::new(),
     };
     hooks.exempt_cgroup_ids(&inherited)?;
-    hooks.attach(&args.cgroup, &pins)?;
+    hooks.attach(&cgroup, &pins)?;
     programs_attached.mark_ready();
     for listener in listeners {
         tokio::spawn(server::serve(listener, shared.clone(), limits.clone()));
@@ -181,14 +185,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .iter()
             .map(|dir| hook::cgroup_id(dir))
             .collect::<Result<HashSet<_>>>()?;
-        let mut reconciler =
-            exemption::reconcile::Reconciler::new(exempt, &args.cgroup, static_ids)
-                .with_metrics(metrics.clone())
-                .with_pod_opt_out({
-                    // The reloaded configuration's value, read on every pass.
-                    let shared = shared.clone();
-                    move || shared.policy.load().config().allow_pod_opt_out
-                });
+        let mut reconciler = exemption::reconcile::Reconciler::new(exempt, pod_cgroups, static_ids)
+            .with_metrics(metrics.clone())
+            .with_pod_opt_out({
+                // The reloaded configuration's value, read on every pass.
+                let shared = shared.clone();
+                move || shared.policy.load().config().allow_pod_opt_out
+            });
         if let Some(synced) = api_synced {
             reconciler = reconciler.with_readiness(synced);
         }
@@ -209,7 +212,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     let policy = shared.policy.load();
     tracing::info!(
-        cgroup = %args.cgroup.display(), listen = ?listen, bpffs = %args.pins.bpffs.display(),
+        cgroup = %cgroup.display(), listen = ?listen, bpffs = %args.pins.bpffs.display(),
         config_digest,
         https_proxy = ?policy.config().https_proxy,
         http_proxy = ?policy.config().http_proxy,
@@ -235,6 +238,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // connects are refused, never sent around the proxy.
     tracing::info!("stopping; hooks stay attached (`redirector detach` removes them)");
     Ok(())
+}
+
+/// The hooks' attach root and where pods' cgroups are: `--cgroup`, or the
+/// kubepods directory the daemon's own pod sits under (a DaemonSet's pod
+/// is one of the node's pods), with the layout its path shows.
+fn attach_root(given: Option<&Path>, daemon_cgroup: u64) -> Result<(PathBuf, PodCgroups)> {
+    if let Some(dir) = given {
+        let pods = PodCgroups::under_attach_root(dir);
+        tracing::info!(cgroup = %dir.display(), pods = %pods, "attach root given (--cgroup)");
+        return Ok((dir.to_path_buf(), pods));
+    }
+    let kubepods = hook::derive_kubepods(daemon_cgroup)
+        .context("no --cgroup given, and the attach root cannot be derived")?;
+    tracing::info!(
+        cgroup = %kubepods.dir.display(),
+        layout = %kubepods.layout,
+        "attach root derived from the daemon's own cgroup: its pod's kubepods directory"
+    );
+    Ok((kubepods.dir.clone(), PodCgroups::at(kubepods)))
 }
 
 /// `--listen` as given, or `$NODE_IP:15001`. Loopback is refused: a pod's

@@ -13,16 +13,21 @@
 //! - `pins`: the pin directory of an instance, and `detach`;
 //! - `maps`: the maps changed at run time (exempt cgroups, bypass tries,
 //!   refused UDP ports and flags);
-//! - `cgroup`: the daemon's own cgroup, and cgroup ids;
+//! - `cgroup`: the daemon's own cgroup, cgroup ids, cgroup v1 refused, and
+//!   the kubepods directory derived from where the daemon's pod sits;
+//! - `cgroup_layout`: how kubelet names pods' cgroups (both drivers, with
+//!   or without a cgroup root), for the attach root and the exemptions;
 //! - `counters`: the kernel counters, for `status` and `/metrics`.
 mod cgroup;
+mod cgroup_layout;
 mod counters;
 mod load;
 mod maps;
 mod pins;
 mod support;
 
-pub use cgroup::{cgroup_id, own_cgroup, own_cgroup_candidates};
+pub use cgroup::{cgroup_id, derive_kubepods, own_cgroup, own_cgroup_candidates};
+pub use cgroup_layout::{Kubepods, Layout, Qos};
 pub use counters::{PinnedCounters, read_counters};
 pub use load::{DEBUG_MAP_MAX_ENV, HookSettings, LoadedHooks, parse_debug_map_max};
 pub use maps::{
