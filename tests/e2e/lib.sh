@@ -82,6 +82,8 @@ DNS_IP=$INET_IP4
 DNS_TABLE=$WORK/dns-table.txt
 DNS_LOG=$WORK/dns.log
 RESOLV_CONF=$WORK/resolv.conf
+# The daemons' hand-over socket (--handover-dir), not the host's /run.
+HANDOVER_DIR=$WORK/handover
 
 CG2=""          # cgroup2 mount point, found by find_cgroup2
 CG_ROOT=""      # $CG2/rde-e2e: where the hooks are attached
@@ -598,7 +600,7 @@ daemon_run_args() { # daemon_run_args CONFIGFILE
   printf '%s\n' run --proxy-config "$1" --cgroup "$CG_ROOT" \
     --listen "$NODE_IP4:$LISTEN_PORT" --listen "[$NODE_IP6]:$LISTEN_PORT" \
     --bpffs "$PIN_DIR" --exempt-cgroup "$CG_ROOT/pods/pod-b" --metrics "$METRICS_ADDR" \
-    --resolv-conf "$RESOLV_CONF"
+    --resolv-conf "$RESOLV_CONF" --handover-dir "$HANDOVER_DIR"
   if ((${#DAEMON_EXTRA[@]})); then printf '%s\n' "${DAEMON_EXTRA[@]}"; fi
 }
 
@@ -634,9 +636,9 @@ start_daemon() { # start_daemon [CONFIGFILE]
   return 1
 }
 
-stop_daemon() { # SIGTERM: the hooks stay pinned
+stop_daemon() { # SIGINT: at once, without the drain of SIGTERM; the hooks stay pinned
   [[ -n $DAEMON_PID ]] || return 0
-  kill -TERM "$DAEMON_PID" 2>/dev/null
+  kill -INT "$DAEMON_PID" 2>/dev/null
   wait "$DAEMON_PID" 2>/dev/null
   DAEMON_PID=""
   DAEMON_CONFIG=""
