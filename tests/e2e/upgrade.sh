@@ -29,6 +29,10 @@ UPG_PID=""       # the instance started by upg_start
 UPG_LOAD_PID=""
 UPG_CONTROL=$WORK/upgrade-control
 UPG_LONG_BYTES=$((16 << 20))
+# New connections a second, and the threads making them (UPG_RATE and
+# UPG_WORKERS from the environment, for heavier runs by hand).
+UPG_RATE=${UPG_RATE:-24}
+UPG_WORKERS=${UPG_WORKERS:-6}
 
 # upg_start NAME CGROUP [RUN-FLAGS...]: a daemon beside the running one,
 # logging to $WORK/NAME.log; waits for its "ready". UPG_BIN (default
@@ -75,7 +79,7 @@ upg_load_start() { # upg_load_start NAME EXPECT
   mkdir -p "$UPG_CONTROL"
   pod_bg pod-a "$1" "$PYTHON" "$E2E_DIR/upgrade.py" load --inet "$INET_IP4" --pod "$POD_A_IP4" \
     --ca "$CA_CERT" --origin-ca "$WORK/origin-cert.pem" --control "$UPG_CONTROL" --out "$WORK/$1.json" --expect "$2" \
-    --long-bytes "$UPG_LONG_BYTES"
+    --long-bytes "$UPG_LONG_BYTES" --rate "$UPG_RATE" --workers "$UPG_WORKERS"
   UPG_LOAD_PID=$POD_BG_PID
   wait_for 10 "the load started" test -e "$UPG_CONTROL/started" \
     || why "upgrade.py did not start:" "$(tail -n 5 "$WORK/$1.out")" || return 1
@@ -131,6 +135,13 @@ upg_expect_no_lost_destination() {
   done
 }
 
+# upg_only_holder NEW OLD: the listeners on :15001 are held by NEW, not OLD.
+upg_only_holder() {
+  local holders
+  holders=$(in_netns "$NS_NODE" ss -Hltnp "sport = :$LISTEN_PORT")
+  [[ $holders == *"pid=$1,"* && $holders != *"pid=$2,"* ]]
+}
+
 # (a) A rolling upgrade: the new instance starts beside the old one, takes
 #     its listening sockets and its hooks over; the old one, told by
 #     SIGTERM (as the DaemonSet controller does once the new pod is
@@ -151,6 +162,10 @@ t_upgrade_rolling() {
   expect_contains "$(cat "$WORK/upgrade-new.log")" "adopting the shared map" "new instance's log" || return 1
   wait_for 5 "the old instance hands over" grep -q "handed over" "$old_log" || return 1
   kill -0 "$old" 2>/dev/null || why "the old instance exited before SIGTERM" || return 1
+  # Only the new instance holds the listening sockets now (so that, killed,
+  # it would leave nobody listening: fail closed), and still serves them.
+  wait_for 2 "the old instance closes its copies of the listeners" upg_only_holder "$UPG_PID" "$old" \
+    || why "processes holding :$LISTEN_PORT:" "$(in_netns "$NS_NODE" ss -Hltnp "sport = :$LISTEN_PORT")" || return 1
   sleep 1
   t_term=$(now_ms)
   kill -TERM "$old"
