@@ -243,6 +243,9 @@ node_down() {
   #    an exited one's pid may have been reused), then any left in our
   #    namespaces/cgroups
   local mine=() pid
+  # The daemon at once: on SIGTERM it would keep serving (draining) until
+  # its drain timeout, since its hooks are still attached.
+  if [[ -n $DAEMON_PID ]]; then kill -INT "$DAEMON_PID" 2>/dev/null; fi
   for pid in "${BG_PIDS[@]}"; do
     [[ $(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ') == "$$" ]] && mine+=("$pid")
   done

@@ -34,7 +34,6 @@ pub use maps::{
     bypass_diff, port_diff, read_exempt_cgroups, read_redirect_config, read_refused_udp_ports,
 };
 pub use pins::{PinDir, detach};
-pub use shared::LAYOUT as SHARED_LAYOUT;
 pub use support::{KernelSupportError, check_cgroup2, check_kernel};
 
 /// The programs, by their names in the kernel crate.
