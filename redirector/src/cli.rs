@@ -10,6 +10,12 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/redirector";
 pub const DEFAULT_SOCKET_MARK: u32 = 0xe5;
 /// Default port of the redirect listener.
 pub const DEFAULT_PORT: u16 = 15001;
+/// Default `--handover-dir`.
+pub const DEFAULT_HANDOVER_DIR: &str = "/run/egress-redirector";
+/// Default `--drain-timeout`, in seconds: below the DaemonSet's
+/// `terminationGracePeriodSeconds` (60), so the daemon ends its drain
+/// before the kubelet's SIGKILL.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: &str = "50";
 
 /// Transparent egress through a corporate HTTP proxy for Kubernetes pods.
 #[derive(Debug, Parser)]
@@ -29,6 +35,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once per process: the size of `Run` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach the hooks to a cgroup and proxy redirected connections.
@@ -184,6 +192,26 @@ pub struct RunArgs {
     /// lower one.
     #[arg(long, value_name = "BYTES", value_parser = parse_memory)]
     pub memory_limit: Option<u64>,
+    #[command(flatten)]
+    pub upgrade: UpgradeArgs,
+}
+
+/// Upgrades and restarts without a dropped connection.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// After SIGTERM, how long connections in flight may go on before they
+    /// are cut, in seconds (keep it below the pod's
+    /// terminationGracePeriodSeconds). Until then the daemon also keeps
+    /// accepting while no new instance has taken over and the hooks are
+    /// attached.
+    #[arg(long, value_name = "SECS", default_value = DEFAULT_DRAIN_TIMEOUT_SECS, value_parser = parse_secs)]
+    pub drain_timeout: std::time::Duration,
+    /// Directory of the hand-over socket, through which a new instance on
+    /// this node takes the listening sockets over from the running one
+    /// (made mode 0700 if missing). Instances that share a --bpffs must
+    /// share it.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_HANDOVER_DIR)]
+    pub handover_dir: PathBuf,
 }
 
 /// Live exemption of pods and namespaces from the Kubernetes API.
@@ -326,6 +354,14 @@ mod tests {
         assert_eq!(run.socket_mark, 16);
         assert_eq!(run.pins.bpffs, PathBuf::from(DEFAULT_BPFFS));
         assert!(!run.kube.kube);
+        assert_eq!(
+            run.upgrade.drain_timeout,
+            std::time::Duration::from_secs(50)
+        );
+        assert_eq!(
+            run.upgrade.handover_dir,
+            PathBuf::from(DEFAULT_HANDOVER_DIR)
+        );
         assert_eq!(run.resolver.resolv_conf, PathBuf::from("/etc/resolv.conf"));
         assert_eq!(
             run.resolver.resolve_timeout,
@@ -401,6 +437,22 @@ mod tests {
         };
         assert_eq!(run.metrics, Some("127.0.0.1:9465".parse().unwrap()));
         assert!(Cli::try_parse_from(["redirector", "--log-format", "xml", "status"]).is_err());
+    }
+
+    #[test]
+    fn upgrade_flags_parse_and_refuse_nonsense() {
+        let cli = run_with(&["--drain-timeout", "2.5", "--handover-dir", "/tmp/h"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            run.upgrade.drain_timeout,
+            std::time::Duration::from_millis(2500)
+        );
+        assert_eq!(run.upgrade.handover_dir, PathBuf::from("/tmp/h"));
+        for bad in ["0", "-1", "x", "3601"] {
+            assert!(run_with(&["--drain-timeout", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -24,6 +24,10 @@
 //! - `metrics`: each connection's decision, outcome and bytes, the kernel
 //!   counters, served on `--metrics` with `/healthz` and `/readyz`
 //!   (`readiness`: the conditions the daemon waits for);
+//! - `handover`: the listening sockets given to the next instance on the
+//!   node; `drain`: how the daemon stops (hand-over, SIGTERM, detach)
+//!   without dropping a connection; `supervise`: the long-lived tasks, whose
+//!   end makes the daemon not ready and exit;
 //! - `cmd`: the subcommands (`run` is `cmd::daemon`), with `cli` their
 //!   arguments; nothing on the data path imports them;
 //! - `endpoint`: socket addresses as the kernel maps hold them; `ca`: CA
@@ -45,12 +49,15 @@ pub mod server;
 
 pub mod ca;
 pub mod config;
+pub mod drain;
 pub mod endpoint;
 pub mod exemption;
+pub mod handover;
 pub mod metrics;
 pub mod readiness;
 pub mod reload;
 pub mod startup_taint;
+pub mod supervise;
 pub mod swappable;
 
 pub mod cli;

@@ -82,6 +82,8 @@ DNS_IP=$INET_IP4
 DNS_TABLE=$WORK/dns-table.txt
 DNS_LOG=$WORK/dns.log
 RESOLV_CONF=$WORK/resolv.conf
+# The daemons' hand-over socket (--handover-dir), not the host's /run.
+HANDOVER_DIR=$WORK/handover
 
 CG2=""          # cgroup2 mount point, found by find_cgroup2
 CG_ROOT=""      # $CG2/rde-e2e: where the hooks are attached
@@ -241,6 +243,9 @@ node_down() {
   #    an exited one's pid may have been reused), then any left in our
   #    namespaces/cgroups
   local mine=() pid
+  # The daemon at once: on SIGTERM it would keep serving (draining) until
+  # its drain timeout, since its hooks are still attached.
+  if [[ -n $DAEMON_PID ]]; then kill -INT "$DAEMON_PID" 2>/dev/null; fi
   for pid in "${BG_PIDS[@]}"; do
     [[ $(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ') == "$$" ]] && mine+=("$pid")
   done
@@ -598,7 +603,7 @@ daemon_run_args() { # daemon_run_args CONFIGFILE
   printf '%s\n' run --proxy-config "$1" --cgroup "$CG_ROOT" \
     --listen "$NODE_IP4:$LISTEN_PORT" --listen "[$NODE_IP6]:$LISTEN_PORT" \
     --bpffs "$PIN_DIR" --exempt-cgroup "$CG_ROOT/pods/pod-b" --metrics "$METRICS_ADDR" \
-    --resolv-conf "$RESOLV_CONF"
+    --resolv-conf "$RESOLV_CONF" --handover-dir "$HANDOVER_DIR"
   if ((${#DAEMON_EXTRA[@]})); then printf '%s\n' "${DAEMON_EXTRA[@]}"; fi
 }
 
@@ -634,9 +639,9 @@ start_daemon() { # start_daemon [CONFIGFILE]
   return 1
 }
 
-stop_daemon() { # SIGTERM: the hooks stay pinned
+stop_daemon() { # SIGINT: at once, without the drain of SIGTERM; the hooks stay pinned
   [[ -n $DAEMON_PID ]] || return 0
-  kill -TERM "$DAEMON_PID" 2>/dev/null
+  kill -INT "$DAEMON_PID" 2>/dev/null
   wait "$DAEMON_PID" 2>/dev/null
   DAEMON_PID=""
   DAEMON_CONFIG=""

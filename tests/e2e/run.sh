@@ -33,6 +33,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/escapes.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/protocols.sh"
 # shellcheck source-path=SCRIPTDIR source=layouts.sh
 source "$(dirname "${BASH_SOURCE[0]}")/layouts.sh"
+# shellcheck source-path=SCRIPTDIR source=upgrade.sh
+source "$(dirname "${BASH_SOURCE[0]}")/upgrade.sh"
 
 PASSED=0
 FAILED=0
@@ -1061,6 +1063,7 @@ DAEMON_TESTS=(https:t_https http:t_http tcp_echo:t_tcp_echo ipv6:t_ipv6
   reload:t_reload
   metrics:t_metrics
   restart_under_load:t_restart_under_load
+  "${UPGRADE_TESTS[@]}"
   detach:t_detach)
 
 main() {

@@ -20,9 +20,10 @@
 //!   curl pod's annotation;
 //! - `curl-env`, a pod with `HTTPS_PROXY`/`HTTP_PROXY` set (as AKS injects
 //!   them): HTTP and HTTPS work, through mitmproxy;
-//! - uninstall: with the DaemonSet gone, redirected connects are refused
-//!   (fail-closed); after `deploy/uninstall` has detached the hooks, they go
-//!   direct and the pins are gone from the node's bpffs.
+//! - uninstall, in the documented order: `deploy/uninstall` detaches the
+//!   hooks while the DaemonSet runs, and pods go direct at once; then the
+//!   DaemonSet is deleted (its pods drain and exit), pods still go direct
+//!   and the pins are gone from the node's bpffs.
 //!
 //! Ends with `kind-e2e: N passed, M failed` and deletes the cluster and the
 //! origin, also on failure (`KIND_E2E_KEEP=1` keeps them for inspection).
@@ -643,29 +644,16 @@ impl Checks<'_> {
         }
     }
 
-    /// The documented uninstall: without the DaemonSet the hooks stay and
-    /// refuse (fail-closed); `deploy/uninstall` detaches them, after which
-    /// pods go direct and nothing is left pinned on the node.
+    /// The documented uninstall: `deploy/uninstall` detaches the hooks
+    /// while the daemon runs (pods go direct at once, never refused), then
+    /// the DaemonSet goes (its pods drain and exit) and nothing is left
+    /// pinned on the node.
     fn uninstall(&mut self) -> Result<()> {
-        let base = self.kind.paths.root.join("deploy/base");
-        run(self
-            .kind
-            .kubectl()
-            .args(["delete", "--wait=true", "-k"])
-            .arg(&base))?;
         let url = format!(
-            "http://{}:{}/after-delete",
+            "http://{}:{}/after-detach",
             self.origin_ip,
             kind_plan::ORIGIN_HTTP_PORT
         );
-        let (ok, response) = self.curl(CURL, &format!("-s {url}"))?;
-        // curl's exit 7: the connect was refused.
-        self.record(
-            "DaemonSet deleted: redirected connects are refused, not sent around the proxy",
-            !ok && !response.contains("origin ok"),
-            &format!(" ({})", response.trim()),
-        );
-
         let uninstall = self.kind.paths.root.join("deploy/uninstall");
         run(self.kind.kubectl().arg("apply").arg("-k").arg(&uninstall))?;
         run(self.kind.kubectl().args([
@@ -676,11 +664,26 @@ impl Checks<'_> {
             "daemonset/egress-redirector-detach",
             "--timeout=300s",
         ]))?;
+        let direct = |response: &str| {
+            response.contains("origin ok")
+                && !response.to_ascii_lowercase().contains("x-egress-proxy")
+        };
         let (ok, response) = self.curl(CURL, &format!("-si {url}"))?;
         self.record(
-            "after deploy/uninstall: pods go direct",
-            ok && response.contains("origin ok")
-                && !response.to_ascii_lowercase().contains("x-egress-proxy"),
+            "deploy/uninstall with the daemon still running: pods go direct",
+            ok && direct(&response),
+            "",
+        );
+        let base = self.kind.paths.root.join("deploy/base");
+        run(self
+            .kind
+            .kubectl()
+            .args(["delete", "--wait=true", "-k"])
+            .arg(&base))?;
+        let (ok, response) = self.curl(CURL, &format!("-si {url}"))?;
+        self.record(
+            "then the DaemonSet deleted: pods still go direct",
+            ok && direct(&response),
             "",
         );
         let pins_gone = !toolchain::succeeds(Command::new("docker").args([
@@ -691,7 +694,7 @@ impl Checks<'_> {
             "/sys/fs/bpf/redirector",
         ]));
         self.record(
-            "after deploy/uninstall: nothing pinned on the node",
+            "after the uninstall: nothing pinned on the node",
             pins_gone,
             "",
         );

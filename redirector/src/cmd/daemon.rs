@@ -1,6 +1,8 @@
-//! `redirector run`: validate the configuration, load the programs, bind
-//! the listeners, and only then attach the hooks, so a pod's connect is
-//! never redirected to an address nobody listens on because of us.
+//! `redirector run`: validate the configuration, load the programs, take
+//! the listeners over from a running instance or bind them, and only then
+//! attach the hooks, so a pod's connect is never redirected to an address
+//! nobody listens on because of us. Then serve, supervised, until `drain`
+//! says to exit.
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
@@ -13,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
 };
 
 use crate::{
@@ -21,7 +24,9 @@ use crate::{
     config::ProxyConfig,
     connection::Shared,
     dial::{self, Dialer},
+    drain,
     exemption::{self, cgroups::PodCgroups},
+    handover,
     hook::{self, HookSettings, LoadedHooks, PinDir, PinnedCounters},
     limits::{self, Limits},
     lookup::KernelOriginalDst,
@@ -32,6 +37,7 @@ use crate::{
     readiness::Readiness,
     reload::{Reloader, Watch},
     server, startup_taint,
+    supervise::Supervisor,
     swappable::Swappable,
 };
 
@@ -45,6 +51,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let listeners_up = readiness.register("listeners up");
     // With --kube: the first complete list of pods and namespaces applied.
     let api_synced = args.kube.kube.then(|| readiness.register("api synced"));
+    let mut supervisor = Supervisor::new(readiness.clone())?;
     let open_files = limits::raise_open_files_limit()?;
     let memory = memory_budget::effective_limit(args.memory_limit);
     let caps = limits::caps(
@@ -90,7 +97,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // before the loader's bare errno.
     hook::check_cgroup2(&cgroup)?;
     hook::check_kernel()?;
-    let mut hooks = LoadedHooks::load(&settings)?;
+    let pins = PinDir::new(&args.pins.bpffs);
+    let mut hooks = LoadedHooks::load(&settings, &pins)?;
     let original_dst = Arc::new(KernelOriginalDst::new(hooks.take_dst_by_client()?));
     if let Some(logger) = hooks.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
@@ -130,17 +138,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         (true, None, _) => bail!("--kube needs --node-name (or NODE_NAME)"),
         _ => None,
     };
-    let mut listeners = Vec::new();
-    for addr in &listen {
-        let listener = server::listen(*addr).with_context(|| format!("listening on {addr}"))?;
-        listeners.push(listener);
-    }
-    let metrics_listener = match args.metrics {
-        Some(addr) => Some(metrics::server::bind(addr).await?),
-        None => None,
-    };
-
-    let pins = PinDir::new(&args.pins.bpffs);
+    // Bound first: a directory that cannot hold it stops the start before
+    // anything is taken from a running instance.
+    let handover_server = handover::Server::bind(&args.upgrade.handover_dir)?;
+    // The listeners (then the metrics listener): a running instance's, handed
+    // over, or bound here.
+    let addrs: Vec<SocketAddr> = listen.iter().copied().chain(args.metrics).collect();
+    let (predecessor, held) =
+        handover::acquire(&args.upgrade.handover_dir, pins.root(), &addrs).await?;
+    let held = Arc::new(held);
     // With --kube, keep what an earlier instance exempted until our first
     // complete view of the API says otherwise: a restart must not send
     // exempt pods to the proxy, even while the API is unreachable.
@@ -149,22 +155,37 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None => Vec::new(),
     };
     hooks.exempt_cgroup_ids(&inherited)?;
+    if let Some(predecessor) = &predecessor {
+        // Its own connects while it drains: our hooks honour the socket
+        // mark only from our cgroup, and must not redirect them.
+        hooks.exempt_cgroup_ids(&[predecessor.cgroup])?;
+    }
     hooks.attach(&cgroup, &pins)?;
     programs_attached.mark_ready();
-    for listener in listeners {
-        tokio::spawn(server::serve(listener, shared.clone(), limits.clone()));
-    }
-    listeners_up.mark_ready();
-    if let Some(listener) = metrics_listener {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-        }
-        tokio::spawn(metrics::server::serve(
-            listener,
-            metrics.clone(),
-            readiness.clone(),
+    let mut accept_loops = Vec::new();
+    for listener in &held[..listen.len()] {
+        accept_loops.push(supervisor.spawn_forever(
+            format!("listener {}", listener.addr()),
+            server::serve(listener.serve()?, shared.clone(), limits.clone()),
         ));
     }
+    listeners_up.mark_ready();
+    let metrics_server = match args.metrics {
+        Some(addr) => {
+            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+            let (held, metrics, readiness) = (held.clone(), metrics.clone(), readiness.clone());
+            let index = listen.len();
+            let mut start: drain::StartMetrics = Box::new(move |supervisor: &mut Supervisor| {
+                let listener = held[index].serve()?;
+                Ok(supervisor.spawn_forever(
+                    "metrics server",
+                    metrics::server::serve(listener, metrics.clone(), readiness.clone()),
+                ))
+            });
+            Some((Some(start(&mut supervisor)?), start))
+        }
+        None => None,
+    };
     let reloader = Reloader {
         path: args.proxy_config.clone(),
         builtins: args.policy.builtins(),
@@ -176,7 +197,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         metrics: metrics.clone(),
         watch: Watch::new(config_digest.clone()),
     };
-    tokio::spawn(reloader.run(hangup));
+    supervisor.spawn_forever("config reloader", reloader.run(hangup));
     if let Some((client, node)) = kube {
         // Taken after attach, which pins the map for `redirector status`.
         let exempt = Arc::new(hooks.take_exempt_cgroups()?);
@@ -197,7 +218,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
         reconciler.adopt(inherited);
         tracing::info!(node = %node, "following the Kubernetes API for exempt pods and namespaces");
-        tokio::spawn(exemption::watcher::run(client, node, reconciler));
+        supervisor.spawn_forever(
+            "kubernetes watcher",
+            exemption::watcher::run(client, node, reconciler),
+        );
     }
     if let (Some(key), Some(node), Some(client)) =
         (&args.kube.remove_taint, &args.kube.node_name, api)
@@ -209,6 +233,27 @@ pub async fn run(args: RunArgs) -> Result<()> {
             key.clone(),
             readiness.clone(),
         ));
+    }
+    // Serving now: the next instance finds us, and the one before stops.
+    let (handover_events, handover) = mpsc::channel(8);
+    handover_server.publish()?;
+    supervisor.spawn(
+        "hand-over socket",
+        handover_server.serve(
+            held.clone(),
+            handover::Identity::new(pins.root(), settings.daemon_cgroup)?,
+            handover_events,
+        ),
+    );
+    if let Some(predecessor) = predecessor {
+        let pid = predecessor.pid;
+        match predecessor.confirm().await {
+            Ok(()) => tracing::info!(pid, "took over from the running instance, which drains"),
+            Err(e) => tracing::warn!(
+                pid, error = %format!("{e:#}"),
+                "the running instance did not confirm the hand-over; both accept until it stops"
+            ),
+        }
     }
     let policy = shared.policy.load();
     tracing::info!(
@@ -228,15 +273,31 @@ pub async fn run(args: RunArgs) -> Result<()> {
         "ready"
     );
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    drop(policy);
+
+    let stops = drain::stop_signals()?;
+    drain::Running {
+        supervisor,
+        readiness,
+        limits,
+        pins: pins.clone(),
+        drain_timeout: args.upgrade.drain_timeout,
+        accept_loops,
+        metrics: metrics_server,
+        held: Some(held),
+        handover,
+        stops,
     }
-    // The hooks stay attached (pinned): until a new instance listens, pods'
-    // connects are refused, never sent around the proxy.
-    tracing::info!("stopping; hooks stay attached (`redirector detach` removes them)");
+    .run()
+    .await?;
+    // The hooks stay attached (pinned) unless detached: until a new
+    // instance listens, pods' connects are refused, never sent around the
+    // proxy.
+    if pins.pinned_links().is_empty() {
+        tracing::info!("stopped; the hooks are detached");
+    } else {
+        tracing::info!("stopped; hooks stay attached (`redirector detach` removes them)");
+    }
     Ok(())
 }
 

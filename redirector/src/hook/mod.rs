@@ -3,7 +3,9 @@
 //! remove them again.
 //!
 //! Pin layout under the bpffs directory (`--bpffs`):
-//! `links/{connect4,connect6,rekey_client}` and `maps/<MAP NAME>`.
+//! `links/<PROGRAM>` and `maps/<MAP NAME>` of the instance attached now, and
+//! `shared/v<LAYOUT>/<MAP NAME>`, the original-destination maps every
+//! instance adopts (`shared`).
 //! Pinned links keep the programs attached when the daemon exits, so pods
 //! never bypass the proxy while it is down: their connects are refused by
 //! the empty listen address instead (fail closed).
@@ -11,6 +13,7 @@
 //! - `support`: what the kernel must offer, checked before loading;
 //! - `load`: load the programs, fill their maps, attach and pin them;
 //! - `pins`: the pin directory of an instance, and `detach`;
+//! - `shared`: the maps successive instances share through a hand-over;
 //! - `maps`: the maps changed at run time (exempt cgroups, bypass tries,
 //!   refused UDP ports and flags);
 //! - `cgroup`: the daemon's own cgroup, cgroup ids, cgroup v1 refused, and
@@ -24,6 +27,7 @@ mod counters;
 mod load;
 mod maps;
 mod pins;
+mod shared;
 mod support;
 
 pub use cgroup::{cgroup_id, derive_kubepods, own_cgroup, own_cgroup_candidates};

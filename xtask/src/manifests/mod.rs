@@ -6,14 +6,15 @@
 //! Each rendering is also checked for least privilege ([`least_privilege`]):
 //! the DaemonSets' containers drop every capability and add only the ones
 //! listed in [`ALLOWED_CAPABILITIES`], run with a read-only root filesystem
-//! and without privilege escalation, the daemon declares its listener as a
-//! hostPort (so the scheduler refuses a second claim), and the daemon's
-//! service account can only get, list and watch pods and namespaces, plus,
-//! only where the daemon runs with `--remove-taint` (the startup-taint
-//! component), get and patch nodes. And for placement ([`placement`]): the
-//! daemon runs on Linux nodes only, never on virtual-kubelet or Fargate
-//! nodes, as system-node-critical, with memory requests and limits and no
-//! CPU limit.
+//! and without privilege escalation, and the daemon's service account can
+//! only get, list and watch pods and namespaces, plus, only where the daemon
+//! runs with `--remove-taint` (the startup-taint component), get and patch
+//! nodes. For placement ([`placement`]): the daemon runs on Linux nodes
+//! only, never on virtual-kubelet or Fargate nodes, as
+//! system-node-critical, with memory requests and limits and no CPU limit.
+//! And for rolling updates ([`rollout::violations`]): a surge pod beside
+//! the old one, no host port that would keep it from being scheduled, and
+//! a grace period longer than the drain.
 //!
 //! Run by `cargo xtask test` (stage `manifests`) and alone by
 //! `cargo xtask manifests`. The tools come from `cargo xtask setup`.
@@ -27,6 +28,7 @@ use serde_json::Value;
 
 use crate::counts::Counts;
 pub mod kind_plan;
+pub mod rollout;
 
 use crate::toolchain::{self, Paths, describe};
 
@@ -167,6 +169,7 @@ fn check_counting(paths: &Paths) -> Result<Counts> {
                 let mut checks = vec![
                     ("least privilege", least_privilege(&docs)),
                     ("placement", placement(&docs)),
+                    ("rollout", rollout::violations(&docs)),
                 ];
                 if rel == Path::new(kind_plan::DEMO_OVERLAY) {
                     let plan = kind_plan::violations(&docs, kind_plan::KIND_CONFIG);
@@ -326,9 +329,6 @@ const ALLOWED_VERBS: &[&str] = &["get", "list", "watch"];
 /// its own: read its node and patch the taint away.
 const NODE_VERBS: &[&str] = &["get", "patch"];
 
-/// The redirect listener's port, which the daemon must claim as a hostPort.
-pub const LISTENER_PORT: u64 = 15001;
-
 /// The taint key the daemon's `--remove-taint` names, if it has one.
 fn startup_taint(objects: &[Value]) -> Option<String> {
     let ds = objects
@@ -416,20 +416,6 @@ fn check_daemonset(ds: &Value, taint: Option<&str>, out: &mut Vec<String>) {
             .collect();
         if !extra.is_empty() {
             out.push(format!("{what}: adds {extra:?}; allowed: {allowed:?}"));
-        }
-        // The listener as a hostPort: the scheduler then refuses another
-        // pod's claim on the node (which could capture redirected connects).
-        if name == "redirector" {
-            let claimed = strings_or_objects(&c["ports"]).any(|p| {
-                p["containerPort"] == LISTENER_PORT
-                    && p["hostPort"] == LISTENER_PORT
-                    && (p["protocol"].is_null() || p["protocol"] == "TCP")
-            });
-            if !claimed {
-                out.push(format!(
-                    "{what}: does not declare its listener {LISTENER_PORT}/TCP as a hostPort"
-                ));
-            }
         }
         // The daemon cannot work with less: a missing one is a broken
         // manifest, not a safer one, so flag it too.
@@ -638,9 +624,6 @@ mod tests {
                 "tolerations": [{"operator": "Exists"}],
                 "containers": [{"name": "redirector",
                     "args": ["run", "--kube"],
-                    "ports": [{"name": "redirect", "containerPort": 15001, "hostPort": 15001,
-                               "protocol": "TCP"},
-                              {"name": "metrics", "containerPort": 9465}],
                     "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
                                   "limits": {"memory": "512Mi"}},
                     "securityContext": sc(json!(["BPF", "NET_ADMIN"]))}]}}}}),
@@ -844,26 +827,6 @@ mod tests {
             assert!(
                 found.iter().any(|v| v.contains(want)),
                 "expected a violation containing {want:?}, got {found:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_listener_must_be_a_host_port() {
-        const PORTS: &str = "/0/spec/template/spec/containers/0/ports";
-        for ports in [
-            json!([{"name": "metrics", "containerPort": 9465}]),
-            json!([{"name": "redirect", "containerPort": 15001}]),
-            json!([{"name": "redirect", "containerPort": 15001, "hostPort": 15001,
-                    "protocol": "UDP"}]),
-            Value::Null,
-        ] {
-            let found = least_privilege(&with(PORTS, ports.clone()));
-            assert!(
-                found
-                    .iter()
-                    .any(|v| v.contains("does not declare its listener 15001/TCP")),
-                "{ports}: {found:?}"
             );
         }
     }
