@@ -521,6 +521,7 @@ mod tests {
             original_dst: table,
             dialer: Dialer {
                 socket_mark: 0,
+                sockets: Default::default(),
                 timeout: Duration::from_secs(2),
                 tls: Swappable::new(crate::dial::proxy_tls_config(&[]).unwrap()),
             },

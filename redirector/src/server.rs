@@ -10,6 +10,7 @@ use crate::{
     lookup::OriginalDst,
     metrics::Metrics,
     ratelog::{self, RateLog},
+    socket_options::SocketOptions,
 };
 
 static ACCEPT_FAILED: RateLog = RateLog::default_budget("accept_failed");
@@ -20,14 +21,18 @@ static ACCEPT_FAILED: RateLog = RateLog::default_budget("accept_failed");
 /// caps it at `net.core.somaxconn` (4,096 by default since Linux 5.4).
 const BACKLOG: u32 = 8192;
 
-/// A listening socket on `addr` with [`BACKLOG`].
-pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A listening socket on `addr` with [`BACKLOG`], and `options`, which
+/// every accepted socket inherits (the kernel copies the listener's; set
+/// before `listen`, so the window scale offered in the SYN-ACK follows the
+/// buffers).
+pub fn listen(addr: SocketAddr, options: &SocketOptions) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    options.apply(socket2::SockRef::from(&socket))?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }

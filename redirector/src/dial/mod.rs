@@ -25,7 +25,7 @@ use tokio::{
 };
 use tokio_rustls::client::TlsStream;
 
-use crate::{config::ProxyUrl, relay, swappable::Swappable};
+use crate::{config::ProxyUrl, relay, socket_options::SocketOptions, swappable::Swappable};
 pub use connect::ConnectError;
 pub use guard::{LinkLocal, NodeLocal};
 
@@ -107,10 +107,13 @@ impl DialError {
     }
 }
 
-/// How to dial: the mark to put on sockets, how long to wait, whom to trust.
+/// How to dial: the mark and options to put on sockets, how long to wait,
+/// whom to trust.
 #[derive(Clone)]
 pub struct Dialer {
     pub socket_mark: u32,
+    /// Buffers and keepalive of every upstream socket, as on the pods' side.
+    pub sockets: SocketOptions,
     /// Bound on TCP connect plus the proxy's answer to CONNECT.
     pub timeout: Duration,
     /// TLS settings for `https://` proxies (`trustedCA` follows a reload).
@@ -153,7 +156,7 @@ impl Dialer {
         link_local: LinkLocal,
     ) -> Result<TcpStream, DialError> {
         guard::check(dst.ip(), link_local).map_err(|kind| DialError::NodeLocal { dst, kind })?;
-        tokio::time::timeout(self.timeout, connect_marked(dst, self.socket_mark))
+        tokio::time::timeout(self.timeout, self.connect(dst))
             .await
             .map_err(|_| DialError::Timeout(self.timeout))?
             .map_err(|source| DialError::Direct { dst, source })
@@ -250,7 +253,7 @@ impl Dialer {
             })?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         for addr in addrs {
-            match connect_marked(addr, self.socket_mark).await {
+            match self.connect(addr).await {
                 Ok(stream) => return Ok(stream),
                 Err(e) => last = e,
             }
@@ -259,6 +262,11 @@ impl Dialer {
             proxy: proxy.clone(),
             source: last,
         })
+    }
+
+    /// A TCP connect for a relayed connection: marked, with [`Dialer::sockets`].
+    async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        connect_with(addr, self.socket_mark, Some(&self.sockets)).await
     }
 }
 
@@ -285,12 +293,26 @@ fn answered_in_plain_http(e: &io::Error) -> bool {
 
 /// A TCP connect from a socket that carries `mark` (needs CAP_NET_ADMIN).
 pub async fn connect_marked(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+    connect_with(addr, mark, None).await
+}
+
+/// A marked connect, with `options` set before it: the SYN offers the
+/// window scale the buffers allow.
+async fn connect_with(
+    addr: SocketAddr,
+    mark: u32,
+    options: Option<&SocketOptions>,
+) -> io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
-    socket2::SockRef::from(&socket).set_mark(mark)?;
+    let sock = socket2::SockRef::from(&socket);
+    sock.set_mark(mark)?;
+    if let Some(options) = options {
+        options.apply(sock)?;
+    }
     socket.set_nodelay(true)?;
     socket.connect(addr).await
 }
@@ -330,6 +352,7 @@ mod tests {
         // Mark 0 is "no mark" and needs no privilege.
         Dialer {
             socket_mark: 0,
+            sockets: SocketOptions::default(),
             timeout: Duration::from_secs(5),
             tls: Swappable::new(proxy_tls_config(&[]).unwrap()),
         }
