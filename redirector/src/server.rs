@@ -106,6 +106,28 @@ mod tests {
         }
     }
 
+    /// Accepted sockets carry the options set on the listener.
+    #[tokio::test]
+    async fn accepted_sockets_have_the_socket_options() {
+        let options = SocketOptions {
+            buffer: 8 << 10,
+            keepalive: "5,2,2".parse().unwrap(),
+        };
+        let listener = listen("127.0.0.1:0".parse().unwrap(), &options).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let sock = socket2::SockRef::from(&accepted);
+        assert_eq!(sock.recv_buffer_size().unwrap(), 16 << 10);
+        assert_eq!(sock.send_buffer_size().unwrap(), 16 << 10);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(9))
+        );
+    }
+
     /// A refused connection's saved destination is taken, so a later
     /// connection from the same address and port cannot be served it.
     #[tokio::test]

@@ -401,6 +401,16 @@ mod tests {
             panic!("a plain-HTTP proxy gives a TCP tunnel")
         };
         assert!(tunnel.early.is_empty());
+        // The relayed connections' socket options, set before connect.
+        let sock = socket2::SockRef::from(&io);
+        let doubled = 2 * crate::socket_options::DEFAULT_BUFFER;
+        assert_eq!(sock.recv_buffer_size().unwrap(), doubled);
+        assert_eq!(sock.send_buffer_size().unwrap(), doubled);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(90))
+        );
         io.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         io.read_exact(&mut buf).await.unwrap();
