@@ -40,7 +40,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach the hooks to a cgroup and proxy redirected connections.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Remove the hooks and pinned maps of an instance.
     Detach(PinArgs),
     /// Show attached hooks, exempt cgroups and kernel counters.
@@ -192,8 +192,35 @@ pub struct RunArgs {
     /// lower one.
     #[arg(long, value_name = "BYTES", value_parser = parse_memory)]
     pub memory_limit: Option<u64>,
+    /// Receive and send buffer (SO_RCVBUF, SO_SNDBUF) of both sockets of
+    /// every relayed connection, e.g. `64Ki`; the kernel limits each queue
+    /// to twice this. Bigger: more throughput per connection over a long
+    /// round trip to the proxy, fewer connections within the memory limit
+    /// (the cap counts every queue full).
+    #[arg(long, value_name = "BYTES", default_value = "32Ki",
+          value_parser = parse_socket_buffer)]
+    pub socket_buffer: usize,
+    /// TCP keepalive of both sockets of every relayed connection, in
+    /// seconds: idle time before the first probe, between probes, and
+    /// unanswered probes before the connection is closed. Their sum bound
+    /// also limits how long sent data may stay unacknowledged
+    /// (TCP_USER_TIMEOUT): a vanished peer's connection closes within
+    /// IDLE + INTERVAL x COUNT seconds.
+    #[arg(long, value_name = "IDLE,INTERVAL,COUNT",
+          default_value_t = crate::socket_options::Keepalive::DEFAULT)]
+    pub keepalive: crate::socket_options::Keepalive,
     #[command(flatten)]
     pub upgrade: UpgradeArgs,
+}
+
+impl RunArgs {
+    /// The options on both sockets of every relayed connection.
+    pub fn socket_options(&self) -> crate::socket_options::SocketOptions {
+        crate::socket_options::SocketOptions {
+            buffer: self.socket_buffer,
+            keepalive: self.keepalive,
+        }
+    }
 }
 
 /// Upgrades and restarts without a dropped connection.
@@ -307,6 +334,24 @@ fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
 
 fn parse_memory(s: &str) -> Result<u64, String> {
     crate::memory_budget::parse_quantity(s).map_err(|e| e.to_string())
+}
+
+/// `--socket-buffer`: bytes, or with Ki/Mi, within the bounds
+/// `socket_options` sets.
+fn parse_socket_buffer(s: &str) -> Result<usize, String> {
+    use crate::socket_options::{MAX_BUFFER, MIN_BUFFER};
+    let bytes = crate::memory_budget::parse_quantity(s)
+        .map_err(|_| format!("`{s}`: expected bytes, or a number with Ki or Mi (e.g. 32Ki)"))?;
+    usize::try_from(bytes)
+        .ok()
+        .filter(|b| (MIN_BUFFER..=MAX_BUFFER).contains(b))
+        .ok_or_else(|| {
+            format!(
+                "`{s}`: must be {} KiB to {} MiB",
+                MIN_BUFFER >> 10,
+                MAX_BUFFER >> 20
+            )
+        })
 }
 
 /// Accepts decimal or `0x` hexadecimal.
@@ -452,6 +497,34 @@ mod tests {
         assert_eq!(run.upgrade.handover_dir, PathBuf::from("/tmp/h"));
         for bad in ["0", "-1", "x", "3601"] {
             assert!(run_with(&["--drain-timeout", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn socket_flags_default_and_parse() {
+        let Command::Run(run) = run_with(&[]).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            run.socket_options(),
+            crate::socket_options::SocketOptions::default()
+        );
+        let extra = ["--socket-buffer", "128Ki", "--keepalive", "2,1,2"];
+        let Command::Run(run) = run_with(&extra).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(run.socket_buffer, 128 << 10);
+        assert_eq!(
+            run.keepalive.dead_peer_bound(),
+            std::time::Duration::from_secs(4)
+        );
+        for bad in [["--socket-buffer", "1Ki"], ["--keepalive", "60,10"]] {
+            assert!(run_with(&bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_socket_buffer("4096").unwrap(), 4096);
+        assert_eq!(parse_socket_buffer("64Mi").unwrap(), 64 << 20);
+        for bad in ["", "1Ki", "4095", "65Mi", "1Gi", "32KB", "0"] {
+            assert!(parse_socket_buffer(bad).is_err(), "{bad}");
         }
     }
 

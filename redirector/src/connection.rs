@@ -564,6 +564,7 @@ mod tests {
             original_dst: table,
             dialer: Dialer {
                 socket_mark: 0,
+                sockets: Default::default(),
                 timeout: Duration::from_secs(2),
                 tls: Swappable::new(tls),
             },

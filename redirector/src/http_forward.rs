@@ -527,6 +527,7 @@ mod tests {
     fn dialer() -> Dialer {
         Dialer {
             socket_mark: 0,
+            sockets: Default::default(),
             timeout: Duration::from_secs(2),
             tls: crate::swappable::Swappable::new(crate::dial::proxy_tls_config(&[]).unwrap()),
         }

@@ -13,7 +13,8 @@
 //! - `relay`: bytes both ways, half-close aware; `http_forward`: plain HTTP
 //!   to `httpProxy` in absolute form;
 //! - `connection`: ties these together for one connection; `server` accepts
-//!   (within the `limits` caps).
+//!   (within the `limits` caps, derived from `memory_budget`), with
+//!   `socket_options` (buffers, keepalive) on both sockets.
 //!
 //! Around it:
 //! - `config`: the proxy configuration file; `reload`: watched and
@@ -46,6 +47,7 @@ pub mod ratelog;
 pub mod relay;
 pub mod resolve;
 pub mod server;
+pub mod socket_options;
 
 pub mod ca;
 pub mod config;

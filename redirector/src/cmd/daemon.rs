@@ -54,9 +54,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut supervisor = Supervisor::new(readiness.clone())?;
     let open_files = limits::raise_open_files_limit()?;
     let memory = memory_budget::effective_limit(args.memory_limit);
+    let sockets = args.socket_options();
+    // The queue limits as this kernel sets them, which the cap counts.
+    let buffers = sockets
+        .kernel_buffers()
+        .context("setting the socket options (--socket-buffer, --keepalive)")?;
+    if buffers.receive.min(buffers.send) < 2 * sockets.buffer as u64 {
+        tracing::warn!(
+            socket_buffer = sockets.buffer,
+            receive_queue = buffers.receive,
+            send_queue = buffers.send,
+            "the kernel capped --socket-buffer at net.core.rmem_max / wmem_max: \
+             the smaller queues are used and counted"
+        );
+    }
+    let cost = memory_budget::ConnectionCost::new(buffers);
     let caps = limits::caps(
         open_files,
         memory.as_ref(),
+        &cost,
         args.max_connections,
         args.max_connections_per_pod,
     )?;
@@ -68,7 +84,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         memory_bound = ?caps.memory_bound,
         fd_bound = caps.fd_bound,
         per_connection_idle_bytes = memory_budget::PER_CONNECTION_IDLE,
-        per_connection_max_bytes = memory_budget::PER_CONNECTION_MAX,
+        per_connection_userspace_bytes = cost.userspace,
+        per_connection_socket_bytes = cost.socket_buffers,
+        per_connection_max_bytes = cost.max(),
+        socket_receive_queue_bytes = buffers.receive,
+        socket_send_queue_bytes = buffers.send,
+        keepalive = %sockets.keepalive,
         max_connections,
         max_connections_per_pod,
         "connection caps"
@@ -116,6 +137,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         original_dst,
         dialer: Dialer {
             socket_mark: args.socket_mark,
+            sockets,
             timeout: Duration::from_secs_f64(args.connect_timeout),
             tls: Swappable::new(tls),
         },
@@ -147,6 +169,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (predecessor, held) =
         handover::acquire(&args.upgrade.handover_dir, pins.root(), &addrs).await?;
     let held = Arc::new(held);
+    // The buffers and keepalive every accepted socket inherits from its
+    // listener: set here on a handed-over listener too (the kernel applies
+    // them to the connections it accepts from now on), so a changed
+    // --socket-buffer takes effect at a hand-over.
+    for listener in &held[..listen.len()] {
+        sockets
+            .apply(socket2::SockRef::from(listener))
+            .with_context(|| format!("setting socket options on {}", listener.addr()))?;
+    }
     // With --kube, keep what an earlier instance exempted until our first
     // complete view of the API says otherwise: a restart must not send
     // exempt pods to the proxy, even while the API is unreachable.
