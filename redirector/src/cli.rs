@@ -8,6 +8,8 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/redirector";
 /// Default `SO_MARK` of the daemon's sockets: clear of kube-proxy
 /// (0x4000, 0x8000), Calico (0xffff0000) and Cilium (0x0f00, 0xf000).
 pub const DEFAULT_SOCKET_MARK: u32 = 0xe5;
+/// [`DEFAULT_SOCKET_MARK`] as `--help` and the docs write it.
+const DEFAULT_SOCKET_MARK_HEX: &str = "0xe5";
 /// Default port of the redirect listener.
 pub const DEFAULT_PORT: u16 = 15001;
 /// Default `--handover-dir`.
@@ -144,7 +146,9 @@ pub struct RunArgs {
     pub cgroup: Option<PathBuf>,
     /// Address redirected connects go to: the node's IP, reachable from pods'
     /// network namespaces (never loopback: a pod's 127.0.0.1 is its own).
-    /// Repeat for an IPv6 address. Default: $NODE_IP port 15001.
+    /// Repeat for an IPv6 address. Default: port 15001 on the first IPv4 and
+    /// the first IPv6 address of $NODE_IPS (the downward API's
+    /// status.hostIPs, comma-separated), else of $NODE_IP.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,
     #[command(flatten)]
@@ -153,7 +157,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub exempt_cgroup: Vec<PathBuf>,
     /// SO_MARK on the daemon's own sockets; the hooks skip sockets carrying it.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_SOCKET_MARK, value_parser = parse_u32)]
+    #[arg(long, value_name = "N", default_value = DEFAULT_SOCKET_MARK_HEX, value_parser = parse_u32)]
     pub socket_mark: u32,
     /// Bound, in seconds, on connecting to the upstream and its CONNECT answer.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
@@ -371,6 +375,26 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// `run --help` says what the docs say: the mark in hex, the listen
+    /// default from $NODE_IPS before $NODE_IP.
+    #[test]
+    fn help_agrees_with_the_docs() {
+        assert_eq!(parse_u32(DEFAULT_SOCKET_MARK_HEX), Ok(DEFAULT_SOCKET_MARK));
+        let mut cmd = Cli::command();
+        let run = cmd.find_subcommand_mut("run").unwrap();
+        let help = run.render_long_help().to_string();
+        assert!(help.contains("[default: 0xe5]"), "{help}");
+        let listen = help.split("--listen").nth(1).unwrap();
+        let (ips, ip) = (
+            listen.find("$NODE_IPS").unwrap(),
+            listen
+                .find("$NODE_IP\n")
+                .or_else(|| listen.find("$NODE_IP."))
+                .unwrap(),
+        );
+        assert!(ips < ip, "{listen}");
     }
 
     #[test]

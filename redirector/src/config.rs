@@ -33,11 +33,10 @@ use crate::noproxy::{NoProxy, NoProxyError};
 /// Why a proxy configuration file was refused.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message, not a `source`: printed with
+    /// its chain (`{:#}`), it would appear twice.
+    #[error("{file}: cannot read: {error}")]
+    Read { file: String, error: std::io::Error },
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}: field `{field}`: {message}")]
@@ -124,13 +123,14 @@ fn parse_server_first_ports(ports: &[i64]) -> Result<Vec<u16>, String> {
 /// Ports 1-65535, each once, in the order given.
 fn parse_ports(ports: &[i64]) -> Result<Vec<u16>, String> {
     let mut out: Vec<u16> = Vec::with_capacity(ports.len());
-    for (i, &port) in ports.iter().enumerate() {
+    // Entries count from 1, as people count them.
+    for (n, &port) in (1..).zip(ports) {
         let port = u16::try_from(port)
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("entry {i}: {port} is not a port (1-65535)"))?;
+            .ok_or_else(|| format!("entry {n}: {port} is not a port (1-65535)"))?;
         if out.contains(&port) {
-            return Err(format!("entry {i}: port {port} is listed twice"));
+            return Err(format!("entry {n}: port {port} is listed twice"));
         }
         out.push(port);
     }
@@ -269,9 +269,9 @@ impl ProxyConfig {
     /// of the exact bytes that were parsed.
     pub fn load_with_digest(path: &Path) -> Result<(Self, String), ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             file: file.clone(),
-            source,
+            error,
         })?;
         let config = Self::parse(&file, &text)?;
         Ok((config, digest(text.as_bytes())))
@@ -279,20 +279,20 @@ impl ProxyConfig {
 
     /// Parses and validates configuration text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let syntax = |message: String| ConfigError::Syntax {
+            file: file.to_owned(),
+            message,
+        };
+        if text.trim().is_empty() {
+            return Err(syntax(
+                "the file is empty (expected a JSON object such as \
+                 {\"httpsProxy\": \"http://proxy:3128/\"})"
+                    .into(),
+            ));
+        }
         let de = &mut serde_json::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let message = if path == "." || path.is_empty() {
-                inner.to_string()
-            } else {
-                format!("field `{path}`: {inner}")
-            };
-            ConfigError::Syntax {
-                file: file.to_owned(),
-                message,
-            }
-        })?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(de).map_err(|e| syntax(syntax_message(text, e)))?;
         let field_error = |field: &'static str, message: String| ConfigError::Field {
             file: file.to_owned(),
             field,
@@ -362,12 +362,36 @@ pub fn digest(bytes: &[u8]) -> String {
     d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What is wrong with a file that does not parse: not JSON at all (with
+/// the first bytes seen), cut short (where it ends, and in which field), or
+/// a field of the wrong shape.
+fn syntax_message(text: &str, e: serde_path_to_error::Error<serde_json::Error>) -> String {
+    // serde_path_to_error names a field it has not read yet `?`: say
+    // nothing rather than that.
+    let path = e.path().to_string();
+    let field = (!path.is_empty() && path != "." && !path.contains('?'))
+        .then(|| format!("field `{path}`: "))
+        .unwrap_or_default();
+    let inner = e.into_inner();
+    let at = format!("line {} column {}", inner.line(), inner.column());
+    match inner.classify() {
+        serde_json::error::Category::Eof => {
+            format!("{field}the file ends early, at {at}: is it cut short?")
+        }
+        serde_json::error::Category::Syntax if !text.trim_start().starts_with('{') => {
+            let start: String = text.trim_start().chars().take(24).collect();
+            format!("not JSON (a JSON object {{...}} was expected; the file starts with `{start}`)")
+        }
+        _ => format!("{field}{inner}"),
+    }
+}
+
 /// `trustedCA` is base64 of one or more PEM certificates.
 fn parse_trusted_ca(b64: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
     use rustls_pki_types::{CertificateDer, pem::PemObject};
     let pem = base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .map_err(|e| format!("not base64: {e}"))?;
+        .map_err(|e| base64_message(b64, e))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("not PEM certificates: {e}"))?;
@@ -375,6 +399,33 @@ fn parse_trusted_ca(b64: &str) -> Result<Vec<rustls_pki_types::CertificateDer<'s
         return Err("decodes to no PEM certificate (expected base64 of a PEM file)".into());
     }
     Ok(certs)
+}
+
+/// A base64 error with the character shown and positions counted from 1
+/// (the decoder says "Invalid symbol 32, offset 3").
+fn base64_message(b64: &str, e: base64::DecodeError) -> String {
+    let shown = |c: char| match c {
+        ' ' => "a space".to_owned(),
+        '\n' => "a line break".to_owned(),
+        '\t' => "a tab".to_owned(),
+        c => format!("`{c}`"),
+    };
+    match e {
+        base64::DecodeError::InvalidByte(offset, _)
+        | base64::DecodeError::InvalidLastSymbol(offset, _) => {
+            let c = b64[offset..].chars().next().unwrap_or('?');
+            format!(
+                "not base64: {} at position {} is not a base64 character (the value must be \
+                 the PEM file's base64, on one line)",
+                shown(c),
+                offset + 1
+            )
+        }
+        base64::DecodeError::InvalidLength(len) => {
+            format!("not base64: {len} characters cannot be base64 (cut short?)")
+        }
+        base64::DecodeError::InvalidPadding => "not base64: wrong `=` padding at the end".into(),
+    }
 }
 
 /// An upstream proxy URL. `Display` and `Debug` never show credentials.
@@ -572,6 +623,52 @@ mod tests {
 
     fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
         ProxyConfig::parse("proxy.json", text)
+    }
+
+    /// Messages a newcomer can act on: what is wrong, where, once.
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        let msg = |text: &str| parse(text).unwrap_err().to_string();
+        for empty in ["", "  \n\t"] {
+            assert!(msg(empty).contains("the file is empty"), "{:?}", msg(empty));
+        }
+        let m = msg("httpsProxy: http://proxy:3128/");
+        assert!(
+            m.contains("not JSON") && m.contains("starts with `httpsProxy: http://proxy`"),
+            "{m}"
+        );
+        let m = msg(r#"{"httpProxy": "http://x:1/", "noProxy": ["#);
+        assert!(
+            m.contains("field `noProxy`") && m.contains("ends early, at line 1 column 41"),
+            "{m}"
+        );
+        // Cut inside a value: no `?` for a field not read yet.
+        let m = msg(r#"{"httpsProxy": "http://x"#);
+        assert!(
+            m.contains("field `httpsProxy`: the file ends early") && !m.contains("`?`"),
+            "{m}"
+        );
+        let m = msg(r#"{"trustedCA": "abc def"}"#);
+        assert!(m.contains("a space at position 4"), "{m}");
+        let m = msg(r#"{"trustedCA": "ab!d"}"#);
+        assert!(m.contains("`!` at position 3"), "{m}");
+        let m = msg(r#"{"noProxy": ["a.example", "10.0.0.0/33"]}"#);
+        assert!(m.contains("entry 2 `10.0.0.0/33`"), "{m}");
+        let m = msg(r#"{"refuseUdpPorts": [443, 0]}"#);
+        assert!(m.contains("entry 2: 0 is not a port"), "{m}");
+    }
+
+    /// A missing file: its path and the OS error, once (also through
+    /// anyhow's `{:#}`, which prints the source chain).
+    #[test]
+    fn a_missing_file_says_so_once() {
+        let err = ProxyConfig::load(Path::new("/nonexistent/proxy.json")).unwrap_err();
+        let shown = format!("{:#}", anyhow::Error::from(err));
+        assert!(
+            shown.starts_with("/nonexistent/proxy.json: cannot read"),
+            "{shown}"
+        );
+        assert_eq!(shown.matches("os error 2").count(), 1, "{shown}");
     }
 
     #[test]
@@ -802,16 +899,16 @@ mod tests {
         for (text, needle) in [
             (
                 r#"{"refuseUdpPorts": [0]}"#,
-                "entry 0: 0 is not a port (1-65535)",
+                "entry 1: 0 is not a port (1-65535)",
             ),
             (
                 r#"{"refuseUdpPorts": [443, 65536]}"#,
-                "entry 1: 65536 is not a port",
+                "entry 2: 65536 is not a port",
             ),
             (r#"{"refuseUdpPorts": [-1]}"#, "-1 is not a port"),
             (
                 r#"{"refuseUdpPorts": [443, 80, 443]}"#,
-                "entry 2: port 443 is listed twice",
+                "entry 3: port 443 is listed twice",
             ),
             (too_many.as_str(), "65 ports; at most 64"),
             (r#"{"refuseUdpPorts": ["443"]}"#, "refuseUdpPorts[0]"),
@@ -839,10 +936,10 @@ mod tests {
         let too_many: Vec<String> = (1..=1025).map(|p| p.to_string()).collect();
         let too_many = format!(r#"{{"serverFirstPorts": [{}]}}"#, too_many.join(","));
         for (text, needle) in [
-            (r#"{"serverFirstPorts": [0]}"#, "entry 0: 0 is not a port"),
+            (r#"{"serverFirstPorts": [0]}"#, "entry 1: 0 is not a port"),
             (
                 r#"{"serverFirstPorts": [22, 65536]}"#,
-                "entry 1: 65536 is not a port",
+                "entry 2: 65536 is not a port",
             ),
             (
                 r#"{"serverFirstPorts": [22, 22]}"#,

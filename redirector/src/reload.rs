@@ -106,7 +106,7 @@ impl Reloader {
         }
         let result = match read {
             Ok(text) => self.apply(&file, &text),
-            Err(source) => Err(ConfigError::Read { file, source }.to_string()),
+            Err(error) => Err(ConfigError::Read { file, error }.to_string()),
         };
         match result {
             Ok(()) => self.metrics.record_reload(ReloadResult::Ok),

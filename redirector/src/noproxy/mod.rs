@@ -26,10 +26,12 @@ pub use parse::InvalidEntry;
 
 /// A `noProxy` entry that could not be understood.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[error("entry {index} `{entry}`: {reason}")]
+#[error("entry {position} `{entry}`: {reason}")]
 pub struct NoProxyError {
-    /// Index of the `noProxy` element (0-based) the entry came from.
-    pub index: usize,
+    /// Where the entry is among all entries as written, comma-separated
+    /// items included, counting from 1 (`"a,b"` and `["a", "b"]` both have
+    /// `b` second).
+    pub position: usize,
     /// The offending comma-separated item, trimmed.
     pub entry: String,
     /// Why it was refused.
@@ -139,14 +141,16 @@ impl NoProxy {
     /// The first entry that is not understood fails the whole list.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, NoProxyError> {
         let mut out = Self::default();
-        for (index, element) in entries.iter().enumerate() {
+        let mut position = 0;
+        for element in entries {
             for item in element.as_ref().split(',') {
                 let entry = item.trim();
                 if entry.is_empty() {
                     continue;
                 }
+                position += 1;
                 let (target, port) = parse::parse_entry(entry).map_err(|reason| NoProxyError {
-                    index,
+                    position,
                     entry: entry.to_owned(),
                     reason,
                 })?;

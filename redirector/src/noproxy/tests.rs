@@ -530,10 +530,13 @@ fn refuses_what_it_does_not_understand() {
     ];
     for (entry, want) in cases {
         let err = NoProxy::parse(&["ok.example", entry]).unwrap_err();
+        // The same entry second in one comma-separated string.
+        let csv = NoProxy::parse(&[format!("ok.example, {entry}")]).unwrap_err();
+        assert_eq!(csv.position, 2, "{entry}");
         assert_eq!(
             err,
             NoProxyError {
-                index: 1,
+                position: 2,
                 entry: entry.to_owned(),
                 reason: want
             },
@@ -548,13 +551,14 @@ fn error_names_element_entry_and_reason() {
         NoProxy::parse(&["a.example", "b.example", "c.example", " 10.0.0.0/33 "]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "entry 3 `10.0.0.0/33`: prefix length 33 is not 0..=32"
+        "entry 4 `10.0.0.0/33`: prefix length 33 is not 0..=32",
+        "positions count from 1"
     );
-    // Inside a comma-separated element: the element's index, the item.
+    // Inside a comma-separated element: the item's position among all.
     let err = NoProxy::parse(&["a.example, http://b.example/ ,c"]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "entry 0 `http://b.example/`: a URL is not a NO_PROXY entry; \
+        "entry 2 `http://b.example/`: a URL is not a NO_PROXY entry; \
          write the host alone, e.g. `b.example`"
     );
 }
