@@ -369,9 +369,11 @@ fn syntax_message(text: &str, e: serde_path_to_error::Error<serde_json::Error>) 
     // serde_path_to_error names a field it has not read yet `?`: say
     // nothing rather than that.
     let path = e.path().to_string();
-    let field = (!path.is_empty() && path != "." && !path.contains('?'))
-        .then(|| format!("field `{path}`: "))
-        .unwrap_or_default();
+    let field = if path.is_empty() || path == "." || path.contains('?') {
+        String::new()
+    } else {
+        format!("field `{path}`: ")
+    };
     let inner = e.into_inner();
     let at = format!("line {} column {}", inner.line(), inner.column());
     match inner.classify() {
