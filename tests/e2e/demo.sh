@@ -69,12 +69,26 @@ main() {
     printf '%s\n' "$out" | tail -n 20 | indent
     return 1
   fi
-  if [[ $body == *"client=$INET_IP4 "* ]]; then
-    say "OK: the request left through mitmproxy ($INET_IP4:$PROXY_PORT), not directly from the pod ($POD_A_IP4)"
-  else
+  # The story, each step checked: the name the pod asked for, the CONNECT
+  # the redirector sent for it, the proxy's certificate, the origin's view.
+  local flow issuer
+  flow=$(flow_since "$m")
+  issuer=$(grep -E '^\*  issuer:' <<<"$out" || true)
+  if [[ $flow != *"CONNECT origin.test:443 "* ]]; then
+    say "UNEXPECTED: mitmproxy got no CONNECT origin.test:443"
+    return 1
+  fi
+  if [[ $issuer != *"egress-redirector MITM CA"* ]]; then
+    say "UNEXPECTED: the certificate was not re-signed by the test CA: ${issuer:-none}"
+    return 1
+  fi
+  if [[ $body != *"client=$INET_IP4 "* ]]; then
     say "UNEXPECTED: the origin did not see the proxy as the client"
     return 1
   fi
+  say "OK: pod-a ($POD_A_IP4, no proxy settings) asked for origin.test:443; the redirector sent
+   CONNECT origin.test:443 to mitmproxy ($INET_IP4:$PROXY_PORT), which re-signed the site with
+   the test CA (the issuer above) and fetched it: the origin saw the proxy, not the pod"
 }
 
 main "$@"

@@ -18,7 +18,9 @@ short id of that client connection (one per upstream connection the daemon
 opened); `proxy_tls` says whether that connection was TLS-wrapped (an
 `https://` proxy URL); `user` is the proxy-auth user name when mitmproxy
 runs with `proxyauth` and the credentials were valid (never the password).
-For REQUEST lines, proxy_tls is only meaningful with form=absolute.
+Inside a CONNECT tunnel (REQUEST form=origin) `proxy_tls` is the
+tunnel connection's, as on its CONNECT line (mitmproxy's own view of the
+connection turns TLS when it intercepts the pod's TLS).
 
 Names never reach DNS: the `server_connect` hook pins every `*.test` name
 to a test address (`test_hosts`, default all of them to 10.249.0.2) and
@@ -89,8 +91,13 @@ def _conn(client_conn):
     return f"conn={client_conn.id[:8]}"
 
 
-def _proxy_tls(flow):
-    return "proxy_tls=" + ("yes" if flow.client_conn.tls_established else "no")
+def _proxy_tls(flow, at_connect):
+    """Whether the connection to the proxy itself is TLS. Inside a CONNECT
+    tunnel mitmproxy's client connection turns TLS when it intercepts (the
+    pod's TLS, re-signed), so what the connection was at its CONNECT is
+    what counts there."""
+    tls = at_connect.get(flow.client_conn.id, flow.client_conn.tls_established)
+    return "proxy_tls=" + ("yes" if tls else "no")
 
 
 def _user(flow):
@@ -110,6 +117,11 @@ class FlowLog:
     def __init__(self):
         self._lock = threading.Lock()
         self._file = None
+        # client connection id -> whether it was TLS when its CONNECT came
+        self._tls_at_connect = {}
+
+    def client_disconnected(self, client):
+        self._tls_at_connect.pop(client.id, None)
 
     def load(self, loader):
         loader.add_option("flowlog", str, "", "file to append flow lines to")
@@ -185,7 +197,8 @@ class FlowLog:
     def http_connect(self, flow):
         req = flow.request
         self._write(f"CONNECT {_authority(req.host, req.port)} client={_client(flow)} "
-                    f"{_conn(flow.client_conn)} {_proxy_tls(flow)} {_user(flow)}")
+                    f"{_conn(flow.client_conn)} {_proxy_tls(flow, self._tls_at_connect)} {_user(flow)}")
+        self._tls_at_connect[flow.client_conn.id] = flow.client_conn.tls_established
         # A corporate proxy's ACL, in miniature: refuse CONNECT to some ports.
         if req.port in self._refuse_ports():
             flow.response = http.Response.make(403, b"blocked by test policy\n")
@@ -196,7 +209,8 @@ class FlowLog:
             return
         form = "absolute" if getattr(req, "_rde_absolute", False) else "origin"
         self._write(f"REQUEST {req.method} {_url(req)} client={_client(flow)} "
-                    f"{_conn(flow.client_conn)} form={form} {_proxy_tls(flow)} {_user(flow)}")
+                    f"{_conn(flow.client_conn)} form={form} {_proxy_tls(flow, self._tls_at_connect)} "
+                    f"{_user(flow)}")
 
     def tcp_start(self, flow):
         addr = flow.server_conn.address

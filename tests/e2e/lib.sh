@@ -470,13 +470,15 @@ start_origin() {
 # connection, an "https://" proxy, with a certificate for $INET_IP4 from our
 # CA); ssl_insecure because the origin's cert is self-signed; ports 7007,
 # 7010 and the protocol tests' 3130 and 7011 are forced to raw TCP and test
-# names pinned (never DNS) by flowlog.py.
+# names pinned (never DNS) by flowlog.py; showhost: mitmdump's own lines
+# name the host the client asked for (origin.test), not the test address
+# flowlog.py pins it to.
 start_mitm() {
   local name=$1 port=$2 log=$3; shift 3
   : >"$log"
   bg "$name" nsenter --net="/run/netns/$NS_INET" -- env HOME="$WORK" PYTHONUNBUFFERED=1 "$MITMDUMP" \
     --listen-host "$INET_IP4" --listen-port "$port" \
-    --set confdir="$CA_DIR" --set ssl_insecure=true \
+    --set confdir="$CA_DIR" --set ssl_insecure=true --set showhost=true \
     -s "$E2E_DIR/flowlog.py" --set flowlog="$log" --set raw_ports="7007,$BANNER_PORT,$SECOND_PROXY_PORT,$H2C_PORT" \
     --set test_ip="$INET_IP4" "$@"
 }
