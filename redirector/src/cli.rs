@@ -10,6 +10,8 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/redirector";
 pub const DEFAULT_SOCKET_MARK: u32 = 0xe5;
 /// Default port of the redirect listener.
 pub const DEFAULT_PORT: u16 = 15001;
+/// Default directory where the daemon publishes its bypass sources.
+pub const DEFAULT_RUN_DIR: &str = "/run/egress-redirector";
 
 /// Transparent egress through a corporate HTTP proxy for Kubernetes pods.
 #[derive(Debug, Parser)]
@@ -60,6 +62,16 @@ pub struct PolicyArgs {
     /// metadata, fe80::/10).
     #[arg(long)]
     pub no_bypass_link_local: bool,
+    /// Redirect connections to the node's own addresses too (its
+    /// interfaces' and, with --kube, its Node's `status.addresses`).
+    #[arg(long)]
+    pub no_bypass_node_addresses: bool,
+    /// Redirect connections to the upstream proxies' addresses too (every
+    /// port of the proxy's address is direct otherwise, for pods that speak
+    /// to the proxy themselves): for a proxy that shares its address with
+    /// destinations that must stay proxied.
+    #[arg(long)]
+    pub no_bypass_proxy_addresses: bool,
 }
 
 impl PolicyArgs {
@@ -70,6 +82,24 @@ impl PolicyArgs {
             cluster_cidrs: self.cluster_cidr.clone(),
         }
     }
+
+    /// The bypass sources the flags switch on and off.
+    pub fn automatic(&self) -> crate::bypass::Automatic {
+        crate::bypass::Automatic {
+            node_addresses: !self.no_bypass_node_addresses,
+            proxy_addresses: !self.no_bypass_proxy_addresses,
+        }
+    }
+}
+
+/// Where the daemon publishes what `status` and `explain` cannot read
+/// from the kernel (where each bypassed prefix came from).
+#[derive(Debug, Args)]
+pub struct RunDirArgs {
+    /// The daemon's run directory: it publishes its bypass sources there
+    /// (`bypass.json`) for `status` and `explain`.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
 }
 
 /// The resolver that verifies `noProxy` name rules, shared by `run` and
@@ -104,6 +134,8 @@ pub struct ExplainArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub resolver: ResolverArgs,
+    #[command(flatten)]
+    pub run_dir: RunDirArgs,
     /// The address the pod connected to (its original destination), for a
     /// host-name target: a noProxy name rule counts only if it is one of
     /// the name's addresses. Without it, any of them.
@@ -156,6 +188,8 @@ pub struct RunArgs {
     pub resolver: ResolverArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
+    #[command(flatten)]
+    pub run_dir: RunDirArgs,
     /// Serve `/metrics` (Prometheus/OpenMetrics text), `/healthz` and
     /// `/readyz` on this address; off when absent. At most 32 connections
     /// at once (8 per client address), one request each, 2 s for the
@@ -234,6 +268,8 @@ pub struct StatusArgs {
     /// loads or reloads one.
     #[arg(long, value_name = "FILE")]
     pub proxy_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub run_dir: RunDirArgs,
 }
 
 #[derive(Debug, Args)]
@@ -326,6 +362,25 @@ mod tests {
             run.resolver.resolve_timeout,
             std::time::Duration::from_secs(1)
         );
+        assert_eq!(run.run_dir.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
+        assert_eq!(run.policy.automatic(), crate::bypass::Automatic::default());
+    }
+
+    #[test]
+    fn automatic_bypass_switches() {
+        let cli = run_with(&[
+            "--no-bypass-node-addresses",
+            "--no-bypass-proxy-addresses",
+            "--run-dir",
+            "/tmp/r",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        let auto = run.policy.automatic();
+        assert!(!auto.node_addresses && !auto.proxy_addresses);
+        assert_eq!(run.run_dir.run_dir, PathBuf::from("/tmp/r"));
     }
 
     #[test]
