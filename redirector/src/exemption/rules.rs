@@ -290,8 +290,17 @@ mod tests {
         let annotated = map(&[(EXEMPT_KEY, "true")]);
         let ns_label = map(&[(EXEMPT_KEY, "true")]);
         use Reason::*;
+        type Map = BTreeMap<String, String>;
+        type Row<'a> = (
+            &'a Settings,
+            &'a str,
+            bool,
+            &'a Map,
+            Option<&'a Map>,
+            Option<Reason>,
+        );
         #[rustfmt::skip]
-        let table: &[(&Settings, &str, bool, &BTreeMap<String, String>, Option<&BTreeMap<String, String>>, Option<Reason>)] = &[
+        let table: &[Row] = &[
             // (settings, namespace, hostNetwork, pod annotations, namespace labels, want)
             (&on, "kube-system", false, &none, None, Some(ExemptNamespace)),
             (&on, "shop", true, &none, None, Some(HostNetwork)),
