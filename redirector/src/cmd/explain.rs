@@ -81,7 +81,8 @@ struct BypassView {
 }
 
 impl BypassView {
-    fn gather(policy: &Policy, automatic: Automatic, run_dir: &Path) -> Self {
+    /// `file`: the daemon's published `bypass.json`.
+    fn gather(policy: &Policy, automatic: Automatic, file: &Path) -> Self {
         let mut local = Sources::default();
         if automatic.node_addresses
             && let Ok(entries) = bypass::node::interface_entries()
@@ -105,11 +106,10 @@ impl BypassView {
                 }
             }
         }
-        let file = run_dir.join(FILE_NAME);
         Self {
             local,
-            published: Published::read(&file).map_err(|e| format!("{e:#}")),
-            file,
+            published: Published::read(file).map_err(|e| format!("{e:#}")),
+            file: file.to_path_buf(),
         }
     }
 
@@ -179,11 +179,19 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
         }
     };
     // The kernel's other sources: the connect never reaches the daemon.
-    let view = BypassView::gather(&policy, args.policy.automatic(), &args.run_dir.run_dir);
-    let found = match (&decision, target.ip) {
-        (Decision::KernelBypass { .. }, _) | (_, None) => None,
-        (_, Some(ip)) => view.find(ip),
-    };
+    // The kernel's other sources, looked at only for an address the
+    // configuration does not bypass: such a connect never reaches the daemon.
+    let file = args.run_dir.run_dir.join(FILE_NAME);
+    let (mut found, mut note) = (None, None);
+    if let (false, Some(ip)) = (matches!(decision, Decision::KernelBypass { .. }), target.ip) {
+        let view = BypassView::gather(&policy, args.policy.automatic(), &file);
+        found = view.find(ip);
+        note = if found.is_none() {
+            view.unknown()
+        } else {
+            None
+        };
+    }
     if let Some(found) = &found {
         decision = Decision::KernelBypass {
             rule: if found.detail.is_empty() {
@@ -193,13 +201,9 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
             },
         };
     }
-    let note = match (&decision, target.ip) {
-        (Decision::KernelBypass { .. }, _) | (_, None) => None,
-        _ => view.unknown(),
-    };
     let extra = Extra {
         found: found.as_ref(),
-        file: &view.file,
+        file: &file,
         note: note.as_deref(),
     };
     if args.json {
