@@ -10,8 +10,12 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/redirector";
 pub const DEFAULT_SOCKET_MARK: u32 = 0xe5;
 /// Default port of the redirect listener.
 pub const DEFAULT_PORT: u16 = 15001;
-/// Default directory where the daemon publishes its bypass sources.
-pub const DEFAULT_RUN_DIR: &str = "/run/egress-redirector";
+/// Default `--handover-dir`.
+pub const DEFAULT_HANDOVER_DIR: &str = "/run/egress-redirector";
+/// Default `--drain-timeout`, in seconds: below the DaemonSet's
+/// `terminationGracePeriodSeconds` (60), so the daemon ends its drain
+/// before the kubelet's SIGKILL.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: &str = "50";
 
 /// Transparent egress through a corporate HTTP proxy for Kubernetes pods.
 #[derive(Debug, Parser)]
@@ -31,10 +35,12 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once per process: the size of `Run` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach the hooks to a cgroup and proxy redirected connections.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Remove the hooks and pinned maps of an instance.
     Detach(PinArgs),
     /// Show attached hooks, exempt cgroups and kernel counters.
@@ -95,11 +101,11 @@ impl PolicyArgs {
 /// Where the daemon publishes what `status` and `explain` cannot read
 /// from the kernel (where each bypassed prefix came from).
 #[derive(Debug, Args)]
-pub struct RunDirArgs {
-    /// The daemon's run directory: it publishes its bypass sources there
-    /// (`bypass.json`) for `status` and `explain`.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
-    pub run_dir: PathBuf,
+pub struct PublishedArgs {
+    /// The daemon's --handover-dir: it publishes its bypass sources there
+    /// too (`bypass.json`), for `status` and `explain`.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_HANDOVER_DIR)]
+    pub handover_dir: PathBuf,
 }
 
 /// The resolver that verifies `noProxy` name rules, shared by `run` and
@@ -135,7 +141,7 @@ pub struct ExplainArgs {
     #[command(flatten)]
     pub resolver: ResolverArgs,
     #[command(flatten)]
-    pub run_dir: RunDirArgs,
+    pub published: PublishedArgs,
     /// The address the pod connected to (its original destination), for a
     /// host-name target: a noProxy name rule counts only if it is one of
     /// the name's addresses. Without it, any of them.
@@ -157,10 +163,15 @@ pub struct RunArgs {
     /// The AKS proxy JSON (`httpProxy`, `httpsProxy`, `noProxy`, `trustedCA`).
     #[arg(long, value_name = "FILE")]
     pub proxy_config: PathBuf,
-    /// cgroup v2 directory whose processes (and descendants') are redirected,
-    /// e.g. /sys/fs/cgroup/kubepods.slice.
+    /// cgroup v2 directory whose processes (and descendants') are redirected.
+    /// Default: the kubepods directory the daemon's own pod sits under
+    /// (e.g. /host/sys/fs/cgroup/kubepods.slice, or kind's
+    /// .../kubelet.slice/kubelet-kubepods.slice), derived at start. Pods'
+    /// cgroups are looked up in the layout its name says (kubepods,
+    /// kubepods.slice, <root>-kubepods.slice), else in kubelet's standard
+    /// places below it.
     #[arg(long, value_name = "DIR")]
-    pub cgroup: PathBuf,
+    pub cgroup: Option<PathBuf>,
     /// Address redirected connects go to: the node's IP, reachable from pods'
     /// network namespaces (never loopback: a pod's 127.0.0.1 is its own).
     /// Repeat for an IPv6 address. Default: $NODE_IP port 15001.
@@ -188,8 +199,6 @@ pub struct RunArgs {
     pub resolver: ResolverArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
-    #[command(flatten)]
-    pub run_dir: RunDirArgs,
     /// Serve `/metrics` (Prometheus/OpenMetrics text), `/healthz` and
     /// `/readyz` on this address; off when absent. At most 32 connections
     /// at once (8 per client address), one request each, 2 s for the
@@ -213,6 +222,54 @@ pub struct RunArgs {
     /// lower one.
     #[arg(long, value_name = "BYTES", value_parser = parse_memory)]
     pub memory_limit: Option<u64>,
+    /// Receive and send buffer (SO_RCVBUF, SO_SNDBUF) of both sockets of
+    /// every relayed connection, e.g. `64Ki`; the kernel limits each queue
+    /// to twice this. Bigger: more throughput per connection over a long
+    /// round trip to the proxy, fewer connections within the memory limit
+    /// (the cap counts every queue full).
+    #[arg(long, value_name = "BYTES", default_value = "32Ki",
+          value_parser = parse_socket_buffer)]
+    pub socket_buffer: usize,
+    /// TCP keepalive of both sockets of every relayed connection, in
+    /// seconds: idle time before the first probe, between probes, and
+    /// unanswered probes before the connection is closed. Their sum bound
+    /// also limits how long sent data may stay unacknowledged
+    /// (TCP_USER_TIMEOUT): a vanished peer's connection closes within
+    /// IDLE + INTERVAL x COUNT seconds.
+    #[arg(long, value_name = "IDLE,INTERVAL,COUNT",
+          default_value_t = crate::socket_options::Keepalive::DEFAULT)]
+    pub keepalive: crate::socket_options::Keepalive,
+    #[command(flatten)]
+    pub upgrade: UpgradeArgs,
+}
+
+impl RunArgs {
+    /// The options on both sockets of every relayed connection.
+    pub fn socket_options(&self) -> crate::socket_options::SocketOptions {
+        crate::socket_options::SocketOptions {
+            buffer: self.socket_buffer,
+            keepalive: self.keepalive,
+        }
+    }
+}
+
+/// Upgrades and restarts without a dropped connection.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// After SIGTERM, how long connections in flight may go on before they
+    /// are cut, in seconds (keep it below the pod's
+    /// terminationGracePeriodSeconds). Until then the daemon also keeps
+    /// accepting while no new instance has taken over and the hooks are
+    /// attached.
+    #[arg(long, value_name = "SECS", default_value = DEFAULT_DRAIN_TIMEOUT_SECS, value_parser = parse_secs)]
+    pub drain_timeout: std::time::Duration,
+    /// Directory of the hand-over socket, through which a new instance on
+    /// this node takes the listening sockets over from the running one
+    /// (made mode 0700 if missing). Instances that share a --bpffs must
+    /// share it. The daemon also publishes its bypass sources there
+    /// (`bypass.json`), which `status` and `explain` read.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_HANDOVER_DIR)]
+    pub handover_dir: PathBuf,
 }
 
 /// Live exemption of pods and namespaces from the Kubernetes API.
@@ -269,7 +326,7 @@ pub struct StatusArgs {
     #[arg(long, value_name = "FILE")]
     pub proxy_config: Option<PathBuf>,
     #[command(flatten)]
-    pub run_dir: RunDirArgs,
+    pub published: PublishedArgs,
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +367,24 @@ fn parse_secs(s: &str) -> Result<std::time::Duration, String> {
 
 fn parse_memory(s: &str) -> Result<u64, String> {
     crate::memory_budget::parse_quantity(s).map_err(|e| e.to_string())
+}
+
+/// `--socket-buffer`: bytes, or with Ki/Mi, within the bounds
+/// `socket_options` sets.
+fn parse_socket_buffer(s: &str) -> Result<usize, String> {
+    use crate::socket_options::{MAX_BUFFER, MIN_BUFFER};
+    let bytes = crate::memory_budget::parse_quantity(s)
+        .map_err(|_| format!("`{s}`: expected bytes, or a number with Ki or Mi (e.g. 32Ki)"))?;
+    usize::try_from(bytes)
+        .ok()
+        .filter(|b| (MIN_BUFFER..=MAX_BUFFER).contains(b))
+        .ok_or_else(|| {
+            format!(
+                "`{s}`: must be {} KiB to {} MiB",
+                MIN_BUFFER >> 10,
+                MAX_BUFFER >> 20
+            )
+        })
 }
 
 /// Accepts decimal or `0x` hexadecimal.
@@ -357,30 +432,36 @@ mod tests {
         assert_eq!(run.socket_mark, 16);
         assert_eq!(run.pins.bpffs, PathBuf::from(DEFAULT_BPFFS));
         assert!(!run.kube.kube);
+        assert_eq!(
+            run.upgrade.drain_timeout,
+            std::time::Duration::from_secs(50)
+        );
+        assert_eq!(
+            run.upgrade.handover_dir,
+            PathBuf::from(DEFAULT_HANDOVER_DIR)
+        );
         assert_eq!(run.resolver.resolv_conf, PathBuf::from("/etc/resolv.conf"));
         assert_eq!(
             run.resolver.resolve_timeout,
             std::time::Duration::from_secs(1)
         );
-        assert_eq!(run.run_dir.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
         assert_eq!(run.policy.automatic(), crate::bypass::Automatic::default());
     }
 
     #[test]
     fn automatic_bypass_switches() {
-        let cli = run_with(&[
-            "--no-bypass-node-addresses",
-            "--no-bypass-proxy-addresses",
-            "--run-dir",
-            "/tmp/r",
-        ])
-        .unwrap();
+        let cli = run_with(&["--no-bypass-node-addresses", "--no-bypass-proxy-addresses"]).unwrap();
         let Command::Run(run) = cli.command else {
             panic!("not run")
         };
         let auto = run.policy.automatic();
         assert!(!auto.node_addresses && !auto.proxy_addresses);
-        assert_eq!(run.run_dir.run_dir, PathBuf::from("/tmp/r"));
+        let cli =
+            Cli::try_parse_from(["redirector", "status", "--handover-dir", "/tmp/h"]).unwrap();
+        let Command::Status(status) = cli.command else {
+            panic!("not status")
+        };
+        assert_eq!(status.published.handover_dir, PathBuf::from("/tmp/h"));
     }
 
     #[test]
@@ -416,17 +497,23 @@ mod tests {
         }
     }
 
-    /// `redirector run` with its two required flags, and `extra`.
+    /// `redirector run` with its one required flag, and `extra`.
     fn run_with(extra: &[&str]) -> Result<Cli, clap::Error> {
-        let base = [
-            "redirector",
-            "run",
-            "--proxy-config",
-            "p",
-            "--cgroup",
-            "/cg",
-        ];
+        let base = ["redirector", "run", "--proxy-config", "p"];
         Cli::try_parse_from(base.iter().chain(extra))
+    }
+
+    /// Without --cgroup the attach root is derived at start.
+    #[test]
+    fn cgroup_is_optional() {
+        let Command::Run(run) = run_with(&[]).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(run.cgroup, None);
+        let Command::Run(run) = run_with(&["--cgroup", "/cg"]).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(run.cgroup, Some(PathBuf::from("/cg")));
     }
 
     #[test]
@@ -445,6 +532,50 @@ mod tests {
         };
         assert_eq!(run.metrics, Some("127.0.0.1:9465".parse().unwrap()));
         assert!(Cli::try_parse_from(["redirector", "--log-format", "xml", "status"]).is_err());
+    }
+
+    #[test]
+    fn upgrade_flags_parse_and_refuse_nonsense() {
+        let cli = run_with(&["--drain-timeout", "2.5", "--handover-dir", "/tmp/h"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            run.upgrade.drain_timeout,
+            std::time::Duration::from_millis(2500)
+        );
+        assert_eq!(run.upgrade.handover_dir, PathBuf::from("/tmp/h"));
+        for bad in ["0", "-1", "x", "3601"] {
+            assert!(run_with(&["--drain-timeout", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn socket_flags_default_and_parse() {
+        let Command::Run(run) = run_with(&[]).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            run.socket_options(),
+            crate::socket_options::SocketOptions::default()
+        );
+        let extra = ["--socket-buffer", "128Ki", "--keepalive", "2,1,2"];
+        let Command::Run(run) = run_with(&extra).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(run.socket_buffer, 128 << 10);
+        assert_eq!(
+            run.keepalive.dead_peer_bound(),
+            std::time::Duration::from_secs(4)
+        );
+        for bad in [["--socket-buffer", "1Ki"], ["--keepalive", "60,10"]] {
+            assert!(run_with(&bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_socket_buffer("4096").unwrap(), 4096);
+        assert_eq!(parse_socket_buffer("64Mi").unwrap(), 64 << 20);
+        for bad in ["", "1Ki", "4095", "65Mi", "1Gi", "32KB", "0"] {
+            assert!(parse_socket_buffer(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -15,10 +15,12 @@
 //! `"direct"`, AKS's meaning: what happens to plain HTTP when only
 //! `httpsProxy` is set, and to everything else when only `httpProxy` is),
 //! `exemptNamespaces` (default `["kube-system"]`: namespaces whose pods are
-//! never redirected), `exemptHostNetworkPods` (default `true`) and
+//! never redirected), `exemptHostNetworkPods` (default `true`),
 //! `serviceCidrs` (default none: the cluster's Service ranges, bypassed in
-//! the kernel beside `--cluster-cidr`). Files without them are plain AKS
-//! files.
+//! the kernel beside `--cluster-cidr`) and `serverFirstPorts` (default
+//! [`DEFAULT_SERVER_FIRST_PORTS`]: destination ports whose clients wait for
+//! the server to speak, routed by address at once instead of after the
+//! peek timeout). Files without them are plain AKS files.
 //!
 //! Unknown keys are rejected rather than ignored: a typo such as
 //! `httpsProxyy` would otherwise silently send traffic direct.
@@ -80,6 +82,10 @@ struct RawConfig {
     /// Redirector extension: `"direct"`, `"useOther"` or `"refuse"`.
     #[serde(rename = "missingProxy")]
     missing_proxy: Option<String>,
+    /// Redirector extension: destination ports routed by address without
+    /// waiting for the client's first bytes. Wide integers, as above.
+    #[serde(rename = "serverFirstPorts")]
+    server_first_ports: Option<Vec<i64>>,
     /// Redirector extension: namespaces whose pods are never redirected.
     #[serde(rename = "exemptNamespaces")]
     exempt_namespaces: Option<Vec<String>>,
@@ -154,6 +160,31 @@ fn parse_udp_ports(ports: &[i64]) -> Result<Vec<u16>, String> {
             ports.len()
         ));
     }
+    parse_ports(ports)
+}
+
+/// `serverFirstPorts` when the file has none: FTP, SSH, SMTP, POP3, IMAP,
+/// mail submission and MySQL, whose servers send a banner before the
+/// client says anything.
+pub const DEFAULT_SERVER_FIRST_PORTS: &[u16] = &[21, 22, 25, 110, 143, 587, 3306];
+
+/// Most `serverFirstPorts` entries: each connection looks its port up in
+/// the list.
+const SERVER_FIRST_PORTS_MAX: usize = 1024;
+
+/// Validates `serverFirstPorts`: ports 1-65535, each once.
+fn parse_server_first_ports(ports: &[i64]) -> Result<Vec<u16>, String> {
+    if ports.len() > SERVER_FIRST_PORTS_MAX {
+        return Err(format!(
+            "{} ports; at most {SERVER_FIRST_PORTS_MAX}",
+            ports.len()
+        ));
+    }
+    parse_ports(ports)
+}
+
+/// Ports 1-65535, each once, in the order given.
+fn parse_ports(ports: &[i64]) -> Result<Vec<u16>, String> {
     let mut out: Vec<u16> = Vec::with_capacity(ports.len());
     for (i, &port) in ports.iter().enumerate() {
         let port = u16::try_from(port)
@@ -284,6 +315,10 @@ pub struct ProxyConfig {
     pub allow_other_stream_protocols: bool,
     /// `missingProxy`: what happens to a class whose proxy is not set.
     pub missing_proxy: MissingProxy,
+    /// `serverFirstPorts`: destination ports routed by address at once,
+    /// without peeking (the client waits for the server's banner); empty:
+    /// every connection is peeked at.
+    pub server_first_ports: Vec<u16>,
     /// `exemptNamespaces`: pods in these namespaces are never redirected.
     pub exempt_namespaces: Vec<String>,
     /// `exemptHostNetworkPods`: hostNetwork pods are never redirected.
@@ -350,6 +385,12 @@ impl ProxyConfig {
             None => DEFAULT_REFUSE_UDP_PORTS.to_vec(),
             Some(ports) => parse_udp_ports(ports).map_err(|m| field_error("refuseUdpPorts", m))?,
         };
+        let server_first_ports = match raw.server_first_ports.as_deref() {
+            None => DEFAULT_SERVER_FIRST_PORTS.to_vec(),
+            Some(ports) => {
+                parse_server_first_ports(ports).map_err(|m| field_error("serverFirstPorts", m))?
+            }
+        };
         let missing_proxy = match raw.missing_proxy.as_deref() {
             None => MissingProxy::default(),
             Some(v) => MissingProxy::parse(v).map_err(|m| field_error("missingProxy", m))?,
@@ -385,7 +426,14 @@ impl ProxyConfig {
             exempt_namespaces,
             exempt_host_network_pods: raw.exempt_host_network_pods.unwrap_or(true),
             service_cidrs,
+            server_first_ports,
         })
+    }
+
+    /// Whether connections to `port` are routed by address at once
+    /// (`serverFirstPorts`).
+    pub fn is_server_first(&self, port: u16) -> bool {
+        self.server_first_ports.contains(&port)
     }
 }
 
@@ -948,6 +996,40 @@ mod tests {
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains("refuseUdpPorts"), "{text}: {err}");
+            assert!(err.contains(needle), "{text}: no {needle:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn server_first_ports_default_accept_a_list_and_refuse_bad_ones() {
+        let ports = |text: &str| parse(text).unwrap().server_first_ports;
+        assert_eq!(ports("{}"), [21, 22, 25, 110, 143, 587, 3306]);
+        assert_eq!(ports(r#"{"serverFirstPorts": null}"#), ports("{}"));
+        assert!(
+            ports(r#"{"serverFirstPorts": []}"#).is_empty(),
+            "[] disables"
+        );
+        assert_eq!(ports(r#"{"serverFirstPorts": [2222, 1]}"#), [2222, 1]);
+        let cfg = parse(r#"{"serverFirstPorts": [2222]}"#).unwrap();
+        assert!(cfg.is_server_first(2222) && !cfg.is_server_first(22));
+        let too_many: Vec<String> = (1..=1025).map(|p| p.to_string()).collect();
+        let too_many = format!(r#"{{"serverFirstPorts": [{}]}}"#, too_many.join(","));
+        for (text, needle) in [
+            (r#"{"serverFirstPorts": [0]}"#, "entry 0: 0 is not a port"),
+            (
+                r#"{"serverFirstPorts": [22, 65536]}"#,
+                "entry 1: 65536 is not a port",
+            ),
+            (
+                r#"{"serverFirstPorts": [22, 22]}"#,
+                "port 22 is listed twice",
+            ),
+            (r#"{"serverFirstPorts": ["22"]}"#, "serverFirstPorts[0]"),
+            (r#"{"serverFirstPorts": 22}"#, "serverFirstPorts"),
+            (too_many.as_str(), "1025 ports; at most 1024"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains("serverFirstPorts"), "{text}: {err}");
             assert!(err.contains(needle), "{text}: no {needle:?} in {err}");
         }
     }

@@ -11,10 +11,10 @@ use bytes::Bytes;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
-    classify::{self, Classification, PeekLimits},
+    classify::{self, Classification, Opaque, PeekLimits},
     config::FailMode,
     dial::{DialError, Dialer, LinkLocal, Tunnel, Upstream},
-    http_forward::{self, Served},
+    http_forward::{self, Forwarded, Served, Switched},
     lookup::OriginalDst,
     metrics::{Metrics, OutcomeKind, Route},
     policy::{CheckResult, Decision, Mode, NameCheck, Policy, Target, Verdict},
@@ -55,7 +55,8 @@ pub struct Shared {
 pub enum Outcome {
     /// Bytes relayed to the end (direct or through a CONNECT tunnel).
     Relayed { transferred: Transferred },
-    /// Plain HTTP requests forwarded in absolute form.
+    /// Plain HTTP requests forwarded in absolute form (and, after a `101`,
+    /// the new protocol's bytes relayed, counted in `served`).
     HttpServed { served: Served },
     /// The upstream side could not be opened; the client was reset.
     DialFailed(DialError),
@@ -128,8 +129,14 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         );
         return;
     };
-    let (class, peek_timed_out) = classify::peek_classify_timed(&client, shared.peek).await;
     let policy = shared.policy.load();
+    let (class, peek_timed_out) = if policy.config().is_server_first(dst.port()) {
+        // The client waits for the server's banner: a peek would only make
+        // it wait the whole timeout first.
+        (Classification::opaque(Opaque::ServerFirstPort), false)
+    } else {
+        classify::peek_classify_timed(&client, shared.peek).await
+    };
     let verdict = policy.decide(&Target {
         ip: Some(dst.ip()),
         host: class.hostname.as_deref(),
@@ -155,6 +162,10 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         Opened::Relay(client, Tunnel { upstream, early }) => {
             relay_to(client, upstream, early).await
         }
+        Opened::Switched(served, Switched { client, tunnel }) => {
+            let relayed = relay_to(client, tunnel.upstream, tunnel.early).await;
+            after_switch(served, relayed)
+        }
         Opened::Done(outcome) => outcome,
     };
     record(&shared.metrics, &outcome, peek_timed_out);
@@ -165,6 +176,8 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
 enum Opened {
     /// Both sides are open: relay them.
     Relay(TcpStream, Tunnel),
+    /// Plain HTTP switched protocols (`101`): relay the rest untouched.
+    Switched(Served, Switched),
     /// The connection is over (served as plain HTTP, or the dial failed).
     Done(Outcome),
 }
@@ -222,20 +235,14 @@ async fn open(
                     Err(_) => None,
                 },
             };
-            return Opened::Done(
-                match http_forward::serve(
-                    client,
-                    proxy.clone(),
-                    dst,
-                    shared.dialer.clone(),
-                    preopened,
-                )
-                .await
-                {
-                    Ok(served) => Outcome::HttpServed { served },
-                    Err(e) => Outcome::BrokeOff(e.to_string()),
-                },
-            );
+            let forwarded =
+                http_forward::serve(client, proxy.clone(), dst, shared.dialer.clone(), preopened)
+                    .await;
+            return match forwarded {
+                Ok(Forwarded::Closed(served)) => Opened::Done(Outcome::HttpServed { served }),
+                Ok(Forwarded::Switched(served, switched)) => Opened::Switched(served, switched),
+                Err(e) => Opened::Done(Outcome::BrokeOff(e.to_string())),
+            };
         }
         Decision::Proxy {
             proxy,
@@ -354,6 +361,19 @@ async fn relay_to(mut client: TcpStream, mut upstream: Upstream, early: Bytes) -
     }
 }
 
+/// A connection that switched protocols ends as served HTTP, with the bytes
+/// relayed after the `101` counted in.
+fn after_switch(mut served: Served, relayed: Outcome) -> Outcome {
+    match relayed {
+        Outcome::Relayed { transferred } => {
+            served.transferred.client_to_upstream += transferred.client_to_upstream;
+            served.transferred.upstream_to_client += transferred.upstream_to_client;
+            Outcome::HttpServed { served }
+        }
+        broke_off => broke_off,
+    }
+}
+
 /// Counts how the connection ended, once, with the bytes it moved.
 fn record(metrics: &Metrics, outcome: &Outcome, peek_timed_out: bool) {
     metrics.record_outcome(outcome.kind(peek_timed_out));
@@ -389,13 +409,14 @@ fn log_outcome(
     let rule = decision.rule();
     match outcome {
         Outcome::Relayed { transferred } => tracing::debug!(
-            client = %peer, %dst, host, %decision, rule, ms,
+            client = %peer, %dst, host, %decision, rule, ms, protocol = class.label(),
             up = transferred.client_to_upstream, down = transferred.upstream_to_client,
             "connection done"
         ),
         Outcome::HttpServed { served } => tracing::debug!(
             client = %peer, %dst, host, %decision, rule, ms,
             requests = served.requests, auth_failures = served.auth_failures,
+            switched_protocols = served.switched_protocols,
             up = served.transferred.client_to_upstream,
             down = served.transferred.upstream_to_client,
             "plain HTTP connection done"
@@ -498,6 +519,27 @@ mod tests {
         metrics: Arc<Metrics>,
         names: &[(&'static str, &[&str])],
     ) -> SocketAddr {
+        let peek = Duration::from_millis(50);
+        redirector_full(config, table, metrics, names, peek).await
+    }
+
+    /// [`redirector`], waiting `peek_timeout` for a client's first bytes.
+    async fn redirector_peeking(
+        config: &str,
+        table: Arc<Table>,
+        peek_timeout: Duration,
+    ) -> SocketAddr {
+        let metrics = Arc::new(Metrics::new(None));
+        redirector_full(config, table, metrics, &[], peek_timeout).await
+    }
+
+    async fn redirector_full(
+        config: &str,
+        table: Arc<Table>,
+        metrics: Arc<Metrics>,
+        names: &[(&'static str, &[&str])],
+        peek_timeout: Duration,
+    ) -> SocketAddr {
         // The tests' origins are on loopback, which the daemon never dials
         // outside tests (`dial::guard`).
         crate::dial::guard::test_loopback::allow();
@@ -510,6 +552,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let config = crate::config::ProxyConfig::parse("t", config).unwrap();
+        let tls = crate::dial::proxy_tls_config(&config.trusted_ca).unwrap();
         // No built-ins: the tests' destinations are on loopback.
         let builtins = crate::policy::Builtins {
             loopback: false,
@@ -521,12 +564,13 @@ mod tests {
             original_dst: table,
             dialer: Dialer {
                 socket_mark: 0,
+                sockets: Default::default(),
                 timeout: Duration::from_secs(2),
-                tls: Swappable::new(crate::dial::proxy_tls_config(&[]).unwrap()),
+                tls: Swappable::new(tls),
             },
             peek: PeekLimits {
                 max_bytes: 1024,
-                timeout: Duration::from_millis(50),
+                timeout: peek_timeout,
             },
             metrics,
             names: NameResolver::new(
@@ -573,7 +617,7 @@ mod tests {
             served: Served {
                 requests: 1,
                 auth_failures,
-                transferred: Transferred::default(),
+                ..Served::default()
             },
         };
         let dial = |e| Outcome::DialFailed(e);
@@ -988,6 +1032,297 @@ mod tests {
             )
             .await;
         }
+    }
+
+    /// Issue 13: a client that speaks to a proxy of its own (`HTTPS_PROXY`,
+    /// `HTTP_PROXY`) is tunnelled to that proxy's address through
+    /// `httpsProxy`, and its request reaches it byte for byte: never
+    /// forwarded in absolute form, never to `httpProxy`, never by the name
+    /// it asks for. So is HTTP/2 with prior knowledge.
+    #[tokio::test]
+    async fn proxy_requests_and_h2c_are_tunnelled_by_address_untouched() {
+        let second_proxy = echo_server().await;
+        for first_bytes in [
+            &b"CONNECT api.example:443 HTTP/1.1\r\nHost: api.example:443\r\n\r\n"[..],
+            b"GET http://api.example/x HTTP/1.1\r\nHost: api.example\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+        ] {
+            let what = String::from_utf8_lossy(&first_bytes[..14]).into_owned();
+            let (https_proxy, connects) = connect_proxy().await;
+            let (http_proxy, absolute) = connect_proxy().await;
+            let table = Arc::new(Table::default());
+            let config = format!(
+                r#"{{"httpProxy": "http://{http_proxy}", "httpsProxy": "http://{https_proxy}"}}"#
+            );
+            let listen = redirector(&config, table.clone()).await;
+            let mut c = redirected(&table, listen, second_proxy).await;
+            c.write_all(first_bytes).await.unwrap();
+            let head = first_head(&connects).await;
+            let want = format!("CONNECT {second_proxy} HTTP/1.1\r\n");
+            assert!(head.starts_with(&want), "{what}: {head}");
+            // The echo is the client's own bytes, as the second proxy got them.
+            let mut echoed = vec![0u8; first_bytes.len()];
+            tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut echoed))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(echoed, first_bytes, "{what}");
+            assert!(
+                absolute.lock().unwrap().is_empty(),
+                "{what}: httpProxy was used"
+            );
+        }
+    }
+
+    /// A proxy that takes plain HTTP requests, over TLS when `tls` is
+    /// given: keeps each head; answers an `Upgrade` with `101` and `early`
+    /// bytes in the same write, then echoes; anything else with 200.
+    async fn upgrading_proxy(
+        early: &'static [u8],
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let (seen, tls) = (seen.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        Some(tls) => {
+                            serve_upgrades(tls.accept(s).await.unwrap(), seen, early).await
+                        }
+                        None => serve_upgrades(s, seen, early).await,
+                    }
+                });
+            }
+        });
+        (addr, heads)
+    }
+
+    async fn serve_upgrades<S>(mut s: S, seen: Arc<Mutex<Vec<String>>>, early: &[u8])
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        loop {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                if s.read(&mut b).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(b[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let upgrade = head.to_ascii_lowercase().contains("\r\nupgrade:");
+            seen.lock().unwrap().push(head);
+            if !upgrade {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                continue;
+            }
+            let switch = [
+                &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\n\r\n"[..],
+                early,
+            ]
+            .concat();
+            let _ = s.write_all(&switch).await;
+            let _ = s.flush().await;
+            let (mut r, mut w) = tokio::io::split(s);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+            return;
+        }
+    }
+
+    /// A TLS acceptor for 127.0.0.1 and the `trustedCA` value that trusts it.
+    fn proxy_tls_for_loopback() -> (tokio_rustls::TlsAcceptor, String) {
+        use base64::Engine as _;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let ca = base64::engine::general_purpose::STANDARD.encode(cert.pem());
+        (tokio_rustls::TlsAcceptor::from(Arc::new(server)), ca)
+    }
+
+    /// Issue 13: an `Upgrade` over plain HTTP goes through `httpProxy` in
+    /// absolute form; after its `101` the bytes flow both ways untouched:
+    /// the proxy's early bytes, the client's bytes sent right behind its
+    /// request head, and everything after. Through a plain-HTTP proxy (the
+    /// relay splices) and an `https://` one (through rustls).
+    #[tokio::test]
+    async fn after_101_the_bytes_flow_both_ways_untouched() {
+        let (acceptor, ca) = proxy_tls_for_loopback();
+        let (plain, plain_heads) = upgrading_proxy(b"\x81\x05early", None).await;
+        let (tls, tls_heads) = upgrading_proxy(b"\x81\x05early", Some(acceptor)).await;
+        for (config, heads) in [
+            (format!(r#"{{"httpProxy": "http://{plain}"}}"#), plain_heads),
+            (
+                format!(r#"{{"httpProxy": "https://{tls}", "trustedCA": "{ca}"}}"#),
+                tls_heads,
+            ),
+        ] {
+            upgrade_and_relay(&config, &heads).await;
+        }
+    }
+
+    async fn upgrade_and_relay(config: &str, heads: &Mutex<Vec<String>>) {
+        let table = Arc::new(Table::default());
+        let metrics = Arc::new(Metrics::new(None));
+        let listen = redirector_counted(config, table.clone(), metrics.clone()).await;
+        let origin: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut c = redirected(&table, listen, origin).await;
+        // A GET first: the same connection then upgrades.
+        c.write_all(b"GET /first HTTP/1.1\r\nHost: ws.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut ok = vec![0u8; 0];
+        while !ok.ends_with(b"ok") {
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).await.unwrap();
+            ok.push(b[0]);
+        }
+        c.write_all(
+            b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n\
+              \x81\x04ping",
+        )
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        let want_tail = b"\r\n\r\n\x81\x05early\x81\x04ping";
+        while !got.ends_with(want_tail) {
+            let mut b = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut b))
+                .await
+                .expect("101, early bytes and the echo")
+                .unwrap();
+            got.push(b[0]);
+        }
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{got}"
+        );
+        // Both ways, any bytes, after the switch.
+        let binary: Vec<u8> = (0..=255).collect();
+        c.write_all(&binary).await.unwrap();
+        let mut echoed = vec![0u8; binary.len()];
+        c.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, binary);
+        c.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 2, "{heads:?}");
+        assert!(
+            heads[1].starts_with("GET http://ws.test/chat HTTP/1.1\r\n"),
+            "{}",
+            heads[1]
+        );
+        for header in [
+            "upgrade: websocket",
+            "connection: upgrade",
+            "sec-websocket-key:",
+        ] {
+            assert!(
+                heads[1].to_ascii_lowercase().contains(header),
+                "{header}: {}",
+                heads[1]
+            );
+        }
+        expect_metrics(
+            &metrics,
+            &[
+                "redirector_connection_outcomes_total{outcome=\"ok\"} 1".into(),
+                "redirector_active_connections 0".into(),
+            ],
+        )
+        .await;
+        let text = metrics.encode();
+        let up = text
+            .lines()
+            .find_map(|l| l.strip_prefix("redirector_bytes_total{direction=\"upstream\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap();
+        assert!(up > 256 + 6, "the bytes after the switch are counted: {up}");
+    }
+
+    /// Issue 13: a destination port in `serverFirstPorts` is routed by
+    /// address at once: the proxy gets its CONNECT before the client says
+    /// anything, and a banner comes long before the peek timeout. Off the
+    /// list, the client waits the peek timeout again.
+    #[tokio::test]
+    async fn server_first_ports_skip_the_peek() {
+        let peek = Duration::from_secs(2);
+        let banner = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = l.accept().await {
+                    tokio::spawn(async move {
+                        let _ = s.write_all(b"220 banner\r\n").await;
+                        let mut sink = Vec::new();
+                        let _ = s.read_to_end(&mut sink).await;
+                    });
+                }
+            });
+            addr
+        };
+        let time_to_banner = |listen: SocketAddr, table: Arc<Table>| async move {
+            let mut c = redirected(&table, listen, banner).await;
+            let started = Instant::now();
+            let mut got = [0u8; 12];
+            tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&got, b"220 banner\r\n");
+            started.elapsed()
+        };
+        let port = banner.port();
+        let table = Arc::new(Table::default());
+        let listed = format!(r#"{{"serverFirstPorts": [{port}]}}"#);
+        let listen = redirector_peeking(&listed, table.clone(), peek).await;
+        let fast = time_to_banner(listen, table.clone()).await;
+        assert!(fast < Duration::from_millis(1000), "listed: {fast:?}");
+        let listen = redirector_peeking(r#"{"serverFirstPorts": []}"#, table.clone(), peek).await;
+        let slow = time_to_banner(listen, table.clone()).await;
+        assert!(slow >= peek, "not listed: {slow:?}");
+
+        // Through the proxy: CONNECT by address, with nothing from the client.
+        let (proxy, heads) = connect_proxy().await;
+        let config = format!(r#"{{"httpsProxy": "http://{proxy}", "serverFirstPorts": [{port}]}}"#);
+        let listen = redirector_peeking(&config, table.clone(), peek).await;
+        let _c = redirected(&table, listen, banner).await;
+        let started = Instant::now();
+        let head = first_head(&heads).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            head.starts_with(&format!("CONNECT {banner} HTTP/1.1\r\n")),
+            "{head}"
+        );
     }
 
     /// An idle connection's memory is mostly its task, whose size is the

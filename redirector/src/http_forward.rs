@@ -8,7 +8,18 @@
 //! reopened if the proxy closes it between requests. The proxy's answers,
 //! a 407 included, go back to the client as they are; when the proxy
 //! cannot be reached the client gets a 502 naming why.
+//!
+//! A request with `Upgrade` (WebSocket `ws://`, `h2c`) goes to the proxy
+//! like any other; if the proxy answers `101 Switching Protocols`, both
+//! connections are handed back as [`Forwarded::Switched`], for the caller
+//! to relay untouched from then on, as an env-var client's bytes would
+//! flow. Any other answer is plain HTTP, and the exchange goes on.
+//!
+//! Only requests to an origin get here (`classify`): a client that speaks
+//! to a proxy of its own (`CONNECT`, absolute form) is carried by address.
+//! A `CONNECT` later on the same connection is refused with 400.
 use std::{
+    io,
     net::SocketAddr,
     pin::Pin,
     sync::{
@@ -20,19 +31,21 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::{body::Incoming, client::conn::http1::SendRequest, service::service_fn};
+use hyper::{
+    body::Incoming, client::conn::http1::SendRequest, service::service_fn, upgrade::OnUpgrade,
+};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
     sync::Mutex,
 };
 
 use crate::{
     config::ProxyUrl,
-    dial::{DialError, Dialer, UpstreamIo, proxy_authorization},
+    dial::{DialError, Dialer, Tunnel, Upstream, proxy_authorization},
     ratelog::{self, RateLog},
     relay::Transferred,
 };
@@ -46,8 +59,36 @@ pub struct Served {
     pub requests: u64,
     /// Of those, 407 answers (wrong or missing proxy credentials).
     pub auth_failures: u64,
+    /// Whether the last answer was `101 Switching Protocols`.
+    pub switched_protocols: bool,
     /// Bytes read from and written to the client, as it sent and got them.
     pub transferred: Transferred,
+}
+
+/// How a forwarded client connection ended.
+pub enum Forwarded {
+    /// The client closed the connection (or the exchange ended).
+    Closed(Served),
+    /// The proxy switched protocols (`101`): both sides, to relay untouched.
+    Switched(Served, Switched),
+}
+
+/// Both sides of a connection after `101 Switching Protocols`. What the
+/// client sent after its request head has already gone to the proxy.
+pub struct Switched {
+    pub client: TcpStream,
+    /// The proxy connection, and what it sent after the `101` head (the
+    /// client gets that first).
+    pub tunnel: Tunnel,
+}
+
+/// Why forwarding broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error("switching protocols: {0}")]
+    Switch(io::Error),
 }
 
 /// Per-connection warnings, rate-limited: a pod can fail requests at will.
@@ -59,22 +100,23 @@ const MAX_HEAD: usize = 64 * 1024;
 /// How long a client may take to send a request head (slowloris bound).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the client's requests until it closes the connection.
-/// `preopened`: a connection to the proxy already open (else the first
-/// request opens one).
+/// Serves the client's requests until it closes the connection or the
+/// proxy switches protocols. `preopened`: a connection to the proxy already
+/// open (else the first request opens one).
 pub async fn serve(
     client: TcpStream,
     proxy: ProxyUrl,
     dst: SocketAddr,
     dialer: Dialer,
-    preopened: Option<Box<dyn UpstreamIo>>,
-) -> Result<Served, hyper::Error> {
+    preopened: Option<Upstream>,
+) -> Result<Forwarded, ForwardError> {
     let forwarder = Arc::new(Forwarder {
         proxy,
         dst,
         dialer,
         upstream: Mutex::new(None),
         served: std::sync::Mutex::new(Served::default()),
+        switching: std::sync::Mutex::new(None),
     });
     if let Some(io) = preopened {
         // A failed handshake just leaves the first request to dial again.
@@ -102,13 +144,102 @@ pub async fn serve(
         .header_read_timeout(HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(client), service)
+        .with_upgrades()
         .await?;
     let mut served = *forwarder.served.lock().unwrap_or_else(|p| p.into_inner());
     served.transferred = Transferred {
         client_to_upstream: counts.read.load(Ordering::Relaxed),
         upstream_to_client: counts.written.load(Ordering::Relaxed),
     };
-    Ok(served)
+    let switching = forwarder
+        .switching
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match switching {
+        None => Ok(Forwarded::Closed(served)),
+        Some(switching) => Ok(Forwarded::Switched(served, switching.complete().await?)),
+    }
+}
+
+/// The two halves of a `101` answer, until hyper hands over the sockets.
+struct Switching {
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+}
+
+impl Switching {
+    /// Takes both sockets back from hyper, with the bytes each side sent
+    /// past its head; the client's go on to the proxy at once.
+    async fn complete(self) -> Result<Switched, ForwardError> {
+        let (client, upstream) = tokio::try_join!(self.client, self.upstream)?;
+        // hyper gives back the very streams it was given: the types match.
+        let lost = || ForwardError::Switch(io::Error::other("hyper returned another stream type"));
+        let client = client.downcast::<TokioIo<Counted>>().map_err(|_| lost())?;
+        let upstream = upstream
+            .downcast::<TokioIo<ProxyIo>>()
+            .map_err(|_| lost())?;
+        let mut proxy = upstream.io.into_inner();
+        if !client.read_buf.is_empty() {
+            let written = async {
+                proxy.write_all(&client.read_buf).await?;
+                proxy.flush().await
+            };
+            written.await.map_err(ForwardError::Switch)?;
+        }
+        let ProxyIo(proxy) = proxy;
+        Ok(Switched {
+            client: client.io.into_inner().io,
+            tunnel: Tunnel {
+                upstream: proxy,
+                early: upstream.read_buf,
+            },
+        })
+    }
+}
+
+/// The proxy connection as hyper's I/O, of a type that can be taken back
+/// after a `101` (so that the relay splices a plain TCP one).
+struct ProxyIo(Upstream);
+
+impl AsyncRead for ProxyIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Upstream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ProxyIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().0 {
+            Upstream::Tcp(s) => Pin::new(s).poll_write(cx, data),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Upstream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Upstream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Bytes through a [`Counted`] stream, readable after hyper dropped it.
@@ -168,10 +299,25 @@ struct Forwarder {
     /// The proxy connection, shared by the client's successive requests.
     upstream: Mutex<Option<SendRequest<Incoming>>>,
     served: std::sync::Mutex<Served>,
+    /// Set when the proxy answered `101`: the connection ends there.
+    switching: std::sync::Mutex<Option<Switching>>,
 }
 
 impl Forwarder {
     async fn forward(&self, mut req: Request<Incoming>) -> Response<Body> {
+        if req.method() == Method::CONNECT {
+            // Only as a later request: a first one is carried by address.
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "CONNECT after other requests on one connection is not carried; \
+                 send it on a connection of its own",
+            );
+        }
+        // hyper offers to hand the client's socket over for a request that
+        // asks to upgrade (HTTP/1.1 with `Upgrade`).
+        let asks_upgrade =
+            req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
+        let client_upgrade = hyper::upgrade::on(&mut req);
         match absolute_uri(&req, self.dst) {
             Some(uri) => *req.uri_mut() = uri,
             None => return error_response(StatusCode::BAD_REQUEST, "cannot form an absolute URL"),
@@ -191,9 +337,26 @@ impl Forwarder {
             },
         };
         match sender.send_request(req).await {
-            Ok(response) => {
+            Ok(mut response) => {
+                let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if switched {
+                    // The proxy connection is the new protocol's now.
+                    *upstream = None;
+                    if !asks_upgrade {
+                        return error_response(
+                            StatusCode::BAD_GATEWAY,
+                            "the proxy switched protocols unasked",
+                        );
+                    }
+                    let switching = Switching {
+                        client: client_upgrade,
+                        upstream: hyper::upgrade::on(&mut response),
+                    };
+                    *self.switching.lock().unwrap_or_else(|p| p.into_inner()) = Some(switching);
+                }
                 let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
                 served.requests += 1;
+                served.switched_protocols = switched;
                 if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
                     served.auth_failures += 1;
                     ratelog::warn!(
@@ -218,13 +381,13 @@ impl Forwarder {
         self.handshake(io).await
     }
 
-    async fn handshake(&self, io: Box<dyn UpstreamIo>) -> Result<SendRequest<Incoming>, DialError> {
+    async fn handshake(&self, io: Upstream) -> Result<SendRequest<Incoming>, DialError> {
         // The proxy's answers are buffered within the same bound as the
         // client's requests: a response head or body a client does not
         // read costs a bounded amount per connection.
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(MAX_HEAD)
-            .handshake(TokioIo::new(io))
+            .handshake(TokioIo::new(ProxyIo(io)))
             .await
             .map_err(|source| DialError::Protocol {
                 proxy: self.proxy.clone(),
@@ -232,7 +395,9 @@ impl Forwarder {
                 source,
             })?;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // With upgrades, a `101` ends this task and hands the socket
+            // to the answer's `OnUpgrade`.
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "proxy connection ended");
             }
         });
@@ -362,6 +527,7 @@ mod tests {
     fn dialer() -> Dialer {
         Dialer {
             socket_mark: 0,
+            sockets: Default::default(),
             timeout: Duration::from_secs(2),
             tls: crate::swappable::Swappable::new(crate::dial::proxy_tls_config(&[]).unwrap()),
         }
@@ -373,9 +539,11 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
-            serve(s, proxy, "10.0.0.1:80".parse().unwrap(), dialer(), None)
-                .await
-                .unwrap()
+            match serve(s, proxy, "10.0.0.1:80".parse().unwrap(), dialer(), None).await {
+                Ok(Forwarded::Closed(served)) => served,
+                Ok(Forwarded::Switched(..)) => panic!("switched protocols"),
+                Err(e) => panic!("{e}"),
+            }
         });
         (TcpStream::connect(addr).await.unwrap(), task)
     }
@@ -420,6 +588,48 @@ mod tests {
         // Both request heads in, both answers out.
         assert!(served.transferred.client_to_upstream > 60, "{served:?}");
         assert!(served.transferred.upstream_to_client > 30, "{served:?}");
+    }
+
+    /// Issue 13: an `Upgrade` the proxy does not take (no `101`) is plain
+    /// HTTP, and the connection goes on; a later `CONNECT` is refused here,
+    /// never sent on in absolute form.
+    #[tokio::test]
+    async fn an_upgrade_answered_without_101_goes_on_and_a_later_connect_is_refused() {
+        let (proxy_addr, heads) = fake_http_proxy(200).await;
+        let (mut client, task) =
+            serve_one(ProxyUrl::parse(&format!("http://{proxy_addr}")).unwrap()).await;
+        client
+            .write_all(
+                b"GET /ws HTTP/1.1\r\nHost: ws.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\
+                  GET /after HTTP/1.1\r\nHost: ws.example\r\n\r\n\
+                  CONNECT other.example:443 HTTP/1.1\r\nHost: other.example:443\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+        assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("CONNECT after other requests"), "{answer}");
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(
+            heads.len(),
+            2,
+            "the CONNECT never reached the proxy: {heads:?}"
+        );
+        assert!(
+            heads[0].starts_with("GET http://ws.example/ws HTTP/1.1\r\n"),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[0].to_ascii_lowercase().contains("upgrade: websocket"),
+            "{}",
+            heads[0]
+        );
+        let served = task.await.unwrap();
+        assert!(!served.switched_protocols);
     }
 
     #[tokio::test]

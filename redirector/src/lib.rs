@@ -13,7 +13,8 @@
 //! - `relay`: bytes both ways, half-close aware; `http_forward`: plain HTTP
 //!   to `httpProxy` in absolute form;
 //! - `connection`: ties these together for one connection; `server` accepts
-//!   (within the `limits` caps).
+//!   (within the `limits` caps, derived from `memory_budget`), with
+//!   `socket_options` (buffers, keepalive) on both sockets.
 //!
 //! Around it:
 //! - `config`: the proxy configuration file; `reload`: watched and
@@ -27,6 +28,10 @@
 //! - `metrics`: each connection's decision, outcome and bytes, the kernel
 //!   counters, served on `--metrics` with `/healthz` and `/readyz`
 //!   (`readiness`: the conditions the daemon waits for);
+//! - `handover`: the listening sockets given to the next instance on the
+//!   node; `drain`: how the daemon stops (hand-over, SIGTERM, detach)
+//!   without dropping a connection; `supervise`: the long-lived tasks, whose
+//!   end makes the daemon not ready and exit;
 //! - `cmd`: the subcommands (`run` is `cmd::daemon`), with `cli` their
 //!   arguments; nothing on the data path imports them;
 //! - `endpoint`: socket addresses as the kernel maps hold them; `ca`: CA
@@ -45,16 +50,20 @@ pub mod ratelog;
 pub mod relay;
 pub mod resolve;
 pub mod server;
+pub mod socket_options;
 
 pub mod bypass;
 pub mod ca;
 pub mod config;
+pub mod drain;
 pub mod endpoint;
 pub mod exemption;
+pub mod handover;
 pub mod metrics;
 pub mod readiness;
 pub mod reload;
 pub mod startup_taint;
+pub mod supervise;
 pub mod swappable;
 
 pub mod cli;

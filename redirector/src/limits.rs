@@ -21,7 +21,7 @@ use std::{
 use thiserror::Error;
 
 use crate::{
-    memory_budget::{self, BudgetError, MemoryLimit},
+    memory_budget::{self, BudgetError, ConnectionCost, MemoryLimit},
     ratelog::{self, RateLog},
 };
 
@@ -193,16 +193,20 @@ pub enum CapError {
 }
 
 /// The caps from the limits and the flags (`--max-connections`,
-/// `--max-connections-per-pod`). A global cap given is checked against
-/// both limits; when not given, it is the lower of what each allows.
+/// `--max-connections-per-pod`), with each connection costing at most
+/// `cost`. A global cap given is checked against both limits; when not
+/// given, it is the lower of what each allows.
 pub fn caps(
     open_files: u64,
     memory: Option<&MemoryLimit>,
+    cost: &ConnectionCost,
     global: Option<usize>,
     per_pod: Option<usize>,
 ) -> Result<Caps, CapError> {
     let fd_bound = default_global_max(open_files);
-    let memory_bound = memory.map(memory_budget::connection_cap).transpose()?;
+    let memory_bound = memory
+        .map(|limit| memory_budget::connection_cap(limit, cost))
+        .transpose()?;
     let global = match global {
         Some(given) => {
             if let (Some(allowed), Some(limit)) = (memory_bound, memory)
@@ -301,6 +305,13 @@ mod tests {
         assert!(limits.admit(ip("10.0.0.9")).is_ok());
     }
 
+    fn cost() -> ConnectionCost {
+        crate::socket_options::SocketOptions::default()
+            .kernel_buffers()
+            .map(ConnectionCost::new)
+            .unwrap()
+    }
+
     fn mib(n: u64) -> MemoryLimit {
         MemoryLimit {
             bytes: n << 20,
@@ -311,45 +322,48 @@ mod tests {
     #[test]
     fn caps_are_the_lowest_the_limits_allow() {
         // Plenty of descriptors: the memory limit decides.
-        let c = caps(1 << 20, Some(&mib(512)), None, None).unwrap();
-        assert_eq!(c.global, memory_budget::connection_cap(&mib(512)).unwrap());
+        let c = caps(1 << 20, Some(&mib(512)), &cost(), None, None).unwrap();
+        assert_eq!(
+            c.global,
+            memory_budget::connection_cap(&mib(512), &cost()).unwrap()
+        );
         assert_eq!(c.memory_bound, Some(c.global));
         // Half of it per pod, so one pod never takes the node by default.
         assert_eq!(c.per_pod, c.global.div_ceil(2));
-        let c = caps(1 << 20, Some(&mib(4096)), None, None).unwrap();
+        let c = caps(1 << 20, Some(&mib(16384)), &cost(), None, None).unwrap();
         assert_eq!(c.per_pod, DEFAULT_PER_POD_MAX);
         // Few descriptors: they decide, with the metrics listener's budget
         // taken off.
-        let c = caps(20_000, Some(&mib(4096)), None, None).unwrap();
+        let c = caps(20_000, Some(&mib(16384)), &cost(), None, None).unwrap();
         assert_eq!(c.global, (20_000 - 1024 - 33) / 3);
         // No memory limit: the descriptors alone.
-        let c = caps(20_000, None, None, None).unwrap();
+        let c = caps(20_000, None, &cost(), None, None).unwrap();
         assert_eq!((c.global, c.memory_bound), ((20_000 - 1024 - 33) / 3, None));
         // A small node cap halves the default per-pod one; a given one stays.
-        let c = caps(1 << 20, Some(&mib(96)), None, None).unwrap();
+        let c = caps(1 << 20, Some(&mib(96)), &cost(), None, None).unwrap();
         assert_eq!(c.per_pod, c.global.div_ceil(2));
-        let c = caps(1 << 20, Some(&mib(96)), None, Some(10)).unwrap();
+        let c = caps(1 << 20, Some(&mib(96)), &cost(), None, Some(10)).unwrap();
         assert_eq!(c.per_pod, 10);
     }
 
     #[test]
     fn a_given_cap_must_fit_in_both_limits() {
-        let allowed = memory_budget::connection_cap(&mib(512)).unwrap();
+        let allowed = memory_budget::connection_cap(&mib(512), &cost()).unwrap();
         assert_eq!(
-            caps(1 << 20, Some(&mib(512)), Some(allowed), None)
+            caps(1 << 20, Some(&mib(512)), &cost(), Some(allowed), None)
                 .unwrap()
                 .global,
             allowed
         );
-        let err = caps(1 << 20, Some(&mib(512)), Some(allowed + 1), None).unwrap_err();
+        let err = caps(1 << 20, Some(&mib(512)), &cost(), Some(allowed + 1), None).unwrap_err();
         assert!(matches!(err, CapError::OverMemory { .. }), "{err}");
         assert!(err.to_string().contains("lower --max-connections"), "{err}");
-        let err = caps(20_000, None, Some(10_000), None).unwrap_err();
+        let err = caps(20_000, None, &cost(), Some(10_000), None).unwrap_err();
         assert!(matches!(err, CapError::OverFds { .. }), "{err}");
-        assert!(caps(20_000, None, Some(4_000), None).is_ok());
+        assert!(caps(20_000, None, &cost(), Some(4_000), None).is_ok());
         // A limit too small for any proxy is an error, not a tiny cap.
         assert!(matches!(
-            caps(1 << 20, Some(&mib(16)), None, None),
+            caps(1 << 20, Some(&mib(16)), &cost(), None, None),
             Err(CapError::Memory(_))
         ));
     }

@@ -6,6 +6,10 @@
 //! client and destination do, times the cap, fits in the limit with the
 //! daemon's fixed overhead and a headroom.
 //!
+//! A connection costs userspace memory (measured) and the kernel's socket
+//! buffers, which cgroup v2 charges to the daemon too (derived from the
+//! queue limits `socket_options` sets: [`ConnectionCost`]).
+//!
 //! The limit is the lower of `--memory-limit` and the daemon's memory
 //! cgroup's (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`; the lowest
 //! on the way up to the hierarchy's root, as the kernel enforces each),
@@ -17,12 +21,13 @@ use std::{
 
 use thiserror::Error;
 
-use crate::relay::tls;
+use crate::{relay::tls, socket_options::KernelBuffers};
 
 /// What the daemon takes before any connection: code, runtime, the
 /// configuration, the API client's caches, and the BPF maps the cgroup is
 /// charged for. Measured on the e2e node (x86_64, release build): 19 MiB in
-/// the memory cgroup at idle, of which 9 MiB RSS.
+/// the memory cgroup at idle, of which 9 MiB RSS. Also covers the kernel's
+/// per-CPU batches of socket charges (up to 256 KiB a CPU).
 pub const FIXED_OVERHEAD: u64 = 32 << 20;
 /// Idle cost of one connection, the most expensive path: a tunnel through
 /// an `https://` proxy (its task, rustls state with a 4 KiB read buffer,
@@ -30,15 +35,60 @@ pub const FIXED_OVERHEAD: u64 = 32 << 20;
 /// cgroup on the e2e node (cgroup v1, kernel objects included, socket
 /// buffers not): 19.8 KiB per tunnel, 400 idle tunnels (bounds_memory).
 pub const PER_CONNECTION_IDLE: u64 = 24 << 10;
-/// The most one connection can cost: idle, plus what rustls holds for
-/// peers that do not read ([`tls::IN_FLIGHT_MAX`]). Measured likewise with
-/// both peers of every tunnel stalled: see bounds_memory's output.
-pub const PER_CONNECTION_MAX: u64 = PER_CONNECTION_IDLE + tls::IN_FLIGHT_MAX as u64;
+/// The most one connection can cost in userspace: idle, plus what rustls
+/// holds for peers that do not read ([`tls::IN_FLIGHT_MAX`]). Measured
+/// likewise with both peers of every tunnel stalled: see bounds_memory's
+/// output.
+pub const PER_CONNECTION_USERSPACE: u64 = PER_CONNECTION_IDLE + tls::IN_FLIGHT_MAX as u64;
+/// A relayed connection's sockets: the pod's and the upstream one.
+pub const SOCKETS_PER_CONNECTION: u64 = 2;
+/// How far the kernel lets one socket queue pass its limit: it checks the
+/// limit before taking a packet, not after. A send queue's last packet
+/// grows up to the GSO size (64 KiB) while the limit is reached; a receive
+/// queue takes one more packet (up to 64 KiB with GSO/GRO) when its limit
+/// is reached by out-of-order data alone. 4 KiB more for the packet's own
+/// structures and the charge, which is rounded up to pages.
+pub const QUEUE_OVERSHOOT: u64 = 68 << 10;
 /// Kept free: allocator fragmentation, the splice relay's pipes, bursts of
 /// short-lived connections between accept and their first byte.
 pub const HEADROOM_DIVISOR: u64 = 8;
 /// Fewer connections than this is no proxy: the limit is a mistake.
 pub const MIN_CONNECTIONS: usize = 64;
+
+/// What one connection can cost at most, whatever its peers do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCost {
+    /// Userspace, with the sockets' kernel objects ([`PER_CONNECTION_USERSPACE`]).
+    pub userspace: u64,
+    /// Both sockets' queues, each full and past its limit by
+    /// [`QUEUE_OVERSHOOT`] (see [`ConnectionCost::socket_buffers`]).
+    pub socket_buffers: u64,
+}
+
+impl ConnectionCost {
+    /// The cost with sockets whose queues the kernel limits to `buffers`
+    /// (`sk_rcvbuf`, `sk_sndbuf`: what `SO_RCVBUF`/`SO_SNDBUF` read back).
+    /// The kernel charges a queued packet's true size (data, structures,
+    /// slack), and bounds the sum of those by the limit: so the limit, not
+    /// the bytes of data, is what a full queue costs.
+    pub fn new(buffers: KernelBuffers) -> Self {
+        ConnectionCost {
+            userspace: PER_CONNECTION_USERSPACE,
+            socket_buffers: Self::socket_buffers(buffers),
+        }
+    }
+
+    /// Every queue of both sockets full, each past its limit by
+    /// [`QUEUE_OVERSHOOT`]: receive and send, towards the pod and the
+    /// upstream (a tunnel stalled both ways).
+    pub fn socket_buffers(buffers: KernelBuffers) -> u64 {
+        SOCKETS_PER_CONNECTION * (buffers.receive + buffers.send + 2 * QUEUE_OVERSHOOT)
+    }
+
+    pub fn max(&self) -> u64 {
+        self.userspace + self.socket_buffers
+    }
+}
 
 /// A memory limit and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,29 +106,35 @@ impl fmt::Display for MemoryLimit {
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum BudgetError {
     #[error(
-        "memory limit {limit} leaves room for fewer than {MIN_CONNECTIONS} connections; \
-         the daemon needs at least {needed} MiB: raise the container's memory limit \
-         (resources.limits.memory) or --memory-limit"
+        "memory limit {limit} leaves room for fewer than {MIN_CONNECTIONS} connections \
+         of {} KiB each at most; the daemon needs at least {needed} MiB: raise the \
+         container's memory limit (resources.limits.memory) or --memory-limit, or \
+         lower --socket-buffer", .per_connection >> 10
     )]
-    TooSmall { limit: MemoryLimit, needed: u64 },
+    TooSmall {
+        limit: MemoryLimit,
+        needed: u64,
+        per_connection: u64,
+    },
     #[error("--memory-limit `{0}`: expected bytes, or a number with Ki, Mi or Gi (e.g. 512Mi)")]
     BadQuantity(String),
 }
 
 /// How many connections fit in `limit`, each at its most expensive.
-pub fn connection_cap(limit: &MemoryLimit) -> Result<usize, BudgetError> {
+pub fn connection_cap(limit: &MemoryLimit, cost: &ConnectionCost) -> Result<usize, BudgetError> {
+    let per_connection = cost.max();
     let usable = limit
         .bytes
         .saturating_sub(FIXED_OVERHEAD)
         .saturating_sub(limit.bytes / HEADROOM_DIVISOR);
-    let cap = usize::try_from(usable / PER_CONNECTION_MAX).unwrap_or(usize::MAX);
+    let cap = usize::try_from(usable / per_connection).unwrap_or(usize::MAX);
     if cap < MIN_CONNECTIONS {
-        let needed = (FIXED_OVERHEAD + MIN_CONNECTIONS as u64 * PER_CONNECTION_MAX)
-            * HEADROOM_DIVISOR
+        let needed = (FIXED_OVERHEAD + MIN_CONNECTIONS as u64 * per_connection) * HEADROOM_DIVISOR
             / (HEADROOM_DIVISOR - 1);
         return Err(BudgetError::TooSmall {
             limit: limit.clone(),
             needed: needed.div_ceil(1 << 20),
+            per_connection,
         });
     }
     Ok(cap)
@@ -249,35 +305,81 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_cap_fits_in_the_limit_at_every_connection_s_worst() {
-        for mib in [96, 128, 512, 4096] {
-            let l = limit(mib * MIB);
-            let cap = connection_cap(&l).unwrap() as u64;
-            // Every connection at its most expensive, the fixed overhead and
-            // the headroom: within the limit, and one more would not be.
-            let used = FIXED_OVERHEAD + cap * PER_CONNECTION_MAX + l.bytes / HEADROOM_DIVISOR;
-            assert!(used <= l.bytes, "{mib} MiB: {cap} connections use {used}");
-            assert!(
-                used + PER_CONNECTION_MAX > l.bytes,
-                "{mib} MiB: {cap} is not the most"
-            );
-        }
-        // The DaemonSet's 512 MiB: thousands, not the 4,096-per-pod of before
-        // times any number of pods.
-        let cap = connection_cap(&limit(512 * MIB)).unwrap();
-        assert!((4_000..9_000).contains(&cap), "{cap}");
+    /// A connection's cost with the default `--socket-buffer`, as the
+    /// kernel sets it (doubled).
+    fn default_cost() -> ConnectionCost {
+        let doubled = 2 * crate::socket_options::DEFAULT_BUFFER as u64;
+        ConnectionCost::new(KernelBuffers {
+            receive: doubled,
+            send: doubled,
+        })
     }
 
     #[test]
+    fn a_connection_s_sockets_cost_every_queue_full_and_past_its_limit() {
+        // SO_RCVBUF = SO_SNDBUF = 32 KiB: the kernel limits each queue to
+        // 64 KiB; two sockets, each with a receive and a send queue.
+        let sockets = ConnectionCost::socket_buffers(KernelBuffers {
+            receive: 64 << 10,
+            send: 64 << 10,
+        });
+        assert_eq!(sockets, (2 * (64 + 64 + 2 * 68)) << 10);
+        let cost = ConnectionCost::new(KernelBuffers {
+            receive: 64 << 10,
+            send: 64 << 10,
+        });
+        assert_eq!(cost.max(), (24 + 72 + 528) << 10);
+        // Bigger buffers, fewer connections; the userspace part is the same.
+        let big = ConnectionCost::new(KernelBuffers {
+            receive: 256 << 10,
+            send: 256 << 10,
+        });
+        assert_eq!(big.userspace, cost.userspace);
+        assert_eq!(
+            big.socket_buffers - cost.socket_buffers,
+            2 * 2 * (192 << 10)
+        );
+        let l = limit(512 * MIB);
+        assert!(connection_cap(&l, &big).unwrap() < connection_cap(&l, &cost).unwrap());
+    }
+
+    #[test]
+    fn the_cap_fits_in_the_limit_at_every_connection_s_worst() {
+        let cost = default_cost();
+        for mib in [96, 128, 512, 4096] {
+            let l = limit(mib * MIB);
+            let cap = connection_cap(&l, &cost).unwrap() as u64;
+            // Every connection at its most expensive, the fixed overhead and
+            // the headroom: within the limit, and one more would not be.
+            let used = FIXED_OVERHEAD + cap * cost.max() + l.bytes / HEADROOM_DIVISOR;
+            assert!(used <= l.bytes, "{mib} MiB: {cap} connections use {used}");
+            assert!(
+                used + cost.max() > l.bytes,
+                "{mib} MiB: {cap} is not the most"
+            );
+        }
+        // The DaemonSet's 512 MiB, with the default socket buffers.
+        let cap = connection_cap(&limit(512 * MIB), &cost).unwrap();
+        assert_eq!(
+            cap, DAEMONSET_512_MIB_CAP,
+            "update the figure in the docs and the DaemonSet"
+        );
+    }
+
+    /// The figure docs/configuration.md and deploy/base/daemonset.yaml give.
+    const DAEMONSET_512_MIB_CAP: usize = 682;
+
+    #[test]
     fn a_limit_too_small_for_a_proxy_is_refused_with_what_it_needs() {
-        let err = connection_cap(&limit(32 * MIB)).unwrap_err();
+        let cost = default_cost();
+        let err = connection_cap(&limit(32 * MIB), &cost).unwrap_err();
         let BudgetError::TooSmall { needed, .. } = err.clone() else {
             panic!("{err}")
         };
-        assert!(connection_cap(&limit(needed * MIB)).unwrap() >= MIN_CONNECTIONS);
-        assert!(connection_cap(&limit((needed - 1) * MIB)).is_err());
+        assert!(connection_cap(&limit(needed * MIB), &cost).unwrap() >= MIN_CONNECTIONS);
+        assert!(connection_cap(&limit((needed - 1) * MIB), &cost).is_err());
         assert!(err.to_string().contains("resources.limits.memory"));
+        assert!(err.to_string().contains("--socket-buffer"));
     }
 
     #[test]

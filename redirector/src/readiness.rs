@@ -3,7 +3,10 @@
 //! when it is done. The daemon is ready when every registered condition is.
 //!
 //! Conditions are registered before `/readyz` is served, so it never says
-//! ready early; one that is never marked keeps the daemon not ready.
+//! ready early; one that is never marked keeps the daemon not ready. Once
+//! ready, the daemon can go back to not ready for good
+//! ([`not_ready`](Readiness::not_ready)): when it drains, or when a task it
+//! cannot work without has ended.
 use std::sync::{Arc, Mutex};
 
 /// The conditions still pending, shared by whoever registers or asks.
@@ -17,6 +20,16 @@ impl Readiness {
         Condition {
             readiness: self.clone(),
             name,
+        }
+    }
+
+    /// Makes the daemon not ready from now on, for `reason` (`/readyz` names
+    /// it). There is no way back: a draining or broken daemon is replaced,
+    /// never revived.
+    pub fn not_ready(&self, reason: &'static str) {
+        let mut pending = self.pending_mut();
+        if !pending.contains(&reason) {
+            pending.push(reason);
         }
     }
 
@@ -73,6 +86,19 @@ mod tests {
         assert!(!r.is_ready());
         api.mark_ready();
         assert!(r.is_ready());
+    }
+
+    #[test]
+    fn not_ready_for_good() {
+        let r = Readiness::default();
+        r.register("listeners up").mark_ready();
+        assert!(r.is_ready());
+        r.not_ready("draining");
+        r.not_ready("draining");
+        assert!(!r.is_ready());
+        assert_eq!(r.pending(), ["draining"], "named once");
+        r.register("late").mark_ready();
+        assert!(!r.is_ready(), "nothing marks it ready again");
     }
 
     #[test]

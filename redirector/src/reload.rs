@@ -6,8 +6,9 @@
 //! `serviceCidrs`, `noProxy`; the others are left as they are) and the
 //! refused UDP ports are brought up to date (new entries in
 //! first, stale ones out after, so they are never empty), the kernel's
-//! flags rewritten (`allowOtherStreamProtocols`), and the policy and proxy
-//! TLS settings are swapped for new connections. Established connections keep the
+//! flags rewritten (`allowOtherStreamProtocols`), and the policy (with all
+//! of the configuration, `serverFirstPorts` included) and proxy TLS
+//! settings are swapped for new connections. Established connections keep the
 //! snapshot they took when they started; the exemption settings
 //! (`allowPodOptOut`, `exemptNamespaces`, `exemptHostNetworkPods`) are
 //! read from the swapped policy on the watcher's next pass, and the
@@ -162,6 +163,7 @@ impl Reloader {
             exempt_namespaces = ?config.exempt_namespaces,
             exempt_host_network_pods = config.exempt_host_network_pods,
             service_cidrs = ?config.service_cidrs,
+            server_first_ports = ?config.server_first_ports,
             bypass_added = ?bypass.added,
             bypass_removed = ?bypass.removed,
             udp_ports_added = ?udp_added,
@@ -431,6 +433,25 @@ mod tests {
         assert_eq!(reloads(&r, "ok"), 3);
         assert_eq!(switches.ports(), [443]);
         assert!(!switches.allow_other_streams());
+    }
+
+    /// `serverFirstPorts` travels with the policy: new connections see the
+    /// new list, one that started before keeps its own.
+    #[test]
+    fn server_first_ports_follow_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = reloader(dir.path(), "{}", FakeTries::default());
+        let before = r.policy.load();
+        assert!(before.config().is_server_first(22), "the default");
+        replace(&r.path, r#"{"serverFirstPorts": [2222]}"#);
+        r.poll(false);
+        assert_eq!(reloads(&r, "ok"), 1);
+        let after = r.policy.load();
+        assert!(after.config().is_server_first(2222) && !after.config().is_server_first(22));
+        assert!(before.config().is_server_first(22));
+        replace(&r.path, r#"{"serverFirstPorts": []}"#);
+        r.poll(false);
+        assert!(r.policy.load().config().server_first_ports.is_empty());
     }
 
     #[test]

@@ -20,7 +20,13 @@ static ACCEPT_FAILED: RateLog = RateLog::default_budget("accept_failed");
 /// caps it at `net.core.somaxconn` (4,096 by default since Linux 5.4).
 const BACKLOG: u32 = 8192;
 
-/// A listening socket on `addr` with [`BACKLOG`].
+/// A listening socket on `addr` with [`BACKLOG`]. The relay's socket
+/// options go on it afterwards
+/// ([`SocketOptions::apply`](crate::socket_options::SocketOptions::apply), in
+/// `cmd::daemon`),
+/// on a bound and on a handed-over listener alike: every socket accepted
+/// later inherits them (the kernel copies the listener's, and the window
+/// scale offered in the SYN-ACK follows the buffers).
 pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -90,6 +96,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, limits: Arc<Limit
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::socket_options::SocketOptions;
     use std::{collections::HashMap, sync::Mutex};
     use tokio::io::AsyncReadExt;
 
@@ -99,6 +106,30 @@ mod tests {
         fn take(&self, client: SocketAddr) -> Option<SocketAddr> {
             self.0.lock().unwrap().remove(&client)
         }
+    }
+
+    /// Accepted sockets carry the options set on the listener, also when
+    /// they are set once it listens (as on a handed-over listener).
+    #[tokio::test]
+    async fn accepted_sockets_have_the_socket_options() {
+        let options = SocketOptions {
+            buffer: 8 << 10,
+            keepalive: "5,2,2".parse().unwrap(),
+        };
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        options.apply(socket2::SockRef::from(&listener)).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let sock = socket2::SockRef::from(&accepted);
+        assert_eq!(sock.recv_buffer_size().unwrap(), 16 << 10);
+        assert_eq!(sock.send_buffer_size().unwrap(), 16 << 10);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(9))
+        );
     }
 
     /// A refused connection's saved destination is taken, so a later

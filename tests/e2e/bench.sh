@@ -17,7 +17,7 @@
 #   direct           pod-b (exempt cgroup, no hook) -> 10.249.0.2:7100
 #   env-var          pod-b speaks CONNECT to squid itself, as with HTTPS_PROXY
 #   redirector       pod-a, no proxy settings -> hook -> daemon -> squid
-#   redsocks         rde-pod-r (a third namespace, no hook): iptables REDIRECT
+#   redsocks         rde-pod-r (a third namespace, no hook): nft redirect
 #                    of 10.249.0.2:7100 to Debian's redsocks in the same
 #                    namespace, http-connect to the same squid
 #   kernel-bypass    pod-a -> 10.249.3.2:7100, a noProxy CIDR: the hook lets
@@ -169,7 +169,7 @@ make_redsocks_ns() {
 }
 
 # start_redsocks NAME PORT UPSTREAM-PORT DEST-IP: one redsocks on
-# 127.0.0.1:PORT, and iptables REDIRECT of DEST-IP:7100 and :5201 to it.
+# 127.0.0.1:PORT, and an nft redirect of DEST-IP:7100 and :5201 to it.
 # Sets REDSOCKS_PID.
 start_redsocks() {
   local name=$1 port=$2 upstream=$3 dest=$4 dport
@@ -189,9 +189,13 @@ redsocks {
   type = http-connect;
 }
 CONF
+  # nft rather than iptables: the same conntrack NAT (redsocks reads
+  # SO_ORIGINAL_DST), without the host's iptables alternatives.
+  in_netns "$NS_POD_R" nft add table ip rde_redsocks
+  in_netns "$NS_POD_R" nft add chain ip rde_redsocks output '{ type nat hook output priority -100; }'
   for dport in "$SERVER_PORT" "$IPERF_PORT"; do
-    in_netns "$NS_POD_R" iptables -t nat -A OUTPUT -p tcp -d "$dest" --dport "$dport" \
-      -j REDIRECT --to-ports "$port"
+    in_netns "$NS_POD_R" nft add rule ip rde_redsocks output ip daddr "$dest" tcp dport "$dport" \
+      redirect to ":$port"
   done
   bg "$name" nsenter --net="/run/netns/$NS_POD_R" -- "$(command -v redsocks || echo /usr/sbin/redsocks)" \
     -c "$WORK/$name.conf"

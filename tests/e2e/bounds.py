@@ -11,9 +11,10 @@ Peer (run in rde-inet):
       Log lines: CONNECT TARGET peer=IP / END result=R.
 
 Clients (run in a pod):
-  flood HOST PORT --count N --seconds S [--ready FILE]
-      N connections at once; each writes whenever it can and never reads,
-      for S seconds. Counts which stayed open, which were reset or closed.
+  flood HOST PORT --count N --seconds S [--ready FILE] [--read]
+      N connections at once; each writes whenever it can and never reads
+      (with --read: also reads whatever comes), for S seconds. Counts which
+      stayed open, which were reset or closed.
   bound-connect HOST PORT --source-port P [--send BYTES] [--expect TEXT]
       One connection from source port P: send BYTES, read what comes back
       within 3 s; says whether TEXT was in it, or how it ended.
@@ -124,6 +125,7 @@ def cmd_flood(args):
         else:
             sel.register(sock, selectors.EVENT_WRITE, c)
         conns.append(c)
+    events = selectors.EVENT_WRITE | (selectors.EVENT_READ if args.read else 0)
     t0 = time.monotonic()
     deadline = t0 + args.seconds
     ready_written = False
@@ -146,6 +148,14 @@ def cmd_flood(args):
                     sock.close()
                     continue
                 c["state"] = "open"
+                sel.modify(sock, events, c)
+            try:
+                while args.read and sock.recv(65536):
+                    pass
+            except BlockingIOError:
+                pass
+            except OSError:
+                pass  # the send below sees what happened
             try:
                 while True:
                     c["sent"] += sock.send(BLOCK)
@@ -211,6 +221,7 @@ def main():
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--ready")
+    p.add_argument("--read", action="store_true")
     p.set_defaults(fn=cmd_flood)
 
     p = sub.add_parser("bound-connect")

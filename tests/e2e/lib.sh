@@ -59,6 +59,10 @@ BAD_PASS=wr0ngpass  # must never show up in a log either
 BANNER_PORT=7010    # origin speaks first
 REFUSED_PORT=7009   # mitmproxy answers CONNECT to this port with 403
 DEAD_PROXY_PORT=8099  # nothing listens here
+# protocols.sh's peers in rde-inet: a proxy of the pod's own, and an h2c
+# origin; mitmproxy carries both as raw TCP, as a corporate proxy would.
+SECOND_PROXY_PORT=3130
+H2C_PORT=7011
 LISTEN_PORT=15001
 
 BPFFS=$WORK/bpffs
@@ -78,6 +82,8 @@ DNS_IP=$INET_IP4
 DNS_TABLE=$WORK/dns-table.txt
 DNS_LOG=$WORK/dns.log
 RESOLV_CONF=$WORK/resolv.conf
+# The daemons' hand-over socket (--handover-dir), not the host's /run.
+HANDOVER_DIR=$WORK/handover
 
 CG2=""          # cgroup2 mount point, found by find_cgroup2
 CG_ROOT=""      # $CG2/rde-e2e: where the hooks are attached
@@ -237,6 +243,9 @@ node_down() {
   #    an exited one's pid may have been reused), then any left in our
   #    namespaces/cgroups
   local mine=() pid
+  # The daemon at once: on SIGTERM it would keep serving (draining) until
+  # its drain timeout, since its hooks are still attached.
+  if [[ -n $DAEMON_PID ]]; then kill -INT "$DAEMON_PID" 2>/dev/null; fi
   for pid in "${BG_PIDS[@]}"; do
     [[ $(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ') == "$$" ]] && mine+=("$pid")
   done
@@ -459,15 +468,16 @@ start_origin() {
 # start_mitm NAME PORT FLOWLOG [EXTRA-ARGS...]: start one mitmdump in rde-inet.
 # It reads its CA from confdir (so it also answers a TLS-wrapped proxy
 # connection, an "https://" proxy, with a certificate for $INET_IP4 from our
-# CA); ssl_insecure because the origin's cert is self-signed; ports 7007 and
-# 7010 are forced to raw TCP and test names pinned (never DNS) by flowlog.py.
+# CA); ssl_insecure because the origin's cert is self-signed; ports 7007,
+# 7010 and the protocol tests' 3130 and 7011 are forced to raw TCP and test
+# names pinned (never DNS) by flowlog.py.
 start_mitm() {
   local name=$1 port=$2 log=$3; shift 3
   : >"$log"
   bg "$name" nsenter --net="/run/netns/$NS_INET" -- env HOME="$WORK" PYTHONUNBUFFERED=1 "$MITMDUMP" \
     --listen-host "$INET_IP4" --listen-port "$port" \
     --set confdir="$CA_DIR" --set ssl_insecure=true \
-    -s "$E2E_DIR/flowlog.py" --set flowlog="$log" --set raw_ports="7007,$BANNER_PORT" \
+    -s "$E2E_DIR/flowlog.py" --set flowlog="$log" --set raw_ports="7007,$BANNER_PORT,$SECOND_PROXY_PORT,$H2C_PORT" \
     --set test_ip="$INET_IP4" "$@"
 }
 
@@ -595,13 +605,12 @@ daemon_cmd() { # daemon_cmd ARGS...: sets CMD_ARRAY
 # the daemon runs without that bypass unless a test clears this
 # (nodetraffic.sh, whose proxy has an address of its own).
 DAEMON_BASE_FLAGS=(--no-bypass-proxy-addresses)
-RUN_DIR=$WORK/run    # the daemon's --run-dir (its published bypass sources)
 
 daemon_run_args() { # daemon_run_args CONFIGFILE
   printf '%s\n' run --proxy-config "$1" --cgroup "$CG_ROOT" \
     --listen "$NODE_IP4:$LISTEN_PORT" --listen "[$NODE_IP6]:$LISTEN_PORT" \
     --bpffs "$PIN_DIR" --exempt-cgroup "$CG_ROOT/pods/pod-b" --metrics "$METRICS_ADDR" \
-    --resolv-conf "$RESOLV_CONF" --run-dir "$RUN_DIR"
+    --resolv-conf "$RESOLV_CONF" --handover-dir "$HANDOVER_DIR"
   if ((${#DAEMON_BASE_FLAGS[@]})); then printf '%s\n' "${DAEMON_BASE_FLAGS[@]}"; fi
   if ((${#DAEMON_EXTRA[@]})); then printf '%s\n' "${DAEMON_EXTRA[@]}"; fi
 }
@@ -638,9 +647,9 @@ start_daemon() { # start_daemon [CONFIGFILE]
   return 1
 }
 
-stop_daemon() { # SIGTERM: the hooks stay pinned
+stop_daemon() { # SIGINT: at once, without the drain of SIGTERM; the hooks stay pinned
   [[ -n $DAEMON_PID ]] || return 0
-  kill -TERM "$DAEMON_PID" 2>/dev/null
+  kill -INT "$DAEMON_PID" 2>/dev/null
   wait "$DAEMON_PID" 2>/dev/null
   DAEMON_PID=""
   DAEMON_CONFIG=""
@@ -669,7 +678,7 @@ use_daemon() {
 }
 
 redirector_status() {
-  timeout 10 "$REDIRECTOR_BIN" status --bpffs "$PIN_DIR" --run-dir "$RUN_DIR"
+  timeout 10 "$REDIRECTOR_BIN" status --bpffs "$PIN_DIR" --handover-dir "$HANDOVER_DIR"
 }
 
 # status_counter NAME: one number from `redirector status` ("NAME: N").

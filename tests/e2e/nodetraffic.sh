@@ -179,11 +179,11 @@ nt_expect() {
 
 nt_status() { redirector_status; }
 # nt_explain TARGET [FLAGS...]: explain on the node (its netns: the node's
-# addresses); NT_RUN_DIR=DIR reads the published file from elsewhere.
+# addresses); NT_HANDOVER_DIR=DIR reads the published file from elsewhere.
 nt_explain() {
   local target=$1; shift
   in_netns "$NS_NODE" timeout 20 "$REDIRECTOR_BIN" explain --proxy-config "$NT_CONFIG" \
-    --resolv-conf "$RESOLV_CONF" --run-dir "${NT_RUN_DIR:-$RUN_DIR}" "$@" "$target"
+    --resolv-conf "$RESOLV_CONF" --handover-dir "${NT_HANDOVER_DIR:-$HANDOVER_DIR}" "$@" "$target"
 }
 
 # --- kube-system pods and hostNetwork pods are direct by default; each
@@ -331,7 +331,7 @@ node_status_explain_body() {
   wait_for 5 "status shows the pod CIDR" eval 'nt_status | grep -q "^bypass $NT_POD_CIDR: "' || true
   out=$(nt_status 2>&1) || why "status failed:" "$out" || return 1
   for want in \
-    "^bypass_sources: $RUN_DIR/bypass.json \\(pid $DAEMON_PID, " \
+    "^bypass_sources: $HANDOVER_DIR/bypass.json \\(pid $DAEMON_PID, " \
     "^bypass 127\\.0\\.0\\.0/8: built-in \\(loopback\\)$" \
     "^bypass $NT_SERVICE_CIDR: serviceCidrs$" \
     "^bypass $NODE_IP4/32: node addresses \\(interface rde-up-n\\)$" \
@@ -361,7 +361,7 @@ node_status_explain_body() {
   [[ $(jget "$out" bypass_source.source) == "kubernetes Service" && $(jget "$out" decision) == kernel-bypass ]] \
     || why "explain --json for the ClusterIP:" "$out" || return 1
   # Without the daemon's file: what comes from the API is not known, and said so.
-  out=$(NT_RUN_DIR=$WORK/nowhere nt_explain "$NT_POD_IP:80" 2>&1) || why "explain failed:" "$out" || return 1
+  out=$(NT_HANDOVER_DIR=$WORK/nowhere nt_explain "$NT_POD_IP:80" 2>&1) || why "explain failed:" "$out" || return 1
   expect_contains "$out" "decision: proxy" "explain without the file" || return 1
   expect_contains "$out" "note: the bypass sources from the Kubernetes API (pod CIDRs" "explain without the file" || return 1
   kube_api '{"op":"delete-node","name":"nt-n2"}' || return 1

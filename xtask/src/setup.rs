@@ -1,8 +1,26 @@
-//! `cargo xtask setup`: installs what a fresh Debian 12 machine lacks to
-//! build the eBPF object and run the end-to-end tests. Idempotent: each tool
-//! is looked for first, and `apt-get update` runs only if a package is
-//! missing.
+//! `cargo xtask setup`: installs what a fresh Debian 12 machine lacks for
+//! one command, and nothing more. Idempotent: each tool is looked for first,
+//! and `apt-get update` runs only if a package is missing.
+//!
+//! What each command installs ([`Purpose`]):
+//!
+//! | command | installs |
+//! | --- | --- |
+//! | `demo` | the build toolchain (Debian's rustc-web with BPF `core`, llvm-22, bpf-linker), iproute2, curl, openssl, util-linux, python3-venv, mitmproxy in `target/tools` |
+//! | `test` | the demo's, plus the quick benchmark's peers (squid, redsocks, nftables), the manifest validators in `target/tools`, g++ and cargo-fuzz |
+//! | `bench` | the demo's, plus squid, redsocks, nftables and iperf3 |
+//! | `setup` | all of the above |
+//!
+//! The host is left as it was, except for the packages: Debian services
+//! that come with test peers (squid, redsocks) are never started by the
+//! package scripts (a `policy-rc.d` that denies them for the duration of
+//! `apt-get`) and are disabled again when this run installed them, so no
+//! listener appears at the next boot; nothing switches a system
+//! alternative (the benchmark's redirect rules use `nft`, not the
+//! `iptables` alternatives). Every host-wide install is recorded, and
+//! `cargo xtask clean-host` removes exactly those ([`clean_host`]).
 
+use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -14,6 +32,35 @@ use crate::toolchain::{
     MITMPROXY_VERSION, Paths, bpf_linker_version, find_program, run,
 };
 
+/// Which command the set-up is for: each installs only what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Purpose {
+    /// `cargo xtask demo`: build, and the miniature node with mitmproxy.
+    Demo,
+    /// `cargo xtask test`: the demo's, the quick benchmark's peers, the
+    /// manifest validators and the fuzzer.
+    Test,
+    /// `cargo xtask bench` (and `soak`): the demo's and every benchmark peer.
+    Bench,
+    /// Everything any command needs.
+    All,
+}
+
+impl Purpose {
+    fn bench_peers(self) -> bool {
+        matches!(self, Purpose::Test | Purpose::Bench | Purpose::All)
+    }
+
+    /// iperf3 is a full benchmark's workload only (`--quick` skips it).
+    fn iperf3(self) -> bool {
+        matches!(self, Purpose::Bench | Purpose::All)
+    }
+
+    fn validators_and_fuzzer(self) -> bool {
+        matches!(self, Purpose::Test | Purpose::All)
+    }
+}
+
 /// Debian packages of the Debian eBPF toolchain (rustc 1.96 with a prebuilt
 /// `core` for BPF) and the LLVM that bpf-linker links against.
 const DEBIAN_TOOLCHAIN_PACKAGES: &[&str] = &[
@@ -23,19 +70,37 @@ const DEBIAN_TOOLCHAIN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
 ];
 
-/// Programs the end-to-end tests, the demo and the benchmark call, and their
+/// Programs the miniature node (demo and end-to-end tests) calls, and their
 /// packages.
-const E2E_PROGRAMS: &[(&str, &str)] = &[
+const NODE_PROGRAMS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("curl", "curl"),
     ("openssl", "openssl"),
     ("nsenter", "util-linux"),
     ("python3", "python3"),
+];
+
+/// The benchmark's peers: the env-var path's proxy, the redsocks
+/// comparison and its redirect rules.
+const BENCH_PROGRAMS: &[(&str, &str)] = &[
     ("squid", "squid"),
     ("redsocks", "redsocks"),
-    ("iptables", "iptables"),
-    ("iperf3", "iperf3"),
+    ("nft", "nftables"),
 ];
+
+/// Packages whose Debian scripts would enable and start a service: test
+/// peers only, so they must never listen on the host.
+const PEER_SERVICES: &[(&str, &str)] = &[("squid", "squid"), ("redsocks", "redsocks")];
+
+/// Rough durations on a cold 2-core machine, printed as each phase starts.
+const ESTIMATE_APT: &str = "about 1-2 min";
+const ESTIMATE_BPF_LINKER: &str = "about 2 min";
+const ESTIMATE_VENV: &str = "about 30 s";
+
+/// One line as a phase starts, so a long step never looks like a hang.
+fn phase(what: &str, estimate: &str) {
+    println!("setup: {what} ({estimate} on a cold 2-core machine)");
+}
 
 /// What `setup` found or did, one line per tool.
 #[derive(Default)]
@@ -55,7 +120,8 @@ impl Summary {
     }
 }
 
-pub fn setup(paths: &Paths) -> Result<()> {
+pub fn setup(paths: &Paths, purpose: Purpose) -> Result<()> {
+    println!("setup for {purpose:?}: looking for what is installed");
     let mut summary = Summary::default();
     let mut apt = Vec::new();
 
@@ -79,8 +145,14 @@ pub fn setup(paths: &Paths) -> Result<()> {
         apt.push("llvm-22-dev");
     }
 
-    // Tools of the end-to-end tests.
-    for &(program, package) in E2E_PROGRAMS {
+    let mut programs: Vec<(&str, &str)> = NODE_PROGRAMS.to_vec();
+    if purpose.bench_peers() {
+        programs.extend_from_slice(BENCH_PROGRAMS);
+    }
+    if purpose.iperf3() {
+        programs.push(("iperf3", "iperf3"));
+    }
+    for (program, package) in programs {
         if find_program(program).is_some() {
             summary.add(program, "found");
         } else {
@@ -96,13 +168,17 @@ pub fn setup(paths: &Paths) -> Result<()> {
     }
 
     if !apt.is_empty() {
+        phase(&format!("apt-get install {}", apt.join(" ")), ESTIMATE_APT);
         apt_install(&apt)?;
+        record_installs(paths, apt.iter().map(|p| format!("apt {p}")))?;
     }
 
     match linker {
         Some(version) => summary.add("bpf-linker", format!("found {version}")),
         None => {
+            phase("building bpf-linker 0.13.0", ESTIMATE_BPF_LINKER);
             install_bpf_linker()?;
+            record_installs(paths, ["cargo bpf-linker".to_owned()])?;
             let version = bpf_linker_version()
                 .context("bpf-linker was installed but `bpf-linker --version` still fails")?;
             summary.add("bpf-linker", format!("installed {version}"));
@@ -118,9 +194,21 @@ pub fn setup(paths: &Paths) -> Result<()> {
     }
 
     summary.add("mitmproxy", install_mitmproxy(paths)?);
-    summary.add("kubectl", install_kubectl(paths)?);
-    summary.add("kubernetes-validate", install_kubernetes_validate(paths)?);
-    summary.add("cargo-fuzz", fuzz::install_cargo_fuzz()?);
+    if purpose.validators_and_fuzzer() {
+        summary.add("kubectl", install_kubectl(paths)?);
+        summary.add("kubernetes-validate", install_kubernetes_validate(paths)?);
+        let fuzzer = fuzz::install_cargo_fuzz()?;
+        let mut installed = Vec::new();
+        for part in fuzzer.split(", ") {
+            if part == "installed g++" {
+                installed.push("apt g++".to_owned());
+            } else if part.starts_with("installed ") {
+                installed.push("cargo cargo-fuzz".to_owned());
+            }
+        }
+        record_installs(paths, installed)?;
+        summary.add("cargo-fuzz", fuzzer);
+    }
     summary.print();
     Ok(())
 }
@@ -131,6 +219,10 @@ fn install_in_venv(venv: &Path, requirement: &str, installed: impl Fn() -> bool)
     if installed() {
         return Ok(format!("found {requirement} in {}", venv.display()));
     }
+    phase(
+        &format!("installing {requirement} into {}", venv.display()),
+        ESTIMATE_VENV,
+    );
     if !venv.join("bin/pip").exists() {
         run(Command::new("python3")
             .args(["-m", "venv"])
@@ -189,6 +281,12 @@ fn python_has_venv() -> bool {
         && toolchain::succeeds(Command::new("python3").args(["-c", "import venv, ensurepip"]))
 }
 
+/// Where Debian's package scripts ask whether they may start a service.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+/// Our policy-rc.d: deny every start (101) while our apt-get runs.
+const POLICY_DENY: &str =
+    "#!/bin/sh\n# cargo xtask setup: no service starts while it installs test peers\nexit 101\n";
+
 fn apt_install(packages: &[&str]) -> Result<()> {
     if !toolchain::is_root() {
         bail!(
@@ -205,7 +303,135 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         cmd
     };
     run(&mut apt_get(&["update"]))?;
-    run(apt_get(&["install", "-y"]).args(packages))
+    // A policy-rc.d of the host's own is left alone (it already decides).
+    let ours = !Path::new(POLICY_RC_D).exists();
+    if ours {
+        write_executable(Path::new(POLICY_RC_D), POLICY_DENY)?;
+    }
+    let installed = run(apt_get(&["install", "-y", "--no-install-recommends"]).args(packages));
+    if ours {
+        let _ = fs::remove_file(POLICY_RC_D);
+    }
+    installed?;
+    // The package scripts enabled the units even though they could not
+    // start them: disable what this run installed.
+    for (package, service) in PEER_SERVICES {
+        if packages.contains(package) {
+            disable_service(service)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_executable(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", path.display()))
+}
+
+/// Stops and disables a service a test peer's package installed: with
+/// systemd's tools when present (they edit the unit links without a running
+/// systemd too), else sysvinit's. Checked afterwards: a peer left enabled
+/// would listen on the host at the next boot, so that fails the set-up.
+fn disable_service(service: &str) -> Result<()> {
+    if find_program("systemctl").is_some() {
+        let _ = toolchain::succeeds(
+            Command::new("systemctl").args(["disable", "--now", "--quiet", service]),
+        );
+        let state = toolchain::output(Command::new("systemctl").args(["is-enabled", service]))
+            .unwrap_or_default();
+        if state.trim() == "enabled" {
+            bail!(
+                "{service}.service, installed as a test peer, is still enabled after                  `systemctl disable`; disable it yourself"
+            );
+        }
+    } else if find_program("update-rc.d").is_some() {
+        run(Command::new("update-rc.d").args([service, "disable"]))?;
+    }
+    println!("setup: the {service} service its package enabled is disabled (a test peer only)");
+    Ok(())
+}
+
+/// The host-wide installs of setup (`apt PACKAGE`, `cargo CRATE`), one per
+/// line, for `clean-host`: only what a run installed, never what was there.
+fn installs_file(paths: &Paths) -> std::path::PathBuf {
+    paths.root.join("target/tools/host-installs")
+}
+
+fn record_installs(paths: &Paths, items: impl IntoIterator<Item = String>) -> Result<()> {
+    use std::io::Write;
+    let file = installs_file(paths);
+    if let Some(dir) = file.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+        .with_context(|| format!("opening {}", file.display()))?;
+    for item in items {
+        writeln!(out, "{item}")?;
+    }
+    Ok(())
+}
+
+/// What `host-installs` lists: (apt packages, cargo crates), deduplicated.
+pub fn parse_installs(text: &str) -> (Vec<String>, Vec<String>) {
+    let (mut apt, mut cargo) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let list = match line.split_once(' ') {
+            Some(("apt", p)) => (&mut apt, p),
+            Some(("cargo", c)) => (&mut cargo, c),
+            _ => continue,
+        };
+        let name = list.1.trim().to_owned();
+        if !name.is_empty() && !list.0.contains(&name) {
+            list.0.push(name);
+        }
+    }
+    (apt, cargo)
+}
+
+/// `cargo xtask clean-host`: removes from the host what setup installed
+/// there (recorded in `target/tools/host-installs` as it went: the Debian
+/// packages with `apt-get purge`, bpf-linker and cargo-fuzz with `cargo
+/// uninstall`); what the host had before is never touched. `target/` itself
+/// (builds, mitmproxy, the validators) goes with `cargo clean`.
+pub fn clean_host(paths: &Paths) -> Result<()> {
+    let file = installs_file(paths);
+    let text = match fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "clean-host: {} does not exist: setup installed nothing on this host (or the record went with `cargo clean`)",
+                file.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let (apt, cargo) = parse_installs(&text);
+    if !apt.is_empty() {
+        toolchain::require_root("removing Debian packages")?;
+        println!("clean-host: apt-get purge {}", apt.join(" "));
+        run(Command::new("apt-get")
+            .args(["purge", "-y"])
+            .args(&apt)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null()))?;
+        run(Command::new("apt-get")
+            .args(["autoremove", "--purge", "-y"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null()))?;
+    }
+    for krate in &cargo {
+        println!("clean-host: cargo uninstall {krate}");
+        run(toolchain::host_cargo().args(["uninstall", krate]))?;
+    }
+    fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+    println!("clean-host: done; `cargo clean` removes target/ (builds and the Python tools)");
+    Ok(())
 }
 
 fn install_bpf_linker() -> Result<()> {
@@ -228,6 +454,13 @@ fn install_mitmproxy(paths: &Paths) -> Result<String> {
     {
         return Ok(format!("found {MITMPROXY_VERSION} in {}", venv.display()));
     }
+    phase(
+        &format!(
+            "installing mitmproxy {MITMPROXY_VERSION} into {}",
+            venv.display()
+        ),
+        ESTIMATE_VENV,
+    );
     if !venv.join("bin/pip").exists() {
         run(Command::new("python3")
             .args(["-m", "venv"])
@@ -250,4 +483,26 @@ fn install_mitmproxy(paths: &Paths) -> Result<String> {
         "installed {MITMPROXY_VERSION} in {}",
         venv.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installs_are_read_back_once_each() {
+        let text = "apt squid\napt redsocks\ncargo bpf-linker\napt squid\n\ngarbage\ncargo  \n";
+        let (apt, cargo) = parse_installs(text);
+        assert_eq!(apt, ["squid", "redsocks"]);
+        assert_eq!(cargo, ["bpf-linker"]);
+    }
+
+    #[test]
+    fn each_command_installs_its_part() {
+        assert!(!Purpose::Demo.bench_peers() && !Purpose::Demo.validators_and_fuzzer());
+        assert!(Purpose::Test.bench_peers() && !Purpose::Test.iperf3());
+        assert!(Purpose::Test.validators_and_fuzzer());
+        assert!(Purpose::Bench.iperf3() && !Purpose::Bench.validators_and_fuzzer());
+        assert!(Purpose::All.iperf3() && Purpose::All.validators_and_fuzzer());
+    }
 }

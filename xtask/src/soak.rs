@@ -64,7 +64,7 @@ pub fn soak(paths: &Paths, minutes: f64) -> Result<()> {
         bail!("--minutes {minutes}: the soak needs at least 1 minute");
     }
     require_root("the soak")?;
-    setup::setup(paths)?;
+    setup::setup(paths, setup::Purpose::Bench)?;
     let daemon = build::build(paths, true)?;
     let out_dir = paths.root.join("target/soak");
     fs::create_dir_all(&out_dir)?;

@@ -147,7 +147,7 @@ fn run_stages(paths: &Paths, report: &mut Report) -> Result<()> {
         cmd
     };
 
-    report.stage("setup", || setup::setup(paths))?;
+    report.stage("setup", || setup::setup(paths, setup::Purpose::Test))?;
     let daemon = report.stage("build", || build::build(paths, true))?;
     report.stage("fmt", || run(&mut cargo(&["fmt", "--all", "--check"])))?;
     report.stage("clippy", || {

@@ -2,10 +2,12 @@
 //! and `redirector explain`, which do not run inside the daemon: the kernel
 //! tries hold bare prefixes, so where each came from is only known here.
 //!
-//! The daemon writes `bypass.json` in its `--run-dir` (a new file renamed
+//! The daemon writes `bypass.json` in its `--handover-dir` (a new file renamed
 //! over the old, so a reader never sees half of one) whenever the set
 //! changes. A daemon that cannot write it logs that once and carries on:
-//! the file explains, it decides nothing.
+//! the file explains, it decides nothing. While an old instance drains
+//! after a hand-over, both run: a writer leaves alone a file written by an
+//! instance that started after it.
 use std::{
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -25,6 +27,10 @@ pub const FILE_NAME: &str = "bypass.json";
 pub struct Published {
     /// The daemon that wrote it.
     pub pid: u32,
+    /// When that daemon started publishing, in milliseconds since the
+    /// epoch: a newer instance's file is never overwritten by an older one.
+    #[serde(default)]
+    pub started_unix_ms: u64,
     /// When, in seconds since the epoch.
     pub written_unix_secs: u64,
     /// Every source with its prefixes, in display order.
@@ -55,6 +61,7 @@ impl Published {
     pub fn of(sources: &Sources, kernel: &[IpNet]) -> Self {
         Self {
             pid: std::process::id(),
+            started_unix_ms: 0,
             written_unix_secs: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -97,8 +104,12 @@ impl Published {
 /// Writes the file on every change.
 pub struct Publisher {
     path: PathBuf,
+    /// When this publisher started (see [`Published::started_unix_ms`]).
+    started_unix_ms: u64,
     /// The last write failed (logged once until one succeeds).
     failing: bool,
+    /// A newer instance publishes now: this one writes no more.
+    superseded: bool,
 }
 
 impl Publisher {
@@ -106,7 +117,11 @@ impl Publisher {
     pub fn new(run_dir: &Path) -> Self {
         Self {
             path: run_dir.join(FILE_NAME),
+            started_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             failing: false,
+            superseded: false,
         }
     }
 
@@ -115,7 +130,26 @@ impl Publisher {
     }
 
     pub fn write(&mut self, sources: &Sources, kernel: &[IpNet]) {
-        match self.try_write(&Published::of(sources, kernel)) {
+        if self.superseded {
+            return;
+        }
+        if let Ok(there) = Published::read(&self.path)
+            && there.pid != std::process::id()
+            && there.started_unix_ms > self.started_unix_ms
+        {
+            self.superseded = true;
+            tracing::info!(
+                file = %self.path.display(),
+                pid = there.pid,
+                "a newer instance publishes the bypass sources now"
+            );
+            return;
+        }
+        let published = Published {
+            started_unix_ms: self.started_unix_ms,
+            ..Published::of(sources, kernel)
+        };
+        match self.try_write(&published) {
             Ok(()) if self.failing => {
                 self.failing = false;
                 tracing::info!(file = %self.path.display(), "publishing the bypass sources again");
@@ -172,6 +206,32 @@ mod tests {
         assert_eq!(read.sources[1].prefixes[0].detail, "node n1");
         assert_eq!(read.kernel, ["10.244.0.0/23".parse::<IpNet>().unwrap()]);
         assert_eq!(read.aggregated(), read.kernel);
+    }
+
+    /// An older instance (draining after a hand-over) leaves the newer
+    /// one's file alone; the newer one writes over the older one's.
+    #[test]
+    fn the_newer_instance_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut older = Publisher::new(dir.path());
+        older.started_unix_ms -= 1000;
+        let newer_file = Published {
+            pid: std::process::id() + 1,
+            started_unix_ms: older.started_unix_ms + 500,
+            ..Published::of(&Sources::default(), &[])
+        };
+        std::fs::write(older.path(), serde_json::to_string(&newer_file).unwrap()).unwrap();
+        older.write(&Sources::default(), &["10.0.0.0/8".parse().unwrap()]);
+        assert!(older.superseded);
+        assert_eq!(Published::read(older.path()).unwrap(), newer_file);
+        // The other way round: an older file is replaced.
+        let mut newest = Publisher::new(dir.path());
+        newest.started_unix_ms = newer_file.started_unix_ms + 1;
+        newest.write(&Sources::default(), &[]);
+        assert_eq!(
+            Published::read(newest.path()).unwrap().pid,
+            std::process::id()
+        );
     }
 
     #[test]

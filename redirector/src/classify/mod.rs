@@ -8,6 +8,9 @@
 //!
 //! Fail-open: a connection whose first bytes say nothing useful is still
 //! carried, as [`Protocol::Other`] with no hostname, and routed by its IP.
+//! So is one whose bytes the HTTP/1 forwarder must not touch ([`Opaque`]):
+//! a client speaking to a proxy of its own, HTTP/2 with prior knowledge, a
+//! request head the forwarder would refuse.
 mod http;
 mod tls;
 
@@ -25,10 +28,41 @@ use tokio::{
 pub enum Protocol {
     /// Starts with a TLS handshake record.
     Tls,
-    /// Starts with an HTTP/1.x request line.
+    /// Starts with an HTTP/1.x request to an origin server, which the
+    /// HTTP/1 forwarder carries.
     Http,
-    /// Anything else, including clients that wait for the server to speak.
+    /// Anything else, including clients that wait for the server to speak:
+    /// carried as opaque bytes to the original destination.
     Other,
+}
+
+/// Why a connection whose bytes were recognised (or never looked at) is
+/// still carried as opaque bytes, by address ([`Protocol::Other`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Opaque {
+    /// `CONNECT` or an absolute-form request: the client speaks to a proxy
+    /// of its own at the destination (`HTTPS_PROXY`, JVM proxy properties),
+    /// which must get the request as the client wrote it.
+    ProxyRequest,
+    /// HTTP/2 with prior knowledge (`h2c`): the `PRI * HTTP/2.0` preface.
+    Http2PriorKnowledge,
+    /// A valid request line followed by a header block that the HTTP/1
+    /// forwarder would refuse; the origin may not.
+    MalformedHttp,
+    /// The destination port is in `serverFirstPorts`: not peeked at.
+    ServerFirstPort,
+}
+
+impl Opaque {
+    /// The name logs give it.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Opaque::ProxyRequest => "proxy-request",
+            Opaque::Http2PriorKnowledge => "h2-prior-knowledge",
+            Opaque::MalformedHttp => "malformed-http",
+            Opaque::ServerFirstPort => "server-first-port",
+        }
+    }
 }
 
 /// The verdict on one connection's first bytes.
@@ -39,15 +73,39 @@ pub struct Classification {
     /// `[a-z0-9-_]` labels of 1..=63 bytes, at most 253 bytes in all. IP
     /// literals and anything invalid give `None`.
     pub hostname: Option<String>,
+    /// For [`Protocol::Other`]: what was recognised, if anything.
+    pub opaque: Option<Opaque>,
 }
 
 impl Classification {
     fn new(protocol: Protocol, hostname: Option<String>) -> Self {
-        Self { protocol, hostname }
+        Self {
+            protocol,
+            hostname,
+            opaque: None,
+        }
     }
 
     fn other() -> Self {
         Self::new(Protocol::Other, None)
+    }
+
+    /// Carried as opaque bytes by address, for `why`.
+    pub fn opaque(why: Opaque) -> Self {
+        Self {
+            opaque: Some(why),
+            ..Self::other()
+        }
+    }
+
+    /// `tls`, `http`, `tcp`, or the [`Opaque`] label: for logs.
+    pub fn label(&self) -> &'static str {
+        match (self.protocol, self.opaque) {
+            (Protocol::Tls, _) => "tls",
+            (Protocol::Http, _) => "http",
+            (Protocol::Other, Some(why)) => why.label(),
+            (Protocol::Other, None) => "tcp",
+        }
     }
 }
 
@@ -74,17 +132,43 @@ pub fn classify(buf: &[u8]) -> Result<Classification, Incomplete> {
             Err(tls::TlsError::Malformed) => Ok(Classification::new(Protocol::Tls, None)),
             Err(tls::TlsError::NotTls) => Ok(Classification::other()),
         },
-        Some(b'A'..=b'Z') => match http::parse_request_head(buf) {
-            Ok(host) => Ok(Classification::new(
-                Protocol::Http,
-                host.as_deref().and_then(normalize_authority),
-            )),
-            Err(http::HttpError::Incomplete) => Err(Incomplete),
-            // A valid request line: an HTTP server will be the one to reject it.
-            Err(http::HttpError::Malformed) => Ok(Classification::new(Protocol::Http, None)),
-            Err(http::HttpError::NotHttp) => Ok(Classification::other()),
-        },
+        Some(b'A'..=b'Z') => classify_http(buf),
         Some(_) => Ok(Classification::other()),
+    }
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Bytes that start with a capital letter: HTTP/1 to an origin (the
+/// forwarder's), or one of the kinds it must leave untouched.
+fn classify_http(buf: &[u8]) -> Result<Classification, Incomplete> {
+    // The preface's first line is not HTTP/1, and is decided only once
+    // whole, so that every prefix of it gives the same answer.
+    if buf.len() < HTTP2_PREFACE.len() && HTTP2_PREFACE.starts_with(buf) {
+        return Err(Incomplete);
+    }
+    if buf.starts_with(HTTP2_PREFACE) {
+        return Ok(Classification::opaque(Opaque::Http2PriorKnowledge));
+    }
+    match http::recipient(buf) {
+        Ok(http::Recipient::Proxy) => return Ok(Classification::opaque(Opaque::ProxyRequest)),
+        Ok(http::Recipient::Origin) => {}
+        Err(http::HttpError::Incomplete) => return Err(Incomplete),
+        Err(http::HttpError::NotHttp | http::HttpError::Malformed) => {
+            return Ok(Classification::other());
+        }
+    }
+    match http::parse_request_head(buf) {
+        Ok(host) => Ok(Classification::new(
+            Protocol::Http,
+            host.as_deref().and_then(normalize_authority),
+        )),
+        Err(http::HttpError::Incomplete) => Err(Incomplete),
+        // hyper would answer 400 where the origin might not: its bytes go
+        // to the origin as they are.
+        Err(http::HttpError::Malformed) => Ok(Classification::opaque(Opaque::MalformedHttp)),
+        Err(http::HttpError::NotHttp) => Ok(Classification::other()),
     }
 }
 

@@ -76,12 +76,12 @@ fn classify_table() {
         (
             "HTTP, absolute form",
             b"GET http://abs.example:8080/x HTTP/1.0\r\n\r\n".to_vec(),
-            Ok(http(Some("abs.example"))),
+            Ok(Classification::opaque(Opaque::ProxyRequest)),
         ),
         (
             "CONNECT",
             b"CONNECT t.example:443 HTTP/1.1\r\n\r\n".to_vec(),
-            Ok(http(Some("t.example"))),
+            Ok(Classification::opaque(Opaque::ProxyRequest)),
         ),
         (
             "HTTP, no host",
@@ -96,7 +96,7 @@ fn classify_table() {
         (
             "HTTP, malformed head",
             b"GET / HTTP/1.1\r\nbad\r\n\r\n".to_vec(),
-            Ok(http(None)),
+            Ok(Classification::opaque(Opaque::MalformedHttp)),
         ),
         (
             "SSH banner",
@@ -134,6 +134,9 @@ fn classify_every_prefix_of_decisive_inputs() {
         OPENSSL_TWO_RECORDS.to_vec(),
         records(&Hello::new().sni("three.example").handshake(), &[20, 60]),
         b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n".to_vec(),
+        b"CONNECT t.example:443 HTTP/1.1\r\n".to_vec(),
+        b"GET http://a.example/ HTTP/1.1\r\n".to_vec(),
+        HTTP2_PREFACE.to_vec(),
     ];
     for input in &inputs {
         for n in 0..input.len() {
@@ -141,6 +144,64 @@ fn classify_every_prefix_of_decisive_inputs() {
         }
         assert!(classify(input).is_ok());
     }
+}
+
+/// Issue 13: what the HTTP/1 forwarder must not carry is decided at once
+/// and carried by address, whatever follows.
+#[test]
+fn proxy_requests_and_h2c_are_opaque() {
+    let proxy = Classification::opaque(Opaque::ProxyRequest);
+    let h2 = Classification::opaque(Opaque::Http2PriorKnowledge);
+    let table: &[(&str, &[u8], Classification)] = &[
+        (
+            "CONNECT from HTTPS_PROXY, the name is not the destination's",
+            b"CONNECT api.example:443 HTTP/1.1\r\nHost: api.example:443\r\n\r\n",
+            proxy.clone(),
+        ),
+        (
+            "CONNECT, request line only",
+            b"CONNECT api.example:443 HTTP/1.1\r\n",
+            proxy.clone(),
+        ),
+        (
+            "absolute form from HTTP_PROXY",
+            b"GET http://api.example/x HTTP/1.1\r\nHost: api.example\r\n\r\n",
+            proxy.clone(),
+        ),
+        (
+            "absolute-form WebSocket through a proxy",
+            b"GET ws://chat.example/ HTTP/1.1\r\nUpgrade: websocket\r\n",
+            proxy.clone(),
+        ),
+        ("h2c prior knowledge", HTTP2_PREFACE, h2.clone()),
+        (
+            "h2c with its first frame",
+            &[HTTP2_PREFACE, &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat(),
+            h2,
+        ),
+        (
+            "PRI line without the rest of the preface",
+            b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+            Classification::other(),
+        ),
+        (
+            "a WebSocket upgrade to the origin stays HTTP",
+            b"GET /chat HTTP/1.1\r\nHost: chat.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            http(Some("chat.example")),
+        ),
+    ];
+    for (what, bytes, want) in table {
+        assert_eq!(classify(bytes).as_ref(), Ok(want), "{what}");
+        // And whatever the client wrote, no name to route by.
+        assert_eq!(settle(bytes), *want, "{what}, settled");
+    }
+    for n in 0..HTTP2_PREFACE.len() {
+        assert_eq!(classify(&HTTP2_PREFACE[..n]), Err(Incomplete), "prefix {n}");
+        assert_eq!(settle(&HTTP2_PREFACE[..n]), Classification::other());
+    }
+    assert_eq!(proxy.label(), "proxy-request");
+    assert_eq!(http(None).label(), "http");
+    assert_eq!(Classification::other().label(), "tcp");
 }
 
 #[test]

@@ -1,9 +1,12 @@
-//! `redirector run`: validate the configuration, load the programs, bind
-//! the listeners, and only then attach the hooks, so a pod's connect is
-//! never redirected to an address nobody listens on because of us.
+//! `redirector run`: validate the configuration, load the programs, take
+//! the listeners over from a running instance or bind them, and only then
+//! attach the hooks, so a pod's connect is never redirected to an address
+//! nobody listens on because of us. Then serve, supervised, until `drain`
+//! says to exit.
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -12,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    sync::Notify,
+    sync::{Notify, mpsc},
 };
 
 use crate::{
@@ -24,7 +27,9 @@ use crate::{
     config::ProxyConfig,
     connection::Shared,
     dial::{self, Dialer},
-    exemption,
+    drain,
+    exemption::{self, cgroups::PodCgroups},
+    handover,
     hook::{self, HookSettings, LoadedHooks, PinDir, PinnedCounters},
     limits::{self, Limits},
     lookup::KernelOriginalDst,
@@ -35,6 +40,7 @@ use crate::{
     readiness::Readiness,
     reload::{Reloader, Watch},
     server, startup_taint,
+    supervise::Supervisor,
     swappable::Swappable,
 };
 
@@ -48,11 +54,28 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let listeners_up = readiness.register("listeners up");
     // With --kube: the first complete list of pods and namespaces applied.
     let api_synced = args.kube.kube.then(|| readiness.register("api synced"));
+    let mut supervisor = Supervisor::new(readiness.clone())?;
     let open_files = limits::raise_open_files_limit()?;
     let memory = memory_budget::effective_limit(args.memory_limit);
+    let sockets = args.socket_options();
+    // The queue limits as this kernel sets them, which the cap counts.
+    let buffers = sockets
+        .kernel_buffers()
+        .context("setting the socket options (--socket-buffer, --keepalive)")?;
+    if buffers.receive.min(buffers.send) < 2 * sockets.buffer as u64 {
+        tracing::warn!(
+            socket_buffer = sockets.buffer,
+            receive_queue = buffers.receive,
+            send_queue = buffers.send,
+            "the kernel capped --socket-buffer at net.core.rmem_max / wmem_max: \
+             the smaller queues are used and counted"
+        );
+    }
+    let cost = memory_budget::ConnectionCost::new(buffers);
     let caps = limits::caps(
         open_files,
         memory.as_ref(),
+        &cost,
         args.max_connections,
         args.max_connections_per_pod,
     )?;
@@ -64,7 +87,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         memory_bound = ?caps.memory_bound,
         fd_bound = caps.fd_bound,
         per_connection_idle_bytes = memory_budget::PER_CONNECTION_IDLE,
-        per_connection_max_bytes = memory_budget::PER_CONNECTION_MAX,
+        per_connection_userspace_bytes = cost.userspace,
+        per_connection_socket_bytes = cost.socket_buffers,
+        per_connection_max_bytes = cost.max(),
+        socket_receive_queue_bytes = buffers.receive,
+        socket_send_queue_bytes = buffers.send,
+        keepalive = %sockets.keepalive,
         max_connections,
         max_connections_per_pod,
         "connection caps"
@@ -84,10 +112,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args.kube.kube.then_some(&earlier_pins),
     );
 
+    // Refuses a cgroup v1-only node, named, before anything else.
+    let daemon_cgroup = hook::own_cgroup()?.1;
+    let (cgroup, pod_cgroups) = attach_root(args.cgroup.as_deref(), daemon_cgroup)?;
     let settings = HookSettings {
         listen: listen.clone(),
         socket_mark: args.socket_mark,
-        daemon_cgroup: hook::own_cgroup()?.1,
+        daemon_cgroup,
         exempt_cgroups: args.exempt_cgroup.clone(),
         bypass: bypass_sources.kernel_prefixes(),
         kernel_debug_logs: tracing::enabled!(target: "redirector::kernel", tracing::Level::DEBUG),
@@ -96,9 +127,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     // Named failures (not a cgroup v2 dir, no capability, old kernel)
     // before the loader's bare errno.
-    hook::check_cgroup2(&args.cgroup)?;
+    hook::check_cgroup2(&cgroup)?;
     hook::check_kernel()?;
-    let mut hooks = LoadedHooks::load(&settings)?;
+    let pins = PinDir::new(&args.pins.bpffs);
+    let mut hooks = LoadedHooks::load(&settings, &pins)?;
     let original_dst = Arc::new(KernelOriginalDst::new(hooks.take_dst_by_client()?));
     if let Some(logger) = hooks.take_logger() {
         tokio::spawn(forward_kernel_logs(logger));
@@ -116,6 +148,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         original_dst,
         dialer: Dialer {
             socket_mark: args.socket_mark,
+            sockets,
             timeout: Duration::from_secs_f64(args.connect_timeout),
             tls: Swappable::new(tls),
         },
@@ -138,17 +171,24 @@ pub async fn run(args: RunArgs) -> Result<()> {
         (true, None, _) => bail!("--kube needs --node-name (or NODE_NAME)"),
         _ => None,
     };
-    let mut listeners = Vec::new();
-    for addr in &listen {
-        let listener = server::listen(*addr).with_context(|| format!("listening on {addr}"))?;
-        listeners.push(listener);
+    // Bound first: a directory that cannot hold it stops the start before
+    // anything is taken from a running instance.
+    let handover_server = handover::Server::bind(&args.upgrade.handover_dir)?;
+    // The listeners (then the metrics listener): a running instance's, handed
+    // over, or bound here.
+    let addrs: Vec<SocketAddr> = listen.iter().copied().chain(args.metrics).collect();
+    let (predecessor, held) =
+        handover::acquire(&args.upgrade.handover_dir, pins.root(), &addrs).await?;
+    let held = Arc::new(held);
+    // The buffers and keepalive every accepted socket inherits from its
+    // listener: set here on a handed-over listener too (the kernel applies
+    // them to the connections it accepts from now on), so a changed
+    // --socket-buffer takes effect at a hand-over.
+    for listener in &held[..listen.len()] {
+        sockets
+            .apply(socket2::SockRef::from(listener))
+            .with_context(|| format!("setting socket options on {}", listener.addr()))?;
     }
-    let metrics_listener = match args.metrics {
-        Some(addr) => Some(metrics::server::bind(addr).await?),
-        None => None,
-    };
-
-    let pins = PinDir::new(&args.pins.bpffs);
     // With --kube, keep what an earlier instance exempted until our first
     // complete view of the API says otherwise: a restart must not send
     // exempt pods to the proxy, even while the API is unreachable.
@@ -157,39 +197,57 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None => Vec::new(),
     };
     hooks.exempt_cgroup_ids(&inherited)?;
-    hooks.attach(&args.cgroup, &pins)?;
-    programs_attached.mark_ready();
-    for listener in listeners {
-        tokio::spawn(server::serve(listener, shared.clone(), limits.clone()));
+    if let Some(predecessor) = &predecessor {
+        // Its own connects while it drains: our hooks honour the socket
+        // mark only from our cgroup, and must not redirect them.
+        hooks.exempt_cgroup_ids(&[predecessor.cgroup])?;
     }
-    listeners_up.mark_ready();
-    if let Some(listener) = metrics_listener {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-        }
-        tokio::spawn(metrics::server::serve(
-            listener,
-            metrics.clone(),
-            readiness.clone(),
+    hooks.attach(&cgroup, &pins)?;
+    programs_attached.mark_ready();
+    let mut accept_loops = Vec::new();
+    for listener in &held[..listen.len()] {
+        accept_loops.push(supervisor.spawn_forever(
+            format!("listener {}", listener.addr()),
+            server::serve(listener.serve()?, shared.clone(), limits.clone()),
         ));
     }
+    listeners_up.mark_ready();
+    let metrics_server = match args.metrics {
+        Some(addr) => {
+            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+            let (held, metrics, readiness) = (held.clone(), metrics.clone(), readiness.clone());
+            let index = listen.len();
+            let mut start: drain::StartMetrics = Box::new(move |supervisor: &mut Supervisor| {
+                let listener = held[index].serve()?;
+                Ok(supervisor.spawn_forever(
+                    "metrics server",
+                    metrics::server::serve(listener, metrics.clone(), readiness.clone()),
+                ))
+            });
+            Some((Some(start(&mut supervisor)?), start))
+        }
+        None => None,
+    };
     // Taken after attach, which pins the tries for `redirector status`.
     let bypass = Arc::new(BypassSet::new(
         Box::new(hooks.take_bypass()?),
         bypass_sources,
-        Some(Publisher::new(&args.run_dir.run_dir)),
+        Some(Publisher::new(&args.upgrade.handover_dir)),
     )?);
     let reloaded = Arc::new(Notify::new());
     if automatic.node_addresses {
-        tokio::spawn(bypass::node::follow(bypass.clone()));
+        supervisor.spawn_forever("node addresses", bypass::node::follow(bypass.clone()));
     }
     if automatic.proxy_addresses {
-        tokio::spawn(bypass::proxies::follow(
-            bypass.clone(),
-            shared.policy.clone(),
-            reloaded.clone(),
-            bypass::proxies::LOOKUP_TIMEOUT,
-        ));
+        supervisor.spawn_forever(
+            "upstream proxy addresses",
+            bypass::proxies::follow(
+                bypass.clone(),
+                shared.policy.clone(),
+                reloaded.clone(),
+                bypass::proxies::LOOKUP_TIMEOUT,
+            ),
+        );
     }
     let reloader = Reloader {
         path: args.proxy_config.clone(),
@@ -202,7 +260,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         metrics: metrics.clone(),
         watch: Watch::new(config_digest.clone()),
     };
-    tokio::spawn(reloader.run(hangup));
+    supervisor.spawn_forever("config reloader", reloader.run(hangup));
     if let Some((client, node)) = kube {
         // Taken after attach, which pins the map for `redirector status`.
         let exempt = Arc::new(hooks.take_exempt_cgroups()?);
@@ -211,26 +269,31 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .iter()
             .map(|dir| hook::cgroup_id(dir))
             .collect::<Result<HashSet<_>>>()?;
-        let mut reconciler =
-            exemption::reconcile::Reconciler::new(exempt, &args.cgroup, static_ids)
-                .with_metrics(metrics.clone())
-                .with_settings({
-                    // The reloaded configuration's values, read on every pass.
-                    let shared = shared.clone();
-                    move || exemption::rules::Settings::of(shared.policy.load().config())
-                });
+        let mut reconciler = exemption::reconcile::Reconciler::new(exempt, pod_cgroups, static_ids)
+            .with_metrics(metrics.clone())
+            .with_settings({
+                // The reloaded configuration's values, read on every pass.
+                let shared = shared.clone();
+                move || exemption::rules::Settings::of(shared.policy.load().config())
+            });
         if let Some(synced) = api_synced {
             reconciler = reconciler.with_readiness(synced);
         }
         reconciler.adopt(inherited);
         tracing::info!(node = %node, "following the Kubernetes API for exempt pods and namespaces");
-        tokio::spawn(bypass::cluster::follow(
-            client.clone(),
-            node.clone(),
-            bypass.clone(),
-            automatic.node_addresses,
-        ));
-        tokio::spawn(exemption::watcher::run(client, node, reconciler));
+        supervisor.spawn_forever(
+            "kubernetes bypass watcher",
+            bypass::cluster::follow(
+                client.clone(),
+                node.clone(),
+                bypass.clone(),
+                automatic.node_addresses,
+            ),
+        );
+        supervisor.spawn_forever(
+            "kubernetes watcher",
+            exemption::watcher::run(client, node, reconciler),
+        );
     }
     if let (Some(key), Some(node), Some(client)) =
         (&args.kube.remove_taint, &args.kube.node_name, api)
@@ -243,9 +306,30 @@ pub async fn run(args: RunArgs) -> Result<()> {
             readiness.clone(),
         ));
     }
+    // Serving now: the next instance finds us, and the one before stops.
+    let (handover_events, handover) = mpsc::channel(8);
+    handover_server.publish()?;
+    supervisor.spawn(
+        "hand-over socket",
+        handover_server.serve(
+            held.clone(),
+            handover::Identity::new(pins.root(), settings.daemon_cgroup)?,
+            handover_events,
+        ),
+    );
+    if let Some(predecessor) = predecessor {
+        let pid = predecessor.pid;
+        match predecessor.confirm().await {
+            Ok(()) => tracing::info!(pid, "took over from the running instance, which drains"),
+            Err(e) => tracing::warn!(
+                pid, error = %format!("{e:#}"),
+                "the running instance did not confirm the hand-over; both accept until it stops"
+            ),
+        }
+    }
     let policy = shared.policy.load();
     tracing::info!(
-        cgroup = %args.cgroup.display(), listen = ?listen, bpffs = %args.pins.bpffs.display(),
+        cgroup = %cgroup.display(), listen = ?listen, bpffs = %args.pins.bpffs.display(),
         config_digest,
         https_proxy = ?policy.config().https_proxy,
         http_proxy = ?policy.config().http_proxy,
@@ -261,20 +345,37 @@ pub async fn run(args: RunArgs) -> Result<()> {
         service_cidrs = ?policy.config().service_cidrs,
         bypass_node_addresses = automatic.node_addresses,
         bypass_proxy_addresses = automatic.proxy_addresses,
-        bypass_sources = %args.run_dir.run_dir.join(bypass::published::FILE_NAME).display(),
+        bypass_sources = %args.upgrade.handover_dir.join(bypass::published::FILE_NAME).display(),
+        server_first_ports = ?policy.config().server_first_ports,
         resolv_conf = %args.resolver.resolv_conf.display(),
         "ready"
     );
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    drop(policy);
+
+    let stops = drain::stop_signals()?;
+    drain::Running {
+        supervisor,
+        readiness,
+        limits,
+        pins: pins.clone(),
+        drain_timeout: args.upgrade.drain_timeout,
+        accept_loops,
+        metrics: metrics_server,
+        held: Some(held),
+        handover,
+        stops,
     }
-    // The hooks stay attached (pinned): until a new instance listens, pods'
-    // connects are refused, never sent around the proxy.
-    tracing::info!("stopping; hooks stay attached (`redirector detach` removes them)");
+    .run()
+    .await?;
+    // The hooks stay attached (pinned) unless detached: until a new
+    // instance listens, pods' connects are refused, never sent around the
+    // proxy.
+    if pins.pinned_links().is_empty() {
+        tracing::info!("stopped; the hooks are detached");
+    } else {
+        tracing::info!("stopped; hooks stay attached (`redirector detach` removes them)");
+    }
     Ok(())
 }
 
@@ -317,6 +418,25 @@ fn initial_bypass(
         sources.set(Source::EarlierInstance, kept.collect());
     }
     sources
+}
+
+/// The hooks' attach root and where pods' cgroups are: `--cgroup`, or the
+/// kubepods directory the daemon's own pod sits under (a DaemonSet's pod
+/// is one of the node's pods), with the layout its path shows.
+fn attach_root(given: Option<&Path>, daemon_cgroup: u64) -> Result<(PathBuf, PodCgroups)> {
+    if let Some(dir) = given {
+        let pods = PodCgroups::under_attach_root(dir);
+        tracing::info!(cgroup = %dir.display(), pods = %pods, "attach root given (--cgroup)");
+        return Ok((dir.to_path_buf(), pods));
+    }
+    let kubepods = hook::derive_kubepods(daemon_cgroup)
+        .context("no --cgroup given, and the attach root cannot be derived")?;
+    tracing::info!(
+        cgroup = %kubepods.dir.display(),
+        layout = %kubepods.layout,
+        "attach root derived from the daemon's own cgroup: its pod's kubepods directory"
+    );
+    Ok((kubepods.dir.clone(), PodCgroups::at(kubepods)))
 }
 
 /// `--listen` as given, or `$NODE_IP:15001`. Loopback is refused: a pod's

@@ -12,13 +12,17 @@
 //! operator assumes the names resolve to. No other name is ever resolved
 //! by the policy.
 //!
+//! A port in `serverFirstPorts` is never peeked at: the daemon sees no
+//! name and no protocol there, and neither does `explain`, which says so.
+//!
 //! The kernel bypasses more than the configuration says (`bypass`): the
 //! node's own addresses (read here, where `explain` runs: on the node, or
 //! in the daemon's container), the upstream proxies' addresses (looked up
 //! here as the daemon looks them up), and the sources only the Kubernetes
 //! API knows (pod CIDRs, the `kubernetes` Service and its endpoints, this
 //! Node's addresses), which come from the file the daemon publishes in its
-//! `--run-dir`. Without that file, `explain` says what it could not know.
+//! `--handover-dir`. Without that file, `explain` says what it could not
+//! know.
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
@@ -46,16 +50,23 @@ struct ParsedTarget {
     host: Option<String>,
     port: u16,
     protocol: Protocol,
+    /// The port is in `serverFirstPorts`: routed by address at once.
+    server_first: bool,
 }
 
 impl ParsedTarget {
-    /// The policy's view of it.
+    /// The policy's view of it: on a server-first port, only the address
+    /// and port, as the daemon never reads the client's first bytes there.
     fn target(&self) -> Target<'_> {
         Target {
             ip: self.ip,
-            host: self.host.as_deref(),
+            host: self.host.as_deref().filter(|_| !self.server_first),
             port: self.port,
-            protocol: self.protocol,
+            protocol: if self.server_first {
+                Protocol::Other
+            } else {
+                self.protocol
+            },
         }
     }
 }
@@ -146,7 +157,7 @@ impl BypassView {
         Some(format!(
             "the bypass sources from the Kubernetes API (pod CIDRs, the kubernetes Service \
              and its endpoints, the Node's addresses) are not known here: {error} (the daemon \
-             publishes them in {} while it runs; see --run-dir)",
+             publishes them in {} while it runs; see --handover-dir)",
             self.file.display()
         ))
     }
@@ -165,6 +176,7 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
             _ => target.ip = Some(destination),
         }
     }
+    target.server_first = policy.config().is_server_first(target.port);
     let verdict = policy.decide(&target.target());
     let (mut decision, check) = match verdict {
         Verdict::Final(decision) => (decision, None),
@@ -181,7 +193,7 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     // The kernel's other sources: the connect never reaches the daemon.
     // The kernel's other sources, looked at only for an address the
     // configuration does not bypass: such a connect never reaches the daemon.
-    let file = args.run_dir.run_dir.join(FILE_NAME);
+    let file = args.published.handover_dir.join(FILE_NAME);
     let (mut found, mut note) = (None, None);
     if let (false, Some(ip)) = (matches!(decision, Decision::KernelBypass { .. }), target.ip) {
         let view = BypassView::gather(&policy, args.policy.automatic(), &file);
@@ -289,6 +301,13 @@ fn to_text(raw: &str, t: &ParsedTarget, d: &Decision, check: Option<&NameCheck>)
     if let (Some(_), Some(ip)) = (&t.host, t.ip) {
         out += &format!("destination: {ip}\n");
     }
+    if t.server_first {
+        out += &format!(
+            "server-first: port {} is in serverFirstPorts: routed by address at once, without \
+             waiting for the client's first bytes (no host name is seen)\n",
+            t.port
+        );
+    }
     out += &format!("decision: {}\n", d.kind());
     if let Decision::Proxy { proxy, mode, .. } = d {
         out += &format!("proxy: {proxy}\nmode: {}\n", mode_name(*mode));
@@ -312,6 +331,7 @@ fn to_json(
         "ip": t.ip.map(|i| i.to_string()),
         "port": t.port,
         "protocol": protocol_name(&t.protocol),
+        "server_first": t.server_first,
         "decision": d.kind(),
         "rule": d.rule(),
     });
@@ -381,12 +401,14 @@ fn parse_target(raw: &str, protocol: &str) -> Result<ParsedTarget> {
             host: None,
             port,
             protocol,
+            server_first: false,
         },
         Err(_) => ParsedTarget {
             ip: None,
             host: Some(host),
             port,
             protocol,
+            server_first: false,
         },
     })
 }
@@ -404,7 +426,8 @@ mod tests {
                 ip: None,
                 host: Some("api.example.com".into()),
                 port: 443,
-                protocol: Protocol::Tls
+                protocol: Protocol::Tls,
+                server_first: false,
             }
         );
         let t = parse_target("http://[fd00::1]:8080/", "tcp").unwrap();
@@ -503,6 +526,41 @@ mod tests {
             "{}",
             extra.text()
         );
+    }
+
+    /// A server-first port: no name, so a noProxy name rule cannot match;
+    /// said in both outputs.
+    #[test]
+    fn a_server_first_port_is_routed_by_address() {
+        let cfg = ProxyConfig::parse(
+            "t",
+            r#"{"httpsProxy": "http://proxy:3128", "noProxy": ["mail.example", "192.0.2.25"]}"#,
+        )
+        .unwrap();
+        let policy = Policy::new(cfg, &crate::policy::Builtins::default());
+        let explain = |raw: &str| {
+            let mut t = parse_target(raw, "tcp").unwrap();
+            t.server_first = policy.config().is_server_first(t.port);
+            let (d, _) = policy
+                .decide(&t.target())
+                .decide_with(|_| Resolution::Addresses(["192.0.2.25".parse().unwrap()].into()));
+            (to_text(raw, &t, &d, None), to_json(raw, &t, &d, None))
+        };
+        let (text, json) = explain("mail.example:25");
+        assert!(
+            text.contains("server-first: port 25 is in serverFirstPorts"),
+            "{text}"
+        );
+        assert!(text.contains("decision: proxy\n"), "{text}");
+        assert_eq!(json["server_first"], true);
+        // By address, the noProxy IP entry still applies.
+        let (text, _) = explain("192.0.2.25:25");
+        assert!(text.contains("decision: kernel-bypass\n"), "{text}");
+        // Off the list, the name is seen.
+        let (text, json) = explain("mail.example:465");
+        assert!(!text.contains("server-first"), "{text}");
+        assert!(text.contains("decision: direct\n"), "{text}");
+        assert_eq!(json["server_first"], false);
     }
 
     /// What `explain --destination` shows for a name rule, verified or not.

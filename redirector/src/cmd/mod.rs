@@ -23,7 +23,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(daemon::run(args)),
+            .block_on(daemon::run(*args)),
         Command::Detach(args) => detach::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Explain(args) => explain::run(&args),

@@ -10,7 +10,8 @@
 //! prints the digest of that file, as the daemon logs it at load and reload.
 //!
 //! The bypass tries hold bare prefixes; where each came from is in the
-//! file the daemon publishes in its `--run-dir` (`bypass`'s `published`).
+//! file the daemon publishes in its `--handover-dir` (`bypass`'s
+//! `published`).
 //! Both are shown, and any difference between them (a prefix in the kernel
 //! that no published source names, or the reverse) is named.
 use std::{
@@ -181,7 +182,8 @@ pub struct Status {
 
 impl Status {
     /// Reads the pins; the cgroup tree under `cgroup_root` names cgroup ids;
-    /// `run_dir` holds the daemon's published bypass sources.
+    /// `run_dir` (the daemon's `--handover-dir`) holds its published bypass
+    /// sources.
     pub fn read(
         pins: &PinDir,
         cgroup_root: &Path,
@@ -380,7 +382,7 @@ pub fn run(args: &crate::cli::StatusArgs) -> Result<()> {
         &pins,
         &args.cgroup_root,
         args.proxy_config.as_deref(),
-        &args.run_dir.run_dir,
+        &args.published.handover_dir,
     )?;
     if args.json {
         println!("{}", status.json());

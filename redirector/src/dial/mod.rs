@@ -19,19 +19,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::StatusCode;
 use thiserror::Error;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::{TcpSocket, TcpStream},
-};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 
-use crate::{config::ProxyUrl, relay, swappable::Swappable};
+use crate::{config::ProxyUrl, relay, socket_options::SocketOptions, swappable::Swappable};
 pub use connect::ConnectError;
 pub use guard::{LinkLocal, NodeLocal};
-
-/// A byte stream to the upstream, whatever carries it.
-pub trait UpstreamIo: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpstreamIo for T {}
 
 /// The upstream side of a relayed connection.
 pub enum Upstream {
@@ -107,10 +100,13 @@ impl DialError {
     }
 }
 
-/// How to dial: the mark to put on sockets, how long to wait, whom to trust.
+/// How to dial: the mark and options to put on sockets, how long to wait,
+/// whom to trust.
 #[derive(Clone)]
 pub struct Dialer {
     pub socket_mark: u32,
+    /// Buffers and keepalive of every upstream socket, as on the pods' side.
+    pub sockets: SocketOptions,
     /// Bound on TCP connect plus the proxy's answer to CONNECT.
     pub timeout: Duration,
     /// TLS settings for `https://` proxies (`trustedCA` follows a reload).
@@ -153,7 +149,7 @@ impl Dialer {
         link_local: LinkLocal,
     ) -> Result<TcpStream, DialError> {
         guard::check(dst.ip(), link_local).map_err(|kind| DialError::NodeLocal { dst, kind })?;
-        tokio::time::timeout(self.timeout, connect_marked(dst, self.socket_mark))
+        tokio::time::timeout(self.timeout, self.connect(dst))
             .await
             .map_err(|_| DialError::Timeout(self.timeout))?
             .map_err(|source| DialError::Direct { dst, source })
@@ -196,16 +192,9 @@ impl Dialer {
         Ok(Tunnel { upstream, early })
     }
 
-    /// A connection to the proxy itself as a byte stream (for plain HTTP
-    /// forwarding).
-    pub async fn proxy_connection(
-        &self,
-        proxy: &ProxyUrl,
-    ) -> Result<Box<dyn UpstreamIo>, DialError> {
-        Ok(match self.proxy_stream(proxy).await? {
-            Upstream::Tcp(s) => Box::new(s),
-            Upstream::Tls(s) => s,
-        })
+    /// A connection to the proxy itself (for plain HTTP forwarding).
+    pub async fn proxy_connection(&self, proxy: &ProxyUrl) -> Result<Upstream, DialError> {
+        self.proxy_stream(proxy).await
     }
 
     /// A connection to the proxy itself: TCP, and TLS for `https://`.
@@ -250,7 +239,7 @@ impl Dialer {
             })?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         for addr in addrs {
-            match connect_marked(addr, self.socket_mark).await {
+            match self.connect(addr).await {
                 Ok(stream) => return Ok(stream),
                 Err(e) => last = e,
             }
@@ -259,6 +248,11 @@ impl Dialer {
             proxy: proxy.clone(),
             source: last,
         })
+    }
+
+    /// A TCP connect for a relayed connection: marked, with [`Dialer::sockets`].
+    async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        connect_with(addr, self.socket_mark, Some(&self.sockets)).await
     }
 }
 
@@ -285,12 +279,26 @@ fn answered_in_plain_http(e: &io::Error) -> bool {
 
 /// A TCP connect from a socket that carries `mark` (needs CAP_NET_ADMIN).
 pub async fn connect_marked(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+    connect_with(addr, mark, None).await
+}
+
+/// A marked connect, with `options` set before it: the SYN offers the
+/// window scale the buffers allow.
+async fn connect_with(
+    addr: SocketAddr,
+    mark: u32,
+    options: Option<&SocketOptions>,
+) -> io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
-    socket2::SockRef::from(&socket).set_mark(mark)?;
+    let sock = socket2::SockRef::from(&socket);
+    sock.set_mark(mark)?;
+    if let Some(options) = options {
+        options.apply(sock)?;
+    }
     socket.set_nodelay(true)?;
     socket.connect(addr).await
 }
@@ -330,6 +338,7 @@ mod tests {
         // Mark 0 is "no mark" and needs no privilege.
         Dialer {
             socket_mark: 0,
+            sockets: SocketOptions::default(),
             timeout: Duration::from_secs(5),
             tls: Swappable::new(proxy_tls_config(&[]).unwrap()),
         }
@@ -378,6 +387,16 @@ mod tests {
             panic!("a plain-HTTP proxy gives a TCP tunnel")
         };
         assert!(tunnel.early.is_empty());
+        // The relayed connections' socket options, set before connect.
+        let sock = socket2::SockRef::from(&io);
+        let doubled = 2 * crate::socket_options::DEFAULT_BUFFER;
+        assert_eq!(sock.recv_buffer_size().unwrap(), doubled);
+        assert_eq!(sock.send_buffer_size().unwrap(), doubled);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(90))
+        );
         io.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         io.read_exact(&mut buf).await.unwrap();

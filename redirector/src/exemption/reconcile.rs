@@ -6,7 +6,6 @@
 //! the write retried on every pass.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    path::PathBuf,
     sync::Arc,
 };
 
@@ -26,7 +25,8 @@ pub struct PodInfo {
     pub name: String,
     /// Its namespace, to look up the namespace's label.
     pub namespace: String,
-    /// `metadata.uid`, which names the pod's cgroup.
+    /// The UID kubelet names the pod's cgroup after: `metadata.uid`, or a
+    /// mirror pod's `kubernetes.io/config.mirror` (its static pod's UID).
     pub uid: String,
     /// `status.qosClass`, a hint for the cgroup's middle level.
     pub qos: Option<cgroups::Qos>,
@@ -120,8 +120,8 @@ pub struct View {
 pub struct Reconciler {
     /// The map we write.
     exempt: Arc<dyn ExemptCgroups>,
-    /// The hooks' attach root, under which pods' cgroups are looked up.
-    root: PathBuf,
+    /// Where pods' cgroups are looked up.
+    pods: cgroups::PodCgroups,
     /// `--exempt-cgroup` ids: put in the map at load, never removed here.
     static_ids: HashSet<u64>,
     /// Ids we put in the map, with the pod they belong to (for logs).
@@ -162,12 +162,12 @@ pub struct Pass {
 impl Reconciler {
     pub fn new(
         exempt: Arc<dyn ExemptCgroups>,
-        root: impl Into<PathBuf>,
+        pods: impl Into<cgroups::PodCgroups>,
         static_ids: HashSet<u64>,
     ) -> Self {
         Self {
             exempt,
-            root: root.into(),
+            pods: pods.into(),
             static_ids,
             applied: HashMap::new(),
             last_counts: None,
@@ -237,7 +237,11 @@ impl Reconciler {
                 continue;
             };
             pass.exempt_pods += 1;
-            match cgroups::resolve(&self.root, &pod.uid, pod.qos).map(|dir| cgroup_id(&dir)) {
+            match self
+                .pods
+                .resolve(&pod.uid, pod.qos)
+                .map(|dir| cgroup_id(&dir))
+            {
                 Some(Ok(id)) => {
                     desired.insert(id, (&pod.name, reason));
                 }

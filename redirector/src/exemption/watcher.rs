@@ -20,17 +20,26 @@ use super::{
 /// How often cgroups are looked up again without an API event.
 pub const RESCAN: Duration = Duration::from_secs(1);
 
+/// The annotation kubelet puts on a static pod's mirror in the API: the
+/// static pod's own UID, a hash of its manifest, after which kubelet names
+/// its cgroup (the mirror's `metadata.uid` is the API server's).
+pub const MIRROR_KEY: &str = "kubernetes.io/config.mirror";
+
 /// What we keep of a pod: its UID as the key, and the annotations the
 /// rules read.
 fn pod_info(pod: Pod) -> Option<(String, PodInfo)> {
     let meta = pod.metadata;
     let uid = meta.uid?;
     let namespace = meta.namespace.unwrap_or_default();
+    let cgroup_uid = match meta.annotations.as_ref().and_then(|a| a.get(MIRROR_KEY)) {
+        Some(hash) if is_config_hash(hash) => hash.clone(),
+        _ => uid.clone(),
+    };
     let annotations = keep_keys(meta.annotations, &[EXEMPT_KEY, AKS_NO_PROXY_KEY]);
     let info = PodInfo {
         name: format!("{namespace}/{}", meta.name.unwrap_or_default()),
         namespace,
-        uid: uid.clone(),
+        uid: cgroup_uid,
         qos: pod
             .status
             .and_then(|s| s.qos_class)
@@ -39,6 +48,13 @@ fn pod_info(pod: Pod) -> Option<(String, PodInfo)> {
         host_network: pod.spec.and_then(|s| s.host_network) == Some(true),
     };
     Some((uid, info))
+}
+
+/// kubelet's hash of a static pod's manifest: 32 hex digits (md5). Anyone
+/// who may create pods can write the mirror annotation, so nothing else is
+/// taken: an API UID (a dashed UUID) there would name another pod's cgroup.
+fn is_config_hash(s: &str) -> bool {
+    s.len() == 32 && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// What we keep of a namespace: its name and our label.
@@ -275,6 +291,40 @@ mod tests {
         let no_uid: Pod =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}})).unwrap();
         assert!(pod_info(no_uid).is_none());
+    }
+
+    /// A static pod's mirror: its cgroup is named after the config hash
+    /// in the mirror annotation, while the API's UID stays the key (deletes
+    /// carry it). A value that is not a config hash (another pod's API UID)
+    /// is not taken.
+    #[test]
+    fn mirror_pods_name_their_cgroup_by_the_config_hash() {
+        const HASH: &str = "df7cc47f8477b6b1226d7d23a904867b";
+        let mirror = |value: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "etcd-n1", "namespace": "kube-system",
+                    "uid": "6c1a8f0e-2b7d-4e59-9a3c-0d4e5f6a7b8c",
+                    "annotations": {MIRROR_KEY: value, "kubernetes.io/config.source": "file"}},
+                "status": {"qosClass": "Burstable"}
+            }))
+            .unwrap()
+        };
+        let (key, info) = pod_info(mirror(HASH)).unwrap();
+        assert_eq!(key, "6c1a8f0e-2b7d-4e59-9a3c-0d4e5f6a7b8c");
+        assert_eq!(info.uid, HASH);
+        assert!(info.annotations.is_empty(), "{:?}", info.annotations);
+        for forged in [
+            "0a0a0a0a-1111-4222-8333-444444444444",
+            "../../x",
+            "",
+            "df7cc47f",
+        ] {
+            let (_, info) = pod_info(mirror(forged)).unwrap();
+            assert_eq!(
+                info.uid, "6c1a8f0e-2b7d-4e59-9a3c-0d4e5f6a7b8c",
+                "{forged:?}"
+            );
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::{
     cgroup::cgroup_id,
     maps::{KernelBypass, KernelExemptCgroups, KernelSwitches},
     pins::{PinDir, pin_link, remove_if_present},
+    shared,
 };
 use crate::endpoint::to_endpoint;
 
@@ -90,8 +91,11 @@ pub struct LoadedHooks {
 }
 
 impl LoadedHooks {
-    /// Loads the embedded programs (the verifier runs here) and fills the maps.
-    pub fn load(settings: &HookSettings) -> Result<Self> {
+    /// Loads the embedded programs (the verifier runs here) and fills the
+    /// maps. The original-destination maps are the ones pinned under `pins`
+    /// by an earlier instance, if any (see `shared`), else new ones pinned
+    /// there.
+    pub fn load(settings: &HookSettings, pins: &PinDir) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!(
                 "this redirector binary was built without its eBPF programs; \
@@ -106,8 +110,10 @@ impl LoadedHooks {
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &level, true);
         let mut exempt_capacity = maps::EXEMPT_CGROUPS_MAX;
+        let mut shrunk = Vec::new();
         if let Ok(value) = std::env::var(DEBUG_MAP_MAX_ENV) {
-            for (name, n) in parse_debug_map_max(&value)? {
+            shrunk = parse_debug_map_max(&value)?;
+            for &(name, n) in &shrunk {
                 tracing::warn!(
                     map = name,
                     entries = n,
@@ -118,6 +124,15 @@ impl LoadedHooks {
                     exempt_capacity = n;
                 }
             }
+        }
+        let shapes = shared::shapes(|name| {
+            shrunk
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(maps::DST_MAX, |(_, n)| *n)
+        });
+        for (name, path) in shared::prepare(pins, &shapes)? {
+            loader.map_pin_path(name, path);
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
@@ -326,7 +341,8 @@ impl LoadedHooks {
                 .with_context(|| format!("renaming {}", staging.display()))?;
         }
         for (name, map) in self.ebpf.maps() {
-            if name == maps::DST_BY_COOKIE || name.starts_with("AYA_") || name.starts_with('.') {
+            // The shared maps are pinned already, where every instance finds them.
+            if shared::is_shared(name) || name.starts_with("AYA_") || name.starts_with('.') {
                 continue;
             }
             remove_if_present(&pins.map(name))?;

@@ -3,7 +3,9 @@
 //! remove them again.
 //!
 //! Pin layout under the bpffs directory (`--bpffs`):
-//! `links/{connect4,connect6,rekey_client}` and `maps/<MAP NAME>`.
+//! `links/<PROGRAM>` and `maps/<MAP NAME>` of the instance attached now, and
+//! `shared/v<LAYOUT>/<MAP NAME>`, the original-destination maps every
+//! instance adopts (`shared`).
 //! Pinned links keep the programs attached when the daemon exits, so pods
 //! never bypass the proxy while it is down: their connects are refused by
 //! the empty listen address instead (fail closed).
@@ -11,18 +13,25 @@
 //! - `support`: what the kernel must offer, checked before loading;
 //! - `load`: load the programs, fill their maps, attach and pin them;
 //! - `pins`: the pin directory of an instance, and `detach`;
+//! - `shared`: the maps successive instances share through a hand-over;
 //! - `maps`: the maps changed at run time (exempt cgroups, bypass tries,
 //!   refused UDP ports and flags);
-//! - `cgroup`: the daemon's own cgroup, and cgroup ids;
+//! - `cgroup`: the daemon's own cgroup, cgroup ids, cgroup v1 refused, and
+//!   the kubepods directory derived from where the daemon's pod sits;
+//! - `cgroup_layout`: how kubelet names pods' cgroups (both drivers, with
+//!   or without a cgroup root), for the attach root and the exemptions;
 //! - `counters`: the kernel counters, for `status` and `/metrics`.
 mod cgroup;
+mod cgroup_layout;
 mod counters;
 mod load;
 mod maps;
 mod pins;
+mod shared;
 mod support;
 
-pub use cgroup::{cgroup_id, own_cgroup, own_cgroup_candidates};
+pub use cgroup::{cgroup_id, derive_kubepods, own_cgroup, own_cgroup_candidates};
+pub use cgroup_layout::{Kubepods, Layout, Qos};
 pub use counters::{PinnedCounters, read_counters};
 pub use load::{DEBUG_MAP_MAX_ENV, HookSettings, LoadedHooks, parse_debug_map_max};
 pub use maps::{

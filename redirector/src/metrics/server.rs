@@ -237,7 +237,7 @@ fn respond(
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            "not ready\n".to_string(),
+            format!("not ready: {}\n", readiness.pending().join(", ")),
         ),
         _ => (
             StatusCode::NOT_FOUND,

@@ -6,6 +6,9 @@
 //! The host is only given once the whole header block is in: until then a
 //! later line could still make the head malformed.
 //!
+//! [`recipient`] tells, from the request line alone, whether the client
+//! writes to an origin server or to a proxy (`CONNECT`, absolute form).
+//!
 //! HTTP/2 with prior knowledge (`PRI * HTTP/2.0`) is `NotHttp`: its
 //! authority is HPACK-encoded, and a proxy expecting HTTP/1 would refuse it.
 
@@ -57,6 +60,28 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<String>, HttpError> {
     Ok(host
         .and_then(|h| std::str::from_utf8(h).ok())
         .map(str::to_owned))
+}
+
+/// Whom a request line is written for (RFC 9112 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipient {
+    /// origin-form (`GET /path`) or asterisk-form (`OPTIONS *`): an origin
+    /// server.
+    Origin,
+    /// authority-form (`CONNECT host:443`) or absolute-form
+    /// (`GET http://host/`): a proxy. Clients send these only to a proxy.
+    Proxy,
+}
+
+/// Whom the request line at the start of `buf` is written for, decided as
+/// soon as the line is complete (the header block does not matter).
+pub fn recipient(buf: &[u8]) -> Result<Recipient, HttpError> {
+    let line = request_line(buf)?;
+    if line.method == b"CONNECT" || after_scheme(line.target).is_some() {
+        Ok(Recipient::Proxy)
+    } else {
+        Ok(Recipient::Origin)
+    }
 }
 
 /// Whether `buf` starts with a complete, valid request line: the guess when
@@ -157,16 +182,7 @@ fn target_authority<'a>(method: &[u8], target: &'a [u8]) -> Option<&'a [u8]> {
     if method == b"CONNECT" {
         return (!target.starts_with(b"/")).then_some(target);
     }
-    let sep = target.windows(3).position(|w| w == b"://")?;
-    let scheme = &target[..sep];
-    let valid_scheme = scheme.first().is_some_and(u8::is_ascii_alphabetic)
-        && scheme
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
-    if !valid_scheme {
-        return None;
-    }
-    let rest = &target[sep + 3..];
+    let rest = after_scheme(target)?;
     let end = rest
         .iter()
         .position(|b| b"/?#".contains(b))
@@ -178,6 +194,18 @@ fn target_authority<'a>(method: &[u8], target: &'a [u8]) -> Option<&'a [u8]> {
         None => authority,
     };
     (!host.is_empty()).then_some(host)
+}
+
+/// What follows `scheme://` in an absolute-form target; `None` for any
+/// other form (a path such as `/a://b` has no valid scheme).
+fn after_scheme(target: &[u8]) -> Option<&[u8]> {
+    let sep = target.windows(3).position(|w| w == b"://")?;
+    let scheme = &target[..sep];
+    let valid_scheme = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    valid_scheme.then_some(&target[sep + 3..])
 }
 
 #[cfg(test)]

@@ -254,3 +254,67 @@ fn random_bytes_never_panic_and_decisions_are_final() {
         }
     }
 }
+
+#[test]
+fn recipients() {
+    use Recipient::*;
+    let table: &[(&str, &[u8], Result<Recipient, HttpError>)] = &[
+        ("origin form", b"GET /x HTTP/1.1\r\n", Ok(Origin)),
+        ("asterisk form", b"OPTIONS * HTTP/1.1\r\n", Ok(Origin)),
+        (
+            "a path that looks like a URL",
+            b"GET /a://b HTTP/1.1\r\n",
+            Ok(Origin),
+        ),
+        (
+            "absolute form",
+            b"GET http://a.example/ HTTP/1.1\r\n",
+            Ok(Proxy),
+        ),
+        (
+            "absolute form, https",
+            b"GET https://a.example/ HTTP/1.0\n",
+            Ok(Proxy),
+        ),
+        (
+            "absolute form, ws",
+            b"GET ws://a.example/chat HTTP/1.1\r\n",
+            Ok(Proxy),
+        ),
+        (
+            "absolute form, no authority",
+            b"GET http:///x HTTP/1.1\r\n",
+            Ok(Proxy),
+        ),
+        (
+            "authority form",
+            b"CONNECT a.example:443 HTTP/1.1\r\n",
+            Ok(Proxy),
+        ),
+        (
+            "CONNECT to an address",
+            b"CONNECT 10.0.0.1:22 HTTP/1.0\r\n",
+            Ok(Proxy),
+        ),
+        // Decided by the line: what follows does not matter.
+        (
+            "a bad header after a proxy request line",
+            b"CONNECT a.example:443 HTTP/1.1\r\nno colon\r\n\r\n",
+            Ok(Proxy),
+        ),
+        (
+            "line incomplete",
+            b"CONNECT a.example:443 HTTP/1.1",
+            Err(HttpError::Incomplete),
+        ),
+        ("not HTTP", b"SSH-2.0-x\r\n", Err(HttpError::NotHttp)),
+        (
+            "HTTP/2 preface",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            Err(HttpError::NotHttp),
+        ),
+    ];
+    for (what, bytes, want) in table {
+        assert_eq!(recipient(bytes), *want, "{what}");
+    }
+}

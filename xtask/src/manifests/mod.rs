@@ -6,13 +6,17 @@
 //! Each rendering is also checked for least privilege ([`least_privilege`]):
 //! the DaemonSets' containers drop every capability and add only the ones
 //! listed in [`ALLOWED_CAPABILITIES`], run with a read-only root filesystem
-//! and without privilege escalation, the daemon declares its listener as a
-//! hostPort (so the scheduler refuses a second claim), and the daemon's
-//! service account can only read pods and namespaces, list and watch nodes,
-//! read the Service and the EndpointSlice named `kubernetes` (limited by
-//! `resourceNames`), plus, only where the daemon runs with `--remove-taint`
-//! (the startup-taint component), get and patch nodes; with `--kube`, it
-//! must be able to list and watch each of these.
+//! and without privilege escalation, and the daemon's service account can
+//! only read pods and namespaces, list and watch nodes, read the Service
+//! and the EndpointSlice named `kubernetes` (limited by `resourceNames`),
+//! plus, only where the daemon runs with `--remove-taint` (the
+//! startup-taint component), get and patch nodes; with `--kube`, it must be
+//! able to list and watch each of these. For placement ([`placement`]): the
+//! daemon runs on Linux nodes only, never on virtual-kubelet or Fargate
+//! nodes, as system-node-critical, with memory requests and limits and no
+//! CPU limit. And for rolling updates ([`rollout::violations`]): a surge pod
+//! beside the old one, no host port that would keep it from being
+//! scheduled, and a grace period longer than the drain.
 //!
 //! Run by `cargo xtask test` (stage `manifests`) and alone by
 //! `cargo xtask manifests`. The tools come from `cargo xtask setup`.
@@ -25,6 +29,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::counts::Counts;
+pub mod kind_plan;
+pub mod rollout;
+
 use crate::toolchain::{self, Paths, describe};
 
 /// Kubernetes versions every object is validated against: the oldest the
@@ -161,15 +168,25 @@ fn check_counting(paths: &Paths) -> Result<Counts> {
 
         match rendered_objects(paths, &rendered) {
             Ok(docs) => {
-                let violations = least_privilege(&docs);
-                for v in &violations {
-                    println!("FAIL least privilege {}: {v}", rel.display());
+                let mut checks = vec![
+                    ("least privilege", least_privilege(&docs)),
+                    ("placement", placement(&docs)),
+                    ("rollout", rollout::violations(&docs)),
+                ];
+                if rel == Path::new(kind_plan::DEMO_OVERLAY) {
+                    let plan = kind_plan::violations(&docs, kind_plan::KIND_CONFIG);
+                    checks.push(("kind-e2e plan", plan));
                 }
-                if violations.is_empty() {
-                    println!("  {} least privilege: ok", rel.display());
-                    counts.passed += 1;
-                } else {
-                    counts.failed += violations.len() as u64;
+                for (check, violations) in checks {
+                    for v in &violations {
+                        println!("FAIL {check} {}: {v}", rel.display());
+                    }
+                    if violations.is_empty() {
+                        println!("  {} {check}: ok", rel.display());
+                        counts.passed += 1;
+                    } else {
+                        counts.failed += violations.len() as u64;
+                    }
                 }
             }
             Err(e) => {
@@ -177,52 +194,96 @@ fn check_counting(paths: &Paths) -> Result<Counts> {
                 counts.failed += 1;
             }
         }
-
-        for version in versions_for(rel) {
-            let mut check = Command::new(&validator);
-            check
-                .args(["--strict", "--no-warn", "-k", version])
-                .arg(&rendered)
-                .stdin(Stdio::null());
-            let out = check
-                .output()
-                .with_context(|| format!("starting `{}`", describe(&check)))?;
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let (mut passed, mut failed) = (0u64, 0u64);
-            for line in text.lines() {
-                match parse_validator_line(line) {
-                    Some(Verdict::Passed) => passed += 1,
-                    Some(Verdict::Failed) => {
-                        failed += 1;
-                        println!("FAIL {line}");
-                    }
-                    None => {}
-                }
-            }
-            // A validator that failed without naming an object (a YAML
-            // error, a crash) or saw fewer objects than rendered still fails.
-            if (!out.status.success() && failed == 0) || passed + failed < objects as u64 {
-                println!(
-                    "FAIL validate {} against {version} ({}): {}",
-                    rel.display(),
-                    out.status,
-                    text.trim()
-                );
-                failed += 1;
-            }
-            println!(
-                "  {} against Kubernetes {version}: {passed} passed, {failed} failed",
-                rel.display()
-            );
-            counts.passed += passed;
-            counts.failed += failed;
-        }
+        validate_file(&validator, rel, &rendered, objects, &mut counts)?;
     }
+
+    // What kind-e2e applies besides the overlay, with a made-up origin
+    // address: valid objects, like the overlay's.
+    let rel = Path::new("kind-e2e runtime objects");
+    let rendered = out_dir.join("kind-e2e-runtime.yaml");
+    let text = kind_plan::runtime_objects("172.18.0.9");
+    fs::write(&rendered, &text).with_context(|| format!("writing {}", rendered.display()))?;
+    let objects = text.lines().filter(|l| l.starts_with("kind: ")).count();
+    validate_file(&validator, rel, &rendered, objects, &mut counts)?;
     Ok(counts)
+}
+
+/// Validates one rendered file (`objects` objects) against every version
+/// `rel` needs, counting each object's verdict.
+fn validate_file(
+    validator: &Path,
+    rel: &Path,
+    rendered: &Path,
+    objects: usize,
+    counts: &mut Counts,
+) -> Result<()> {
+    for version in versions_for(rel) {
+        let mut check = Command::new(validator);
+        check
+            .args(["--strict", "--no-warn", "-k", version])
+            .arg(rendered)
+            .stdin(Stdio::null());
+        let out = check
+            .output()
+            .with_context(|| format!("starting `{}`", describe(&check)))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (mut passed, mut failed) = (0u64, 0u64);
+        for line in text.lines() {
+            match parse_validator_line(line) {
+                Some(Verdict::Passed) => passed += 1,
+                Some(Verdict::Failed) => {
+                    failed += 1;
+                    println!("FAIL {line}");
+                }
+                None => {}
+            }
+        }
+        // A validator that failed without naming an object (a YAML
+        // error, a crash) or saw fewer objects than rendered still fails.
+        if (!out.status.success() && failed == 0) || passed + failed < objects as u64 {
+            println!(
+                "FAIL validate {} against {version} ({}): {}",
+                rel.display(),
+                out.status,
+                text.trim()
+            );
+            failed += 1;
+        }
+        println!(
+            "  {} against Kubernetes {version}: {passed} passed, {failed} failed",
+            rel.display()
+        );
+        counts.passed += passed;
+        counts.failed += failed;
+    }
+    Ok(())
+}
+
+/// `dir` rendered by `kubectl kustomize`, as JSON objects.
+pub fn render(paths: &Paths, dir: &Path) -> Result<Vec<Value>> {
+    let kubectl =
+        toolchain::kubectl(paths).context("no working kubectl; run `cargo xtask setup`")?;
+    let mut render = Command::new(&kubectl);
+    render.arg("kustomize").arg(dir).stdin(Stdio::null());
+    let out = render
+        .output()
+        .with_context(|| format!("starting `{}`", describe(&render)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            describe(&render),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let out_dir = paths.root.join("target/deploy-check");
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let rendered = out_dir.join("render.yaml");
+    fs::write(&rendered, &out.stdout).with_context(|| format!("writing {}", rendered.display()))?;
+    rendered_objects(paths, &rendered)
 }
 
 /// The rendered YAML as JSON objects, converted by the validator venv's
@@ -313,9 +374,6 @@ const GRANTS: &[Grant] = &[
 /// And with `--remove-taint` (the startup-taint component): read its node
 /// and patch the taint away.
 const NODE_VERBS: &[&str] = &["get", "patch"];
-
-/// The redirect listener's port, which the daemon must claim as a hostPort.
-pub const LISTENER_PORT: u64 = 15001;
 
 /// Whether the daemon runs with `--kube` (and so watches what [`GRANTS`] lists).
 fn follows_the_api(objects: &[Value]) -> bool {
@@ -415,20 +473,6 @@ fn check_daemonset(ds: &Value, taint: Option<&str>, out: &mut Vec<String>) {
         if !extra.is_empty() {
             out.push(format!("{what}: adds {extra:?}; allowed: {allowed:?}"));
         }
-        // The listener as a hostPort: the scheduler then refuses another
-        // pod's claim on the node (which could capture redirected connects).
-        if name == "redirector" {
-            let claimed = strings_or_objects(&c["ports"]).any(|p| {
-                p["containerPort"] == LISTENER_PORT
-                    && p["hostPort"] == LISTENER_PORT
-                    && (p["protocol"].is_null() || p["protocol"] == "TCP")
-            });
-            if !claimed {
-                out.push(format!(
-                    "{what}: does not declare its listener {LISTENER_PORT}/TCP as a hostPort"
-                ));
-            }
-        }
         // The daemon cannot work with less: a missing one is a broken
         // manifest, not a safer one, so flag it too.
         if name == "redirector" {
@@ -441,6 +485,78 @@ fn check_daemonset(ds: &Value, taint: Option<&str>, out: &mut Vec<String>) {
             }
         }
     }
+}
+
+/// Node labels whose nodes run pods outside this node's kernel
+/// (virtual-kubelet, EKS Fargate): the daemon's pod could never run there.
+pub const FOREIGN_NODES: &[(&str, &str)] = &[
+    ("type", "virtual-kubelet"),
+    ("eks.amazonaws.com/compute-type", "fargate"),
+];
+
+/// Where and how big the daemon's pods are (empty: as they should be):
+/// Linux nodes only, never a virtual-kubelet or Fargate node, node-critical
+/// priority, and a memory request and limit (the limit sets the
+/// connection cap) without a CPU limit (throttling a relay delays every
+/// pod on the node).
+pub fn placement(objects: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    let daemons = objects
+        .iter()
+        .filter(|o| o["kind"] == "DaemonSet" && name_of(o) == "egress-redirector");
+    for ds in daemons {
+        let pod = &ds["spec"]["template"]["spec"];
+        let what = format!("DaemonSet {}", name_of(ds));
+        if pod["nodeSelector"]["kubernetes.io/os"] != "linux" {
+            out.push(format!(
+                "{what}: nodeSelector lacks kubernetes.io/os: linux"
+            ));
+        }
+        let terms = strings_or_objects(
+            &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"],
+        );
+        let mut terms = terms.peekable();
+        if terms.peek().is_none() {
+            out.push(format!(
+                "{what}: no required node affinity (virtual-kubelet, Fargate)"
+            ));
+        }
+        // Terms are ORed: each one must keep the daemon off every foreign node.
+        for (i, term) in terms.enumerate() {
+            for (key, value) in FOREIGN_NODES {
+                let excluded = strings_or_objects(&term["matchExpressions"]).any(|e| {
+                    e["key"] == *key
+                        && e["operator"] == "NotIn"
+                        && strings(&e["values"]).contains(value)
+                });
+                if !excluded {
+                    out.push(format!(
+                        "{what}: node affinity term {i} does not exclude {key}={value}"
+                    ));
+                }
+            }
+        }
+        if pod["priorityClassName"] != "system-node-critical" {
+            out.push(format!(
+                "{what}: priorityClassName is not system-node-critical"
+            ));
+        }
+        let daemon = strings_or_objects(&pod["containers"]).find(|c| c["name"] == "redirector");
+        let Some(daemon) = daemon else {
+            out.push(format!("{what}: no container named redirector"));
+            continue;
+        };
+        let resources = &daemon["resources"];
+        for field in ["requests", "limits"] {
+            if resources[field]["memory"].is_null() {
+                out.push(format!("{what}: redirector has no memory {field}"));
+            }
+        }
+        if !resources["limits"]["cpu"].is_null() {
+            out.push(format!("{what}: redirector has a CPU limit"));
+        }
+    }
+    out
 }
 
 fn strings_or_objects(v: &Value) -> impl Iterator<Item = &Value> {
@@ -580,14 +696,20 @@ mod tests {
         vec![
             json!({"kind": "DaemonSet", "metadata": {"name": "egress-redirector"},
               "spec": {"template": {"spec": {"hostNetwork": true,
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "priorityClassName": "system-node-critical",
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                    {"nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "type", "operator": "NotIn", "values": ["virtual-kubelet"]},
+                        {"key": "eks.amazonaws.com/compute-type", "operator": "NotIn",
+                         "values": ["fargate"]}]}]}}},
                 "initContainers": [{"name": "install-ca",
                     "securityContext": sc(json!(["SYS_CHROOT", "DAC_OVERRIDE"]))}],
                 "tolerations": [{"operator": "Exists"}],
                 "containers": [{"name": "redirector",
                     "args": ["run", "--kube"],
-                    "ports": [{"name": "redirect", "containerPort": 15001, "hostPort": 15001,
-                               "protocol": "TCP"},
-                              {"name": "metrics", "containerPort": 9465}],
+                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                  "limits": {"memory": "512Mi"}},
                     "securityContext": sc(json!(["BPF", "NET_ADMIN"]))}]}}}}),
             json!({"kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT}}),
             json!({"kind": "ClusterRole", "metadata": {"name": "egress-redirector"},
@@ -720,21 +842,80 @@ mod tests {
     }
 
     #[test]
-    fn the_listener_must_be_a_host_port() {
-        const PORTS: &str = "/0/spec/template/spec/containers/0/ports";
-        for ports in [
-            json!([{"name": "metrics", "containerPort": 9465}]),
-            json!([{"name": "redirect", "containerPort": 15001}]),
-            json!([{"name": "redirect", "containerPort": 15001, "hostPort": 15001,
-                    "protocol": "UDP"}]),
-            Value::Null,
-        ] {
-            let found = least_privilege(&with(PORTS, ports.clone()));
+    fn the_good_manifest_is_placed_right() {
+        assert_eq!(placement(&good()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_misplacement_fails() {
+        const POD: &str = "/0/spec/template/spec";
+        const TERM: &str = "/0/spec/template/spec/affinity/nodeAffinity/\
+            requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms";
+        let cases: Vec<(Vec<Value>, &str)> = vec![
+            (
+                with(&format!("{POD}/nodeSelector"), Value::Null),
+                "kubernetes.io/os: linux",
+            ),
+            (
+                with(
+                    &format!("{POD}/nodeSelector"),
+                    json!({"kubernetes.io/os": "windows"}),
+                ),
+                "kubernetes.io/os: linux",
+            ),
+            (
+                with(&format!("{POD}/affinity"), Value::Null),
+                "no required node affinity",
+            ),
+            (
+                with(
+                    &format!("{TERM}/0"),
+                    json!({"matchExpressions": [
+                        {"key": "type", "operator": "In", "values": ["virtual-kubelet"]}]}),
+                ),
+                "does not exclude type=virtual-kubelet",
+            ),
+            (
+                // A second term ORed in lets the daemon onto Fargate nodes.
+                with(
+                    TERM,
+                    json!([{"matchExpressions": [
+                        {"key": "type", "operator": "NotIn", "values": ["virtual-kubelet"]},
+                        {"key": "eks.amazonaws.com/compute-type", "operator": "NotIn",
+                         "values": ["fargate"]}]},
+                        {"matchExpressions": [
+                        {"key": "type", "operator": "NotIn", "values": ["virtual-kubelet"]}]}]),
+                ),
+                "term 1 does not exclude eks.amazonaws.com/compute-type=fargate",
+            ),
+            (
+                with(&format!("{POD}/priorityClassName"), Value::Null),
+                "system-node-critical",
+            ),
+            (
+                with(
+                    &format!("{POD}/containers/0/resources/limits"),
+                    json!({"cpu": "1"}),
+                ),
+                "no memory limits",
+            ),
+            (
+                with(
+                    &format!("{POD}/containers/0/resources/limits"),
+                    json!({"cpu": "1", "memory": "512Mi"}),
+                ),
+                "has a CPU limit",
+            ),
+            (
+                with(&format!("{POD}/containers/0/resources"), Value::Null),
+                "no memory requests",
+            ),
+        ];
+        for (objs, want) in cases {
+            let found = placement(&objs);
             assert!(
-                found
-                    .iter()
-                    .any(|v| v.contains("does not declare its listener 15001/TCP")),
-                "{ports}: {found:?}"
+                found.iter().any(|v| v.contains(want)),
+                "expected a violation containing {want:?}, got {found:?}"
             );
         }
     }

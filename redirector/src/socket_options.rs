@@ -1,0 +1,220 @@
+//! Options on both sockets of every relayed connection: the pod's (set on
+//! the listener, which accepted sockets inherit) and the upstream one (set
+//! before connect, so the SYN carries the window scale they allow).
+//!
+//! - **Buffers.** The kernel charges a socket's queued bytes to the
+//!   daemon's memory cgroup (cgroup v2 always). Autotuned, one stalled
+//!   tunnel could hold megabytes there (`net.ipv4.tcp_rmem`/`tcp_wmem`),
+//!   and enough of them would OOM-kill the daemon. Clamped with
+//!   `SO_RCVBUF`/`SO_SNDBUF`, each queue has a fixed limit that the
+//!   connection cap counts (`memory_budget::ConnectionCost`).
+//! - **Keepalive.** A pod deleted with its network namespace sends no FIN
+//!   nor reset: without probes its connections would stay open, and count
+//!   under the caps, until the upstream ends them. Keepalive closes an
+//!   idle one, and `TCP_USER_TIMEOUT` one whose peer stopped acknowledging
+//!   data, both within [`Keepalive::dead_peer_bound`].
+use std::{fmt, io, str::FromStr, time::Duration};
+
+use socket2::{SockRef, TcpKeepalive};
+
+/// `SO_RCVBUF` and `SO_SNDBUF` when not given: each queue is limited to
+/// twice this (the kernel's doubling). Enough for about 1 Gbit/s per
+/// connection at 0.5 ms round trip to the proxy (a window of up to twice
+/// this over the round trip); see docs/configuration.md for the trade-off.
+pub const DEFAULT_BUFFER: usize = 32 << 10;
+/// The smallest buffer accepted: below a few segments TCP crawls.
+pub const MIN_BUFFER: usize = 4 << 10;
+/// The largest buffer accepted; the kernel also caps it at
+/// `net.core.rmem_max`/`wmem_max`, and the cap counts what it really set.
+pub const MAX_BUFFER: usize = 64 << 20;
+
+/// How long a connection's peer may stay silent before it is probed, how
+/// often, and how many unanswered probes close it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// 60 s idle, then a probe every 10 s, 3 unanswered: a vanished peer's
+    /// connection closes within 90 s. Idle connections to the proxy also
+    /// stay open through NAT and load balancers that drop flows idle for
+    /// a few minutes (Azure's default: 4).
+    pub const DEFAULT: Keepalive = Keepalive {
+        idle: Duration::from_secs(60),
+        interval: Duration::from_secs(10),
+        count: 3,
+    };
+
+    /// The longest a connection stays open once its peer is gone: idle
+    /// until probed, then every probe unanswered. Also the
+    /// `TCP_USER_TIMEOUT`, so a peer that stops acknowledging data (or
+    /// window probes) is dropped on the same bound.
+    pub fn dead_peer_bound(&self) -> Duration {
+        self.idle + self.interval * self.count
+    }
+}
+
+impl fmt::Display for Keepalive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{},{},{}",
+            self.idle.as_secs(),
+            self.interval.as_secs(),
+            self.count
+        )
+    }
+}
+
+/// `IDLE,INTERVAL,COUNT`: whole seconds, seconds, probes.
+impl FromStr for Keepalive {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("`{s}`: {why}; expected IDLE,INTERVAL,COUNT (e.g. 60,10,3)");
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let [idle, interval, count] = parts[..] else {
+            return Err(bad("three numbers"));
+        };
+        let secs = |v: &str, max: u64| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .map(Duration::from_secs)
+        };
+        // The kernel's bounds: TCP_KEEPIDLE and TCP_KEEPINTVL up to 32767 s,
+        // TCP_KEEPCNT up to 127.
+        Ok(Keepalive {
+            idle: secs(idle, 32_767).ok_or_else(|| bad("IDLE must be 1 to 32767 seconds"))?,
+            interval: secs(interval, 32_767)
+                .ok_or_else(|| bad("INTERVAL must be 1 to 32767 seconds"))?,
+            count: count
+                .parse()
+                .ok()
+                .filter(|n| (1..=127).contains(n))
+                .ok_or_else(|| bad("COUNT must be 1 to 127"))?,
+        })
+    }
+}
+
+/// What is set on each relayed connection's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// `SO_RCVBUF` and `SO_SNDBUF`, as given to the kernel.
+    pub buffer: usize,
+    pub keepalive: Keepalive,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            buffer: DEFAULT_BUFFER,
+            keepalive: Keepalive::DEFAULT,
+        }
+    }
+}
+
+/// Queue limits as the kernel set them (`sk_rcvbuf`, `sk_sndbuf`): twice
+/// the value asked, capped by `net.core.rmem_max`/`wmem_max`, at least its
+/// minimums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelBuffers {
+    pub receive: u64,
+    pub send: u64,
+}
+
+impl SocketOptions {
+    /// Sets the options on a socket not yet listening or connected.
+    pub fn apply(&self, socket: SockRef<'_>) -> io::Result<()> {
+        socket.set_recv_buffer_size(self.buffer)?;
+        socket.set_send_buffer_size(self.buffer)?;
+        let k = self.keepalive;
+        socket.set_tcp_keepalive(
+            &TcpKeepalive::new()
+                .with_time(k.idle)
+                .with_interval(k.interval)
+                .with_retries(k.count),
+        )?;
+        socket.set_tcp_user_timeout(Some(k.dead_peer_bound()))
+    }
+
+    /// The queue limits these options give on this kernel, read back from a
+    /// socket that is never connected.
+    pub fn kernel_buffers(&self) -> io::Result<KernelBuffers> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        self.apply(SockRef::from(&socket))?;
+        Ok(KernelBuffers {
+            receive: socket.recv_buffer_size()? as u64,
+            send: socket.send_buffer_size()? as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_parses_and_refuses_nonsense() {
+        let k: Keepalive = "60,10,3".parse().unwrap();
+        assert_eq!(k, Keepalive::DEFAULT);
+        assert_eq!(k.dead_peer_bound(), Duration::from_secs(90));
+        assert_eq!(k.to_string(), "60,10,3");
+        let k: Keepalive = " 2, 1 ,2".parse().unwrap();
+        assert_eq!(k.dead_peer_bound(), Duration::from_secs(4));
+        for bad in [
+            "",
+            "60",
+            "60,10",
+            "60,10,3,1",
+            "0,10,3",
+            "60,0,3",
+            "60,10,0",
+            "60,10,128",
+            "40000,10,3",
+            "1.5,1,1",
+            "a,b,c",
+            "-1,1,1",
+        ] {
+            let err = bad.parse::<Keepalive>().unwrap_err();
+            assert!(err.contains("IDLE,INTERVAL,COUNT"), "{bad}: {err}");
+        }
+    }
+
+    /// The kernel doubles what is asked (its bookkeeping overhead), and the
+    /// cap counts the doubled value: read back, as the daemon does at start.
+    #[test]
+    fn the_kernel_doubles_the_buffers() {
+        let options = SocketOptions {
+            buffer: 16 << 10,
+            ..SocketOptions::default()
+        };
+        let b = options.kernel_buffers().unwrap();
+        assert_eq!((b.receive, b.send), (32 << 10, 32 << 10));
+    }
+
+    /// What an accepted socket gets from its listener: the buffers, the
+    /// keepalive and the user timeout (the kernel copies the listener).
+    #[test]
+    fn accepted_sockets_inherit_the_listener_s_options() {
+        let options = SocketOptions {
+            buffer: 8 << 10,
+            keepalive: "7,3,2".parse().unwrap(),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        options.apply(SockRef::from(&listener)).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let s = SockRef::from(&accepted);
+        assert_eq!(s.recv_buffer_size().unwrap(), 16 << 10);
+        assert_eq!(s.send_buffer_size().unwrap(), 16 << 10);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(3));
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 2);
+        assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_secs(13)));
+    }
+}
