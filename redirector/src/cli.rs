@@ -70,6 +70,16 @@ pub struct PolicyArgs {
     /// metadata, fe80::/10).
     #[arg(long)]
     pub no_bypass_link_local: bool,
+    /// Redirect connections to the node's own addresses too (its
+    /// interfaces' and, with --kube, its Node's `status.addresses`).
+    #[arg(long)]
+    pub no_bypass_node_addresses: bool,
+    /// Redirect connections to the upstream proxies' addresses too (every
+    /// port of the proxy's address is direct otherwise, for pods that speak
+    /// to the proxy themselves): for a proxy that shares its address with
+    /// destinations that must stay proxied.
+    #[arg(long)]
+    pub no_bypass_proxy_addresses: bool,
 }
 
 impl PolicyArgs {
@@ -80,6 +90,24 @@ impl PolicyArgs {
             cluster_cidrs: self.cluster_cidr.clone(),
         }
     }
+
+    /// The bypass sources the flags switch on and off.
+    pub fn automatic(&self) -> crate::bypass::Automatic {
+        crate::bypass::Automatic {
+            node_addresses: !self.no_bypass_node_addresses,
+            proxy_addresses: !self.no_bypass_proxy_addresses,
+        }
+    }
+}
+
+/// Where the daemon publishes what `status` and `explain` cannot read
+/// from the kernel (where each bypassed prefix came from).
+#[derive(Debug, Args)]
+pub struct PublishedArgs {
+    /// The daemon's --handover-dir: it publishes its bypass sources there
+    /// too (`bypass.json`), for `status` and `explain`.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_HANDOVER_DIR)]
+    pub handover_dir: PathBuf,
 }
 
 /// The resolver that verifies `noProxy` name rules, shared by `run` and
@@ -114,6 +142,8 @@ pub struct ExplainArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub resolver: ResolverArgs,
+    #[command(flatten)]
+    pub published: PublishedArgs,
     /// The address the pod connected to (its original destination), for a
     /// host-name target: a noProxy name rule counts only if it is one of
     /// the name's addresses. Without it, any of them.
@@ -240,7 +270,8 @@ pub struct UpgradeArgs {
     /// Directory of the hand-over socket, through which a new instance on
     /// this node takes the listening sockets over from the running one
     /// (made mode 0700 if missing). Instances that share a --bpffs must
-    /// share it.
+    /// share it. The daemon also publishes its bypass sources there
+    /// (`bypass.json`), which `status` and `explain` read.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_HANDOVER_DIR)]
     pub handover_dir: PathBuf,
 }
@@ -298,6 +329,8 @@ pub struct StatusArgs {
     /// loads or reloads one.
     #[arg(long, value_name = "FILE")]
     pub proxy_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub published: PublishedArgs,
 }
 
 #[derive(Debug, Args)]
@@ -436,6 +469,23 @@ mod tests {
             run.resolver.resolve_timeout,
             std::time::Duration::from_secs(1)
         );
+        assert_eq!(run.policy.automatic(), crate::bypass::Automatic::default());
+    }
+
+    #[test]
+    fn automatic_bypass_switches() {
+        let cli = run_with(&["--no-bypass-node-addresses", "--no-bypass-proxy-addresses"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        let auto = run.policy.automatic();
+        assert!(!auto.node_addresses && !auto.proxy_addresses);
+        let cli =
+            Cli::try_parse_from(["redirector", "status", "--handover-dir", "/tmp/h"]).unwrap();
+        let Command::Status(status) = cli.command else {
+            panic!("not status")
+        };
+        assert_eq!(status.published.handover_dir, PathBuf::from("/tmp/h"));
     }
 
     #[test]

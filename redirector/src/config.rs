@@ -14,16 +14,20 @@
 //! TCP and MPTCP, such as SCTP, are refused) and `missingProxy` (default
 //! `"direct"`, AKS's meaning: what happens to plain HTTP when only
 //! `httpsProxy` is set, and to everything else when only `httpProxy` is),
-//! `serverFirstPorts` (default [`DEFAULT_SERVER_FIRST_PORTS`]: destination
-//! ports whose clients wait for the server to speak, routed by address at
-//! once instead of after the peek timeout).
-//! Files without them are plain AKS files.
+//! `exemptNamespaces` (default `["kube-system"]`: namespaces whose pods are
+//! never redirected), `exemptHostNetworkPods` (default `true`),
+//! `serviceCidrs` (default none: the cluster's Service ranges, bypassed in
+//! the kernel beside `--cluster-cidr`) and `serverFirstPorts` (default
+//! [`DEFAULT_SERVER_FIRST_PORTS`]: destination ports whose clients wait for
+//! the server to speak, routed by address at once instead of after the
+//! peek timeout). Files without them are plain AKS files.
 //!
 //! Unknown keys are rejected rather than ignored: a typo such as
 //! `httpsProxyy` would otherwise silently send traffic direct.
 use std::{fmt, path::Path};
 
 use base64::Engine as _;
+use ipnet::IpNet;
 use serde::Deserialize;
 use thiserror::Error;
 use url::Url;
@@ -81,6 +85,64 @@ struct RawConfig {
     /// waiting for the client's first bytes. Wide integers, as above.
     #[serde(rename = "serverFirstPorts")]
     server_first_ports: Option<Vec<i64>>,
+    /// Redirector extension: namespaces whose pods are never redirected.
+    #[serde(rename = "exemptNamespaces")]
+    exempt_namespaces: Option<Vec<String>>,
+    /// Redirector extension: whether hostNetwork pods are never redirected.
+    #[serde(rename = "exemptHostNetworkPods")]
+    exempt_host_network_pods: Option<bool>,
+    /// Redirector extension: the cluster's Service ranges, bypassed in the
+    /// kernel.
+    #[serde(rename = "serviceCidrs")]
+    service_cidrs: Option<Vec<String>>,
+}
+
+/// `exemptNamespaces` when the file has none: the control plane's own
+/// add-ons (CNI agents, kube-proxy, CoreDNS, konnectivity-agent,
+/// metrics-server) must not depend on the daemon or speak mTLS through a
+/// MITM proxy.
+pub const DEFAULT_EXEMPT_NAMESPACES: &[&str] = &["kube-system"];
+
+/// Validates `exemptNamespaces`: namespace names (RFC 1123 labels), each once.
+fn parse_namespaces(names: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !valid {
+            return Err(format!(
+                "entry {i}: `{name}` is not a namespace name (lowercase letters, digits \
+                 and `-`, at most 63, starting and ending with a letter or digit)"
+            ));
+        }
+        if out.contains(name) {
+            return Err(format!("entry {i}: namespace `{name}` is listed twice"));
+        }
+        out.push(name.clone());
+    }
+    Ok(out)
+}
+
+/// Validates `serviceCidrs`: CIDRs (`address/prefix-length`), each once.
+/// Host bits are cleared, as for `--cluster-cidr`.
+fn parse_service_cidrs(cidrs: &[String]) -> Result<Vec<IpNet>, String> {
+    let mut out: Vec<IpNet> = Vec::with_capacity(cidrs.len());
+    for (i, text) in cidrs.iter().enumerate() {
+        let net: IpNet = text.trim().parse().map_err(|_| {
+            format!("entry {i}: `{text}` is not a CIDR (address/prefix-length, e.g. 10.0.0.0/16)")
+        })?;
+        let net = net.trunc();
+        if out.contains(&net) {
+            return Err(format!("entry {i}: {net} is listed twice"));
+        }
+        out.push(net);
+    }
+    Ok(out)
 }
 
 /// `refuseUdpPorts` when the file has none: HTTP/3 (QUIC) on 443, the UDP
@@ -257,6 +319,12 @@ pub struct ProxyConfig {
     /// without peeking (the client waits for the server's banner); empty:
     /// every connection is peeked at.
     pub server_first_ports: Vec<u16>,
+    /// `exemptNamespaces`: pods in these namespaces are never redirected.
+    pub exempt_namespaces: Vec<String>,
+    /// `exemptHostNetworkPods`: hostNetwork pods are never redirected.
+    pub exempt_host_network_pods: bool,
+    /// `serviceCidrs`: the cluster's Service ranges, bypassed in the kernel.
+    pub service_cidrs: Vec<IpNet>,
 }
 
 impl ProxyConfig {
@@ -327,6 +395,17 @@ impl ProxyConfig {
             None => MissingProxy::default(),
             Some(v) => MissingProxy::parse(v).map_err(|m| field_error("missingProxy", m))?,
         };
+        let exempt_namespaces = match raw.exempt_namespaces.as_deref() {
+            None => DEFAULT_EXEMPT_NAMESPACES
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+            Some(names) => {
+                parse_namespaces(names).map_err(|m| field_error("exemptNamespaces", m))?
+            }
+        };
+        let service_cidrs = parse_service_cidrs(raw.service_cidrs.as_deref().unwrap_or_default())
+            .map_err(|m| field_error("serviceCidrs", m))?;
         if missing_proxy == MissingProxy::UseOther && http_proxy.is_none() && https_proxy.is_none()
         {
             return Err(field_error(
@@ -344,6 +423,9 @@ impl ProxyConfig {
             refuse_udp_ports,
             allow_other_stream_protocols: raw.allow_other_stream_protocols.unwrap_or(false),
             missing_proxy,
+            exempt_namespaces,
+            exempt_host_network_pods: raw.exempt_host_network_pods.unwrap_or(true),
+            service_cidrs,
             server_first_ports,
         })
     }
@@ -847,6 +929,100 @@ mod tests {
         assert_eq!(cfg.refuse_udp_ports, [443]);
         assert!(!cfg.allow_other_stream_protocols);
         assert_eq!(cfg.missing_proxy, MissingProxy::Direct);
+        assert_eq!(cfg.exempt_namespaces, ["kube-system"]);
+        assert!(cfg.exempt_host_network_pods);
+        assert!(cfg.service_cidrs.is_empty());
+    }
+
+    #[test]
+    fn exempt_namespaces_accepts_a_list_or_none() {
+        let names = |text: &str| parse(text).unwrap().exempt_namespaces;
+        assert_eq!(
+            names(r#"{"exemptNamespaces": ["kube-system", "calico-system"]}"#),
+            ["kube-system", "calico-system"]
+        );
+        assert!(
+            names(r#"{"exemptNamespaces": []}"#).is_empty(),
+            "[] exempts none"
+        );
+        assert_eq!(names(r#"{"exemptNamespaces": null}"#), ["kube-system"]);
+        for (text, needle) in [
+            (
+                r#"{"exemptNamespaces": ["Kube-System"]}"#,
+                "entry 0: `Kube-System` is not a namespace name",
+            ),
+            (
+                r#"{"exemptNamespaces": ["a", ""]}"#,
+                "entry 1: `` is not a namespace name",
+            ),
+            (r#"{"exemptNamespaces": ["-a"]}"#, "is not a namespace name"),
+            (
+                r#"{"exemptNamespaces": ["a b"]}"#,
+                "is not a namespace name",
+            ),
+            (
+                r#"{"exemptNamespaces": ["a", "a"]}"#,
+                "entry 1: namespace `a` is listed twice",
+            ),
+            (r#"{"exemptNamespaces": "kube-system"}"#, "exemptNamespaces"),
+            (r#"{"exemptNamespaces": [1]}"#, "exemptNamespaces[0]"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains("exemptNamespaces"), "{text}: {err}");
+            assert!(err.contains(needle), "{text}: no {needle:?} in {err}");
+        }
+        let long = "a".repeat(64);
+        assert!(parse(&format!(r#"{{"exemptNamespaces": ["{long}"]}}"#)).is_err());
+    }
+
+    #[test]
+    fn exempt_host_network_pods_is_a_bool() {
+        assert!(
+            !parse(r#"{"exemptHostNetworkPods": false}"#)
+                .unwrap()
+                .exempt_host_network_pods
+        );
+        let err = parse(r#"{"exemptHostNetworkPods": "no"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exemptHostNetworkPods"), "{err}");
+    }
+
+    #[test]
+    fn service_cidrs_are_cidrs() {
+        let cidrs = |text: &str| parse(text).unwrap().service_cidrs;
+        assert_eq!(
+            cidrs(r#"{"serviceCidrs": ["10.0.0.0/16", "fd00:10::/108"]}"#),
+            [
+                "10.0.0.0/16".parse::<IpNet>().unwrap(),
+                "fd00:10::/108".parse().unwrap()
+            ]
+        );
+        // Host bits cleared, as for --cluster-cidr.
+        assert_eq!(
+            cidrs(r#"{"serviceCidrs": ["10.0.3.1/16"]}"#),
+            ["10.0.0.0/16".parse::<IpNet>().unwrap()]
+        );
+        for (text, needle) in [
+            (
+                r#"{"serviceCidrs": ["10.0.0.1"]}"#,
+                "entry 0: `10.0.0.1` is not a CIDR",
+            ),
+            (r#"{"serviceCidrs": ["10.0.0.0/33"]}"#, "is not a CIDR"),
+            (
+                r#"{"serviceCidrs": ["svc.cluster.local"]}"#,
+                "is not a CIDR",
+            ),
+            (
+                r#"{"serviceCidrs": ["10.0.0.0/16", "10.0.9.9/16"]}"#,
+                "entry 1: 10.0.0.0/16 is listed twice",
+            ),
+            (r#"{"serviceCidrs": "10.0.0.0/16"}"#, "serviceCidrs"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains("serviceCidrs"), "{text}: {err}");
+            assert!(err.contains(needle), "{text}: no {needle:?} in {err}");
+        }
     }
 
     #[test]

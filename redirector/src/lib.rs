@@ -20,6 +20,9 @@
 //! - `config`: the proxy configuration file; `reload`: watched and
 //!   re-applied (hot reload, SIGHUP), swapping `swappable` values;
 //! - `exemption`: with `--kube`, pods exempted live from the Kubernetes API;
+//! - `bypass`: the kernel's bypass set by source (configuration, the node's
+//!   and the proxies' addresses, pod CIDRs and the API server from the
+//!   Kubernetes API), published for `status` and `explain`;
 //! - `startup_taint`: with `--remove-taint`, the node's startup taint
 //!   removed once the daemon is ready;
 //! - `metrics`: each connection's decision, outcome and bytes, the kernel
@@ -49,6 +52,7 @@ pub mod resolve;
 pub mod server;
 pub mod socket_options;
 
+pub mod bypass;
 pub mod ca;
 pub mod config;
 pub mod drain;

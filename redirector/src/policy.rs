@@ -4,8 +4,11 @@
 //! [`Policy::decide`].
 //!
 //! Order of decision:
-//! 1. built-in bypasses (loopback, link-local, `--cluster-cidr`) and
-//!    `noProxy` IP/CIDR entries: enforced in the kernel, never proxied;
+//! 1. built-in bypasses (loopback, link-local, `--cluster-cidr`,
+//!    `serviceCidrs`) and `noProxy` IP/CIDR entries: enforced in the
+//!    kernel, never proxied (the kernel's other bypass sources, the node's,
+//!    the cluster's and the proxies' addresses, are `bypass`'s: `explain`
+//!    adds them);
 //! 2. other `noProxy` rules, matched on the destination and port alone
 //!    (`10.0.0.5:8443`): direct;
 //! 3. `noProxy` name rules, matched on the hostname that `classify`
@@ -360,9 +363,13 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(config: ProxyConfig, builtins: &Builtins) -> Self {
+        let mut builtin_prefixes = builtins.prefixes();
+        // `serviceCidrs` is `--cluster-cidr` written in the file.
+        let services = config.service_cidrs.iter();
+        builtin_prefixes.extend(services.map(|net| (*net, format!("serviceCidrs {net}"))));
         Self {
             config,
-            builtin_prefixes: builtins.prefixes(),
+            builtin_prefixes,
         }
     }
 
@@ -370,7 +377,9 @@ impl Policy {
         &self.config
     }
 
-    /// Every prefix the kernel must bypass: built-ins and `noProxy` IPs/CIDRs.
+    /// Every prefix the configuration and flags bypass in the kernel:
+    /// built-ins, `--cluster-cidr`, `serviceCidrs` and `noProxy` IPs/CIDRs
+    /// (the daemon's whole set, with its other sources, is `bypass`'s).
     pub fn kernel_bypass(&self) -> Vec<IpNet> {
         let builtins = self.builtin_prefixes.iter().map(|(net, _)| *net);
         builtins
@@ -1006,5 +1015,20 @@ mod tests {
             &Builtins::default(),
         );
         assert_eq!(p.kernel_bypass().len(), 5);
+    }
+
+    /// `serviceCidrs` acts as `--cluster-cidr` does, named as the file's.
+    #[test]
+    fn service_cidrs_are_a_kernel_bypass() {
+        let p = policy(
+            r#"{"httpsProxy": "http://sp:3129", "serviceCidrs": ["10.96.0.0/12"]}"#,
+            &Builtins::default(),
+        );
+        let d = decide(&p, Some("10.96.0.10"), None, 443, Protocol::Tls);
+        assert_eq!(
+            (d.kind(), d.rule()),
+            ("kernel-bypass", "serviceCidrs 10.96.0.0/12")
+        );
+        assert!(p.kernel_bypass().contains(&"10.96.0.0/12".parse().unwrap()));
     }
 }

@@ -1,22 +1,28 @@
 //! Hot reload of `--proxy-config`: the daemon polls the file's content
 //! (a mounted ConfigMap changes by swapping a symlink, which inotify on the
 //! file itself would miss) and reloads on `SIGHUP`. A changed file is
-//! parsed and validated like at startup; if it is valid, the kernel bypass
-//! tries and the refused UDP ports are brought up to date (new entries in
+//! parsed and validated like at startup; if it is valid, the configuration's
+//! sources of the kernel's bypass set (`bypass`: built-in, `--cluster-cidr`,
+//! `serviceCidrs`, `noProxy`; the others are left as they are) and the
+//! refused UDP ports are brought up to date (new entries in
 //! first, stale ones out after, so they are never empty), the kernel's
 //! flags rewritten (`allowOtherStreamProtocols`), and the policy (with all
 //! of the configuration, `serverFirstPorts` included) and proxy TLS
 //! settings are swapped for new connections. Established connections keep the
-//! snapshot they took when they started. An invalid file is logged and
-//! counted, and the previous configuration stays in force.
+//! snapshot they took when they started; the exemption settings
+//! (`allowPodOptOut`, `exemptNamespaces`, `exemptHostNetworkPods`) are
+//! read from the swapped policy on the watcher's next pass, and the
+//! upstream proxies' addresses looked up again. An invalid file is logged
+//! and counted, and the previous configuration stays in force.
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use tokio::signal::unix::Signal;
+use tokio::{signal::unix::Signal, sync::Notify};
 
 use crate::{
+    bypass::{BypassSet, from_config},
     config::{ConfigError, ProxyConfig, digest},
     dial,
-    hook::{BypassTries, Switches},
+    hook::Switches,
     metrics::{Metrics, ReloadResult},
     policy::{Builtins, Policy},
     swappable::Swappable,
@@ -67,8 +73,12 @@ pub struct Reloader {
     pub policy: Swappable<Policy>,
     /// The proxy TLS settings in force (`trustedCA`), swapped likewise.
     pub tls: Swappable<rustls::ClientConfig>,
-    /// The kernel's bypass tries.
-    pub bypass: Box<dyn BypassTries>,
+    /// The kernel's bypass set, whose configuration sources a reload
+    /// replaces.
+    pub bypass: Arc<BypassSet>,
+    /// Notified after each applied reload: the proxies' addresses are
+    /// looked up again.
+    pub reloaded: Arc<Notify>,
     /// The kernel's refused UDP ports and flags.
     pub switches: Box<dyn Switches>,
     /// Where applied and refused reloads are counted.
@@ -125,10 +135,12 @@ impl Reloader {
         let tls = dial::proxy_tls_config(&config.trusted_ca)
             .map_err(|e| format!("{file}: field `trustedCA`: {e:#}"))?;
         let policy = Policy::new(config, &self.builtins);
-        let (added, removed) = self
+        let bypass = self
             .bypass
-            .sync(&policy.kernel_bypass())
-            .map_err(|e| format!("updating the kernel bypass tries: {e:#}"))?;
+            .update("config reload", |s| {
+                from_config::apply(s, policy.config(), &self.builtins)
+            })
+            .map_err(|e| format!("{e:#}"))?;
         let config = policy.config();
         let (udp_added, udp_removed) = self
             .switches
@@ -148,15 +160,19 @@ impl Reloader {
             allow_pod_opt_out = config.allow_pod_opt_out,
             refuse_udp_ports = ?config.refuse_udp_ports,
             allow_other_stream_protocols = config.allow_other_stream_protocols,
+            exempt_namespaces = ?config.exempt_namespaces,
+            exempt_host_network_pods = config.exempt_host_network_pods,
+            service_cidrs = ?config.service_cidrs,
             server_first_ports = ?config.server_first_ports,
-            bypass_added = ?added,
-            bypass_removed = ?removed,
+            bypass_added = ?bypass.added,
+            bypass_removed = ?bypass.removed,
             udp_ports_added = ?udp_added,
             udp_ports_removed = ?udp_removed,
             "config reloaded"
         );
         self.tls.store(tls);
         self.policy.store(Arc::new(policy));
+        self.reloaded.notify_one();
         Ok(())
     }
 }
@@ -166,18 +182,13 @@ mod tests {
     use super::*;
     use std::{path::Path, sync::Mutex};
 
-    use ipnet::IpNet;
-
     use crate::{
+        bypass::{Sources, fake::FakeTries},
         classify::Protocol,
-        hook::{bypass_diff, port_diff},
+        hook::port_diff,
         policy::{Decision, Target, Verdict},
         resolve::Resolution,
     };
-
-    fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter().map(|n| n.parse().unwrap()).collect()
-    }
 
     #[test]
     fn watch_acts_once_per_change_and_always_when_forced() {
@@ -193,25 +204,6 @@ mod tests {
         assert!(!w.observe(gone(), false));
         // Back to an earlier content: a change all the same.
         assert!(w.observe(a(), false));
-    }
-
-    /// Bypass tries in memory, changed the way the kernel's are.
-    #[derive(Default)]
-    struct Tries {
-        nets: Mutex<Vec<IpNet>>,
-        fail: bool,
-    }
-    impl BypassTries for Tries {
-        fn sync(&self, wanted: &[IpNet]) -> anyhow::Result<(Vec<IpNet>, Vec<IpNet>)> {
-            if self.fail {
-                anyhow::bail!("map full");
-            }
-            let mut nets = self.nets.lock().unwrap();
-            let (add, remove) = bypass_diff(&nets, wanted);
-            nets.extend(&add);
-            nets.retain(|n| !remove.contains(n));
-            Ok((add, remove))
-        }
     }
 
     /// The refused UDP ports and the flag in memory, shared with the test
@@ -250,7 +242,7 @@ mod tests {
         }
     }
 
-    fn reloader(dir: &Path, text: &str, tries: Tries) -> Reloader {
+    fn reloader(dir: &Path, text: &str, tries: FakeTries) -> Reloader {
         let path = dir.join("proxy.json");
         std::fs::write(&path, text).unwrap();
         let builtins = Builtins {
@@ -260,7 +252,9 @@ mod tests {
         };
         let (config, loaded) = ProxyConfig::load_with_digest(&path).unwrap();
         let policy = Policy::new(config, &builtins);
-        tries.sync(&policy.kernel_bypass()).unwrap();
+        let mut sources = Sources::default();
+        from_config::apply(&mut sources, policy.config(), &builtins);
+        let bypass = BypassSet::new(Box::new(tries), sources, None).unwrap();
         let switches = SwitchState::default();
         switches
             .sync_udp_ports(&policy.config().refuse_udp_ports)
@@ -270,7 +264,8 @@ mod tests {
             builtins,
             policy: Swappable::new(policy),
             tls: Swappable::new(dial::proxy_tls_config(&[]).unwrap()),
-            bypass: Box::new(tries),
+            bypass: Arc::new(bypass),
+            reloaded: Arc::new(Notify::new()),
             switches: Box::new(switches),
             metrics: Arc::new(Metrics::new(None)),
             watch: Watch::new(loaded),
@@ -315,7 +310,8 @@ mod tests {
     fn applies_a_valid_change_and_keeps_the_old_policy_on_a_broken_one() {
         let dir = tempfile::tempdir().unwrap();
         let proxy = r#""httpsProxy": "http://10.0.0.4:3128""#;
-        let mut r = reloader(dir.path(), &format!("{{{proxy}}}"), Tries::default());
+        let tries = FakeTries::default();
+        let mut r = reloader(dir.path(), &format!("{{{proxy}}}"), tries.clone());
         let before = r.policy.load();
         assert_eq!(decide(&r, "reload.test"), "proxy");
 
@@ -340,8 +336,7 @@ mod tests {
             }),
             Verdict::Final(Decision::Proxy { .. })
         ));
-        let (add, _) = r.bypass.sync(&nets(&["198.51.100.0/24"])).unwrap();
-        assert!(add.is_empty(), "the CIDR should be in the tries already");
+        assert_eq!(tries.nets(), ["198.51.100.0/24"], "the CIDR in the tries");
 
         // Broken: refused once, counted once, the previous rule stays.
         replace(&r.path, r#"{"noProxy": ["*.*.com"]}"#);
@@ -366,13 +361,37 @@ mod tests {
         r.poll(false);
         assert_eq!(reloads(&r, "ok"), 2);
         assert_eq!(decide(&r, "reload.test"), "proxy");
-        let (add, remove) = r.bypass.sync(&[]).unwrap();
-        assert!(add.is_empty() && remove.is_empty(), "{add:?} {remove:?}");
+        assert!(tries.nets().is_empty(), "{:?}", tries.nets());
+    }
+
+    /// `serviceCidrs` reach the kernel and leave it again; sources other
+    /// than the configuration's (here the pod CIDRs) are left alone.
+    #[test]
+    fn service_cidrs_follow_the_file_and_other_sources_stay() {
+        use crate::bypass::{Entry, Source};
+        let dir = tempfile::tempdir().unwrap();
+        let tries = FakeTries::default();
+        let mut r = reloader(dir.path(), "{}", tries.clone());
+        r.bypass
+            .update("test", |s| {
+                s.set(
+                    Source::PodCidrs,
+                    vec![Entry::new("10.250.0.0/24".parse().unwrap(), "node n2")],
+                )
+            })
+            .unwrap();
+        replace(&r.path, r#"{"serviceCidrs": ["10.96.0.0/12"]}"#);
+        r.poll(false);
+        assert_eq!(reloads(&r, "ok"), 1);
+        assert_eq!(tries.nets(), ["10.250.0.0/24", "10.96.0.0/12"]);
+        replace(&r.path, "{}");
+        r.poll(false);
+        assert_eq!(tries.nets(), ["10.250.0.0/24"]);
     }
 
     /// A reloader whose switches the test can look at.
     fn reloader_with_switches(dir: &Path, text: &str) -> (Reloader, SwitchState) {
-        let mut r = reloader(dir, text, Tries::default());
+        let mut r = reloader(dir, text, FakeTries::default());
         let switches = SwitchState::default();
         let config = ProxyConfig::load(&r.path).unwrap();
         switches.sync_udp_ports(&config.refuse_udp_ports).unwrap();
@@ -421,7 +440,7 @@ mod tests {
     #[test]
     fn server_first_ports_follow_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut r = reloader(dir.path(), "{}", Tries::default());
+        let mut r = reloader(dir.path(), "{}", FakeTries::default());
         let before = r.policy.load();
         assert!(before.config().is_server_first(22), "the default");
         replace(&r.path, r#"{"serverFirstPorts": [2222]}"#);
@@ -449,12 +468,15 @@ mod tests {
     #[test]
     fn a_kernel_failure_keeps_the_old_policy() {
         let dir = tempfile::tempdir().unwrap();
-        let mut r = reloader(dir.path(), "{}", Tries::default());
-        r.bypass = Box::new(Tries {
-            fail: true,
-            ..Tries::default()
-        });
-        replace(&r.path, r#"{"httpsProxy": "http://10.0.0.4:3128"}"#);
+        let full = FakeTries {
+            capacity: Some(0),
+            ..FakeTries::default()
+        };
+        let mut r = reloader(dir.path(), "{}", full);
+        replace(
+            &r.path,
+            r#"{"httpsProxy": "http://10.0.0.4:3128", "noProxy": ["10.1.0.0/16"]}"#,
+        );
         r.poll(false);
         assert_eq!(reloads(&r, "failed"), 1);
         assert_eq!(decide(&r, "x.test"), "direct");

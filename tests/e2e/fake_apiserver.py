@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """A fake Kubernetes API server for the redirector's --kube tests.
 
-Plain HTTP. Speaks the real list/watch protocol for the two resources the
+Plain HTTP. Speaks the real list/watch protocol for the resources the
 daemon follows, as kube-rs's watcher uses it:
 
   GET /api/v1/pods?fieldSelector=spec.nodeName=N[&limit=..]    -> PodList
   GET /api/v1/namespaces                                       -> NamespaceList
+  GET /api/v1/nodes                                            -> NodeList
+  GET /api/v1/namespaces/NS/services?fieldSelector=metadata.name=N    -> ServiceList
+  GET /apis/discovery.k8s.io/v1/namespaces/NS/endpointslices?fieldSelector=metadata.name=N
+                                                               -> EndpointSliceList
   GET ...?watch=true&resourceVersion=RV&allowWatchBookmarks=true[&timeoutSeconds=T]
       -> a chunked stream of JSON lines {"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR,
          "object": ...}: the changes after RV, then live ones, a BOOKMARK each
@@ -25,13 +29,21 @@ A control endpoint lets the test change the cluster (one JSON object per POST):
 
   POST /control {"op": "ns", "name": N, "labels": {...}}        create or relabel
   POST /control {"op": "pod", "namespace": NS, "name": N, "uid": U, "node": NODE,
-                 "qos": "Burstable", "annotations": {...}}      create or modify
+                 "qos": "Burstable", "annotations": {...}, "hostNetwork": false}
+                                                          create or modify
   POST /control {"op": "delete-pod", "namespace": NS, "name": N}
   POST /control {"op": "gone"}           forget the history and end every watch
                                           with a 410 (clients must relist)
   POST /control {"op": "fail-lists", "seconds": S}   lists answer 500 for S s
-  POST /control {"op": "node", "name": N, "taints": [...], "pins": DIR}
-                                          create a node or set its taints
+  POST /control {"op": "node", "name": N, "taints": [...], "pins": DIR,
+                 "podCIDRs": [...], "addresses": [{"type": "InternalIP", "address": A}]}
+                                          create a node or set what is given
+                                          (a key left out keeps its value)
+  POST /control {"op": "delete-node", "name": N}
+  POST /control {"op": "service", "namespace": NS, "name": N, "clusterIPs": [...]}
+  POST /control {"op": "endpointslice", "namespace": NS, "name": N, "labels": {...},
+                 "addresses": [...], "addressType": "IPv4"}     create or modify
+  POST /control {"op": "delete-endpointslice", "namespace": NS, "name": N}
   POST /control {"op": "race-taints", "taint": {...}}  before the next PATCH
                                           of a node, prepend this taint to its
                                           taints (a concurrent writer), once
@@ -48,6 +60,7 @@ Usage: fake_apiserver.py --listen 127.0.0.1:PORT --state FILE [--log FILE]
 import argparse
 import http.server
 import json
+import re
 import socketserver
 import sys
 import threading
@@ -55,7 +68,7 @@ import time
 import urllib.parse
 
 LOCK = threading.Condition()
-STATE = {"rv": 1, "pods": {}, "namespaces": {}, "nodes": {}}
+STATE = {"rv": 1, "pods": {}, "namespaces": {}, "nodes": {}, "services": {}, "endpointslices": {}}
 HISTORY = []        # (rv, resource, type, object), oldest first
 FLOOR = [1]         # the oldest RV a watch can start from (410 below it)
 EPOCH = [0]         # bumped by "gone": running watches end with a 410
@@ -91,7 +104,8 @@ def pod_object(c):
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": c["name"], "namespace": c["namespace"], "uid": c["uid"],
                      "annotations": c.get("annotations") or {}},
-        "spec": {"nodeName": c["node"], "containers": [{"name": "c", "image": "none"}]},
+        "spec": {"nodeName": c["node"], "containers": [{"name": "c", "image": "none"}],
+                 "hostNetwork": bool(c.get("hostNetwork"))},
         "status": {"phase": "Running", "qosClass": c.get("qos", "Burstable")},
     }
 
@@ -130,11 +144,46 @@ def control(cmd):
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": name, "uid": "node-" + name}, "spec": {}}
             etype = "MODIFIED" if name in STATE["nodes"] else "ADDED"
-            obj["spec"]["taints"] = cmd.get("taints") or []
+            if "taints" in cmd:
+                obj["spec"]["taints"] = cmd["taints"] or []
+            if "podCIDRs" in cmd:
+                obj["spec"]["podCIDRs"] = cmd["podCIDRs"] or []
+                obj["spec"]["podCIDR"] = (cmd["podCIDRs"] or [""])[0]
+            if "addresses" in cmd:
+                obj.setdefault("status", {})["addresses"] = cmd["addresses"] or []
             # where to look for pinned links at PATCH time (not in the object)
-            STATE.setdefault("node_pins", {})[name] = cmd.get("pins") or ""
+            if "pins" in cmd or name not in STATE.get("node_pins", {}):
+                STATE.setdefault("node_pins", {})[name] = cmd.get("pins") or ""
             STATE["nodes"][name] = obj
             bump("nodes", etype, obj)
+        elif op == "delete-node":
+            obj = STATE["nodes"].pop(cmd["name"])
+            bump("nodes", "DELETED", obj)
+        elif op == "service":
+            key = cmd["namespace"] + "/" + cmd["name"]
+            etype = "MODIFIED" if key in STATE["services"] else "ADDED"
+            ips = cmd.get("clusterIPs") or []
+            obj = {"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": cmd["name"], "namespace": cmd["namespace"],
+                                "uid": "svc-" + key},
+                   "spec": {"clusterIP": ips[0] if ips else "None", "clusterIPs": ips,
+                            "ports": [{"port": 443, "protocol": "TCP"}]}}
+            STATE["services"][key] = obj
+            bump("services", etype, obj)
+        elif op == "endpointslice":
+            key = cmd["namespace"] + "/" + cmd["name"]
+            etype = "MODIFIED" if key in STATE["endpointslices"] else "ADDED"
+            obj = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                   "metadata": {"name": cmd["name"], "namespace": cmd["namespace"],
+                                "uid": "eps-" + key, "labels": cmd.get("labels") or {}},
+                   "addressType": cmd.get("addressType", "IPv4"),
+                   "endpoints": [{"addresses": [a]} for a in cmd.get("addresses") or []],
+                   "ports": [{"port": 6443, "protocol": "TCP"}]}
+            STATE["endpointslices"][key] = obj
+            bump("endpointslices", etype, obj)
+        elif op == "delete-endpointslice":
+            obj = STATE["endpointslices"].pop(cmd["namespace"] + "/" + cmd["name"])
+            bump("endpointslices", "DELETED", obj)
         elif op == "race-taints":
             RACE_TAINT[:] = [cmd["taint"]]
 
@@ -199,18 +248,46 @@ def pinned_links(name):
         return "none"
 
 
-def node_filter(query):
+# What each resource's list is called, and its group/version.
+KINDS = {"pods": ("Pod", "v1"), "namespaces": ("Namespace", "v1"), "nodes": ("Node", "v1"),
+         "services": ("Service", "v1"),
+         "endpointslices": ("EndpointSlice", "discovery.k8s.io/v1")}
+
+
+def resource_of(path):
+    """(resource, namespace or None) for a collection path, or None."""
+    fixed = {"/api/v1/pods": "pods", "/api/v1/namespaces": "namespaces", "/api/v1/nodes": "nodes"}
+    if path in fixed:
+        return fixed[path], None
+    m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/services", path)
+    if m:
+        return "services", m.group(1)
+    m = re.fullmatch(r"/apis/discovery\.k8s\.io/v1/namespaces/([^/]+)/endpointslices", path)
+    if m:
+        return "endpointslices", m.group(1)
+    return None
+
+
+def field_filter(query):
+    """(field, value) of the fieldSelector, or None; only the two the daemon uses."""
     sel = query.get("fieldSelector", [""])[0]
     if not sel:
         return None
     key, _, value = sel.partition("=")
-    if key != "spec.nodeName":
+    if key not in ("spec.nodeName", "metadata.name"):
         raise ValueError(f"unsupported fieldSelector {sel}")
-    return value
+    return key, value
 
 
-def matches(resource, obj, node):
-    return resource != "pods" or node is None or obj["spec"]["nodeName"] == node
+def matches(resource, obj, sel, namespace=None):
+    if namespace is not None and obj["metadata"].get("namespace") != namespace:
+        return False
+    if sel is None:
+        return True
+    key, value = sel
+    if key == "spec.nodeName":
+        return resource == "pods" and obj["spec"]["nodeName"] == value
+    return obj["metadata"]["name"] == value
 
 
 def status(code, reason, message):
@@ -280,21 +357,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if node is None:
                     return self.send_json(404, status(404, "NotFound", url.path))
                 return self.send_json(200, node)
-        resource = {"/api/v1/pods": "pods", "/api/v1/namespaces": "namespaces"}.get(url.path)
-        if resource is None:
+        found = resource_of(url.path)
+        if found is None:
             return self.send_json(404, status(404, "NotFound", url.path))
+        resource, namespace = found
         try:
-            node = node_filter(query)
+            sel = field_filter(query)
         except ValueError as e:
             return self.send_json(400, status(400, "BadRequest", str(e)))
         if query.get("watch", ["false"])[0] in ("true", "1"):
-            return self.watch(resource, node, query)
+            return self.watch(resource, sel, namespace, query)
         if time.time() < FAIL_LISTS_UNTIL[0]:
             return self.send_json(500, status(500, "InternalError", "lists failing (test)"))
         with LOCK:
-            items = [o for o in STATE[resource].values() if matches(resource, o, node)]
-            kind = "PodList" if resource == "pods" else "NamespaceList"
-            body = {"apiVersion": "v1", "kind": kind,
+            items = [o for o in STATE[resource].values() if matches(resource, o, sel, namespace)]
+            kind, api_version = KINDS[resource]
+            body = {"apiVersion": api_version, "kind": kind + "List",
                     "metadata": {"resourceVersion": str(STATE["rv"])}, "items": items}
         self.send_json(200, body)
 
@@ -303,7 +381,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def watch(self, resource, node, query):
+    def watch(self, resource, sel, namespace, query):
         try:
             since = int(query.get("resourceVersion", ["0"])[0] or "0")
         except ValueError:
@@ -329,13 +407,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         self.chunk({"type": "ERROR", "object": status(410, "Expired", "too old resource version")})
                         break
                     for rv, res, etype, obj in HISTORY:
-                        if rv > sent and res == resource and matches(resource, obj, node):
+                        if rv > sent and res == resource and matches(resource, obj, sel, namespace):
                             self.chunk({"type": etype, "object": obj})
                     sent = STATE["rv"]
                     if bookmarks:
-                        kind = "Pod" if resource == "pods" else "Namespace"
+                        kind, api_version = KINDS[resource]
                         self.chunk({"type": "BOOKMARK", "object": {
-                            "apiVersion": "v1", "kind": kind,
+                            "apiVersion": api_version, "kind": kind,
                             "metadata": {"resourceVersion": str(sent)}}})
                     LOCK.wait(timeout=1.0)
             self.end_chunks()

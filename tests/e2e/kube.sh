@@ -58,18 +58,8 @@ kube_api_stop() {
   : >"$WORK/fake-apiserver.out"
 }
 
-# kube_up: the fake API server with two namespaces and two pods, their
-# cgroups, and the daemon with --kube (each idempotent: every t_kube_* test
-# calls it, so any of them can run alone).
-kube_up() {
-  KCG_A=$CG_ROOT/kubepods/burstable/pod$UID_A
-  KCG_S=$CG_ROOT/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${UID_S//-/_}.slice
-  KCG_LATE=$CG_ROOT/kubepods/besteffort/pod$UID_LATE
-  mkdir -p "$KCG_A" "$KCG_S" || return 1
-  if [[ -z $KUBE_API_PID ]] || ! kill -0 "$KUBE_API_PID" 2>/dev/null; then
-    kube_api_start || return 1
-    kube_ns shop && kube_ns ops && kube_pod_a && kube_pod_s || return 1
-  fi
+# kube_config_file: the daemon's KUBECONFIG, naming the fake API server.
+kube_config_file() {
   cat >"$KUBECONFIG_FILE" <<EOF2
 apiVersion: v1
 kind: Config
@@ -86,6 +76,21 @@ users:
   user: {}
 EOF2
   export KUBECONFIG=$KUBECONFIG_FILE
+}
+
+# kube_up: the fake API server with two namespaces and two pods, their
+# cgroups, and the daemon with --kube (each idempotent: every t_kube_* test
+# calls it, so any of them can run alone).
+kube_up() {
+  KCG_A=$CG_ROOT/kubepods/burstable/pod$UID_A
+  KCG_S=$CG_ROOT/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod${UID_S//-/_}.slice
+  KCG_LATE=$CG_ROOT/kubepods/besteffort/pod$UID_LATE
+  mkdir -p "$KCG_A" "$KCG_S" || return 1
+  if [[ -z $KUBE_API_PID ]] || ! kill -0 "$KUBE_API_PID" 2>/dev/null; then
+    kube_api_start || return 1
+    kube_ns shop && kube_ns ops && kube_pod_a && kube_pod_s || return 1
+  fi
+  kube_config_file
   use_daemon "$PROXY_CONFIG" --kube --node-name "$KUBE_NODE" || return 1
   wait_for 10 "the daemon's first reconcile (exempt pods: N)" grep -q "exempt pods:" "$DAEMON_LOG"
 }
@@ -293,7 +298,9 @@ t_kube_api_not_proxied() {
 }
 
 # --- the startup taint (--remove-taint, deploy/components/startup-taint):
-#     without the flag the daemon never reads or patches nodes; with it, the
+#     without the flag the daemon never reads its own Node by name nor
+#     patches it (it lists and watches all Nodes for their pod CIDRs:
+#     nodetraffic.sh); with it, the
 #     taint stays while the daemon is not ready (hooks attached, but the
 #     API's first complete list failing), then goes, every effect of it and
 #     nothing else, after a concurrent change to the node's taints made the
@@ -328,8 +335,8 @@ kube_startup_taint_body() {
   kube_up || return 1
   kube_node "[$other,$ours_s,$late,$ours_x]" || return 1
   sleep 2
-  ! grep -q "/api/v1/nodes" "$KUBE_LOG" \
-    || why "a daemon without --remove-taint called the nodes API:" "$(grep "/api/v1/nodes" "$KUBE_LOG" | head -n 3)" || return 1
+  ! grep -Eq '"(GET|PATCH) /api/v1/nodes/' "$KUBE_LOG" \
+    || why "a daemon without --remove-taint read or patched its Node:" "$(grep -E '"(GET|PATCH) /api/v1/nodes/' "$KUBE_LOG" | head -n 3)" || return 1
   got=$(node_taints) && [[ $got == "$all" ]] || why "taints without the flag: '$got', expected '$all'" || return 1
 
   # A fresh attach (no pins), with the API's lists failing for a while and

@@ -35,6 +35,7 @@ UID_LW=e0e0e0e0-2222-4333-8444-555555555555   # kshop/web
 UID_LO=f0f0f0f0-2222-4333-8444-555555555555   # kops/ops
 UID_LM=c0c0c0c0-2222-4333-8444-555555555555   # the mirror pod's API UID
 LAYOUT_HASH=3f9b2c7d8e1a4b5c6d7e8f9a0b1c2d3e  # the static pod's config hash
+LAYOUT_CONFIG=$WORK/layout-config.json
 LCG_D="" LCG_W="" LCG_O="" LCG_M=""           # set by layout_tree
 LAYOUT_KUBEPODS=""
 
@@ -104,9 +105,12 @@ layout_daemon_start() {
       sh -c 'mount -t cgroup2 cgroup2 "$1" && shift && exec "$@"' sh "$LAYOUT_CGNS_MNT")
   fi
   cmd+=(nsenter --net="/run/netns/$NS_NODE" -- env RUST_LOG=info,redirector=debug NO_COLOR=1
-    KUBECONFIG="$KUBECONFIG_FILE" "$REDIRECTOR_BIN" run --proxy-config "$PROXY_CONFIG"
+    KUBECONFIG="$KUBECONFIG_FILE" "$REDIRECTOR_BIN" run --proxy-config "$LAYOUT_CONFIG"
     --listen "$NODE_IP4:$LISTEN_PORT" --listen "[$NODE_IP6]:$LISTEN_PORT" --bpffs "$PIN_DIR"
-    --resolv-conf "$RESOLV_CONF" --kube --node-name "$KUBE_NODE")
+    --resolv-conf "$RESOLV_CONF" --kube --node-name "$KUBE_NODE" "${DAEMON_BASE_FLAGS[@]}")
+  # The standard config, but kube-system not exempt by namespace: the
+  # static pod's mirror there is exempted by its annotation below.
+  sed 's/^{/{"exemptNamespaces":[],/' "$PROXY_CONFIG" >"$LAYOUT_CONFIG"
   : >"$LAYOUT_LOG"
   "${cmd[@]}" >"$LAYOUT_LOG" 2>&1 9>&- &
   LAYOUT_PID=$!

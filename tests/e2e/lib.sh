@@ -601,11 +601,19 @@ daemon_cmd() { # daemon_cmd ARGS...: sets CMD_ARRAY
   fi
 }
 
+# The harness's proxies (mitmdump on $INET_IP4) share their address with the
+# "internet" origin, and the kernel bypasses a proxy's address whole (every
+# port), so with the daemon's default every test's traffic would go direct:
+# the daemon runs without that bypass unless a test clears this
+# (nodetraffic.sh, whose proxy has an address of its own).
+DAEMON_BASE_FLAGS=(--no-bypass-proxy-addresses)
+
 daemon_run_args() { # daemon_run_args CONFIGFILE
   printf '%s\n' run --proxy-config "$1" --cgroup "$CG_ROOT" \
     --listen "$NODE_IP4:$LISTEN_PORT" --listen "[$NODE_IP6]:$LISTEN_PORT" \
     --bpffs "$PIN_DIR" --exempt-cgroup "$CG_ROOT/pods/pod-b" --metrics "$METRICS_ADDR" \
     --resolv-conf "$RESOLV_CONF" --handover-dir "$HANDOVER_DIR"
+  if ((${#DAEMON_BASE_FLAGS[@]})); then printf '%s\n' "${DAEMON_BASE_FLAGS[@]}"; fi
   if ((${#DAEMON_EXTRA[@]})); then printf '%s\n' "${DAEMON_EXTRA[@]}"; fi
 }
 
@@ -672,7 +680,7 @@ use_daemon() {
 }
 
 redirector_status() {
-  timeout 10 "$REDIRECTOR_BIN" status --bpffs "$PIN_DIR"
+  timeout 10 "$REDIRECTOR_BIN" status --bpffs "$PIN_DIR" --handover-dir "$HANDOVER_DIR"
 }
 
 # status_counter NAME: one number from `redirector status` ("NAME: N").

@@ -17,6 +17,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source-path=SCRIPTDIR source=kube.sh
 source "$(dirname "${BASH_SOURCE[0]}")/kube.sh"
+# shellcheck source-path=SCRIPTDIR source=nodetraffic.sh
+source "$(dirname "${BASH_SOURCE[0]}")/nodetraffic.sh"
 # shellcheck source-path=SCRIPTDIR source=security.sh
 source "$(dirname "${BASH_SOURCE[0]}")/security.sh"
 # shellcheck source-path=SCRIPTDIR source=hostile.sh
@@ -405,8 +407,11 @@ t_upstream_unreachable() {
 
 # explain ARGS...: `redirector explain` in the node's netns, with the test
 # name server as its resolver.
+# explain ARGS...: on the node, with the daemon's --handover-dir and its flags
+# that change decisions (the harness's proxy address is not bypassed).
 explain() {
-  in_netns "$NS_NODE" timeout 10 "$REDIRECTOR_BIN" explain --resolv-conf "$RESOLV_CONF" "$@" 2>&1
+  in_netns "$NS_NODE" timeout 10 "$REDIRECTOR_BIN" explain --resolv-conf "$RESOLV_CONF" \
+    --handover-dir "$HANDOVER_DIR" "${DAEMON_BASE_FLAGS[@]}" "$@" 2>&1
 }
 unmask() { # unmask URL: without a masked userinfo (scheme://***@) and a trailing /
   local u=${1%/}
@@ -1057,7 +1062,7 @@ DAEMON_TESTS=(https:t_https http:t_http tcp_echo:t_tcp_echo ipv6:t_ipv6
   http_absolute_form:t_http_absolute bulk_transfer:t_bulk split_first_bytes:t_split_first_bytes
   silent_client:t_silent_client
   proxy_auth:t_proxy_auth proxy_tls:t_proxy_tls
-  "${KUBE_TESTS[@]}" "${SECURITY_TESTS[@]}" "${HOSTILE_TESTS[@]}" "${BOUNDS_TESTS[@]}"
+  "${KUBE_TESTS[@]}" "${NODETRAFFIC_TESTS[@]}" "${SECURITY_TESTS[@]}" "${HOSTILE_TESTS[@]}" "${BOUNDS_TESTS[@]}"
   "${SWITCHES_TESTS[@]}" "${NAMES_TESTS[@]}" "${ESCAPE_TESTS[@]}" "${PROTOCOLS_TESTS[@]}"
   "${LAYOUT_TESTS[@]}"
   reload:t_reload

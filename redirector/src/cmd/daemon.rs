@@ -15,10 +15,13 @@ use anyhow::{Context, Result, bail};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{Notify, mpsc},
 };
 
 use crate::{
+    bypass::{
+        self, Automatic, BypassSet, Entry, Source, Sources, from_config, published::Publisher,
+    },
     classify::PeekLimits,
     cli::{DEFAULT_PORT, RunArgs},
     config::ProxyConfig,
@@ -32,7 +35,7 @@ use crate::{
     lookup::KernelOriginalDst,
     memory_budget,
     metrics::{self, Metrics},
-    policy::Policy,
+    policy::{Builtins, Policy},
     ratelog,
     readiness::Readiness,
     reload::{Reloader, Watch},
@@ -100,6 +103,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let listen = listen_addrs(&args.listen)?;
     let tls = dial::proxy_tls_config(&config.trusted_ca)?;
     let policy = Policy::new(config, &args.policy.builtins());
+    let automatic = args.policy.automatic();
+    let earlier_pins = PinDir::new(&args.pins.bpffs);
+    let bypass_sources = initial_bypass(
+        &policy,
+        &args.policy.builtins(),
+        automatic,
+        args.kube.kube.then_some(&earlier_pins),
+    );
 
     // Refuses a cgroup v1-only node, named, before anything else.
     let daemon_cgroup = hook::own_cgroup()?.1;
@@ -109,7 +120,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         socket_mark: args.socket_mark,
         daemon_cgroup,
         exempt_cgroups: args.exempt_cgroup.clone(),
-        bypass: policy.kernel_bypass(),
+        bypass: bypass_sources.kernel_prefixes(),
         kernel_debug_logs: tracing::enabled!(target: "redirector::kernel", tracing::Level::DEBUG),
         held_udp_ports: policy.config().refuse_udp_ports.clone(),
         allow_other_streams: policy.config().allow_other_stream_protocols,
@@ -217,13 +228,34 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
         None => None,
     };
+    // Taken after attach, which pins the tries for `redirector status`.
+    let bypass = Arc::new(BypassSet::new(
+        Box::new(hooks.take_bypass()?),
+        bypass_sources,
+        Some(Publisher::new(&args.upgrade.handover_dir)),
+    )?);
+    let reloaded = Arc::new(Notify::new());
+    if automatic.node_addresses {
+        supervisor.spawn_forever("node addresses", bypass::node::follow(bypass.clone()));
+    }
+    if automatic.proxy_addresses {
+        supervisor.spawn_forever(
+            "upstream proxy addresses",
+            bypass::proxies::follow(
+                bypass.clone(),
+                shared.policy.clone(),
+                reloaded.clone(),
+                bypass::proxies::LOOKUP_TIMEOUT,
+            ),
+        );
+    }
     let reloader = Reloader {
         path: args.proxy_config.clone(),
         builtins: args.policy.builtins(),
         policy: shared.policy.clone(),
         tls: shared.dialer.tls.clone(),
-        // Taken after attach, which pins the tries for `redirector status`.
-        bypass: Box::new(hooks.take_bypass()?),
+        bypass: bypass.clone(),
+        reloaded,
         switches: Box::new(hooks.take_switches()?),
         metrics: metrics.clone(),
         watch: Watch::new(config_digest.clone()),
@@ -239,16 +271,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .collect::<Result<HashSet<_>>>()?;
         let mut reconciler = exemption::reconcile::Reconciler::new(exempt, pod_cgroups, static_ids)
             .with_metrics(metrics.clone())
-            .with_pod_opt_out({
-                // The reloaded configuration's value, read on every pass.
+            .with_settings({
+                // The reloaded configuration's values, read on every pass.
                 let shared = shared.clone();
-                move || shared.policy.load().config().allow_pod_opt_out
+                move || exemption::rules::Settings::of(shared.policy.load().config())
             });
         if let Some(synced) = api_synced {
             reconciler = reconciler.with_readiness(synced);
         }
         reconciler.adopt(inherited);
         tracing::info!(node = %node, "following the Kubernetes API for exempt pods and namespaces");
+        supervisor.spawn_forever(
+            "kubernetes bypass watcher",
+            bypass::cluster::follow(
+                client.clone(),
+                node.clone(),
+                bypass.clone(),
+                automatic.node_addresses,
+            ),
+        );
         supervisor.spawn_forever(
             "kubernetes watcher",
             exemption::watcher::run(client, node, reconciler),
@@ -299,6 +340,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         refuse_udp_ports = ?policy.config().refuse_udp_ports,
         allow_other_stream_protocols = policy.config().allow_other_stream_protocols,
         missing_proxy = %policy.config().missing_proxy,
+        exempt_namespaces = ?policy.config().exempt_namespaces,
+        exempt_host_network_pods = policy.config().exempt_host_network_pods,
+        service_cidrs = ?policy.config().service_cidrs,
+        bypass_node_addresses = automatic.node_addresses,
+        bypass_proxy_addresses = automatic.proxy_addresses,
+        bypass_sources = %args.upgrade.handover_dir.join(bypass::published::FILE_NAME).display(),
         server_first_ports = ?policy.config().server_first_ports,
         resolv_conf = %args.resolver.resolv_conf.display(),
         "ready"
@@ -330,6 +377,47 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tracing::info!("stopped; hooks stay attached (`redirector detach` removes them)");
     }
     Ok(())
+}
+
+/// The bypass set's sources at start, all in the kernel before the
+/// programs attach: the configuration's, the node's interface addresses,
+/// the proxies given as IP literals (names follow within moments, from
+/// `bypass::proxies::follow`), and, with `earlier` (--kube), what an
+/// earlier instance pinned there had in the kernel: pod CIDRs and the API
+/// server stay direct until this instance's view of the API is complete,
+/// even if the API is unreachable now.
+fn initial_bypass(
+    policy: &Policy,
+    builtins: &Builtins,
+    automatic: Automatic,
+    earlier: Option<&PinDir>,
+) -> Sources {
+    let mut sources = Sources::default();
+    from_config::apply(&mut sources, policy.config(), builtins);
+    if automatic.node_addresses {
+        match bypass::node::interface_entries() {
+            Ok(entries) => sources.set(Source::NodeInterfaces, entries),
+            Err(e) => tracing::warn!(error = %e, "cannot read the node's addresses; retrying"),
+        }
+    }
+    if automatic.proxy_addresses {
+        for host in bypass::proxies::hosts(policy.config()) {
+            if let Some(entries) = bypass::proxies::literal(&host) {
+                sources.set(Source::UpstreamProxy(host), entries);
+            }
+        }
+    }
+    // No instance pinned there (the first start): nothing to keep.
+    if let Some(Ok(nets)) = earlier
+        .filter(|pins| !pins.pinned_links().is_empty())
+        .map(hook::read_bypass)
+    {
+        let kept = nets
+            .into_iter()
+            .map(|net| Entry::new(net, "until the API is synced"));
+        sources.set(Source::EarlierInstance, kept.collect());
+    }
+    sources
 }
 
 /// The hooks' attach root and where pods' cgroups are: `--cgroup`, or the

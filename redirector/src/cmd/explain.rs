@@ -9,16 +9,33 @@
 //! (`--destination`) is one of the name's; without `--destination`, any of
 //! them. Resolving for real, rather than taking the answers on the command
 //! line, shows what the daemon on this node would do, not what the
-//! operator assumes the names resolve to. No other name is ever resolved.
+//! operator assumes the names resolve to. No other name is ever resolved
+//! by the policy.
 //!
 //! A port in `serverFirstPorts` is never peeked at: the daemon sees no
 //! name and no protocol there, and neither does `explain`, which says so.
-use std::net::IpAddr;
+//!
+//! The kernel bypasses more than the configuration says (`bypass`): the
+//! node's own addresses (read here, where `explain` runs: on the node, or
+//! in the daemon's container), the upstream proxies' addresses (looked up
+//! here as the daemon looks them up), and the sources only the Kubernetes
+//! API knows (pod CIDRs, the `kubernetes` Service and its endpoints, this
+//! Node's addresses), which come from the file the daemon publishes in its
+//! `--handover-dir`. Without that file, `explain` says what it could not
+//! know.
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use crate::{
+    bypass::{
+        self, Automatic, Source, Sources,
+        published::{FILE_NAME, Published},
+    },
     classify::Protocol,
     cli::ExplainArgs,
     config::ProxyConfig,
@@ -54,6 +71,98 @@ impl ParsedTarget {
     }
 }
 
+/// A bypass source outside the configuration that covers the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BypassMatch {
+    source: String,
+    prefix: ipnet::IpNet,
+    detail: String,
+    /// Read from the daemon's published file (`Some(pid)`), or found here.
+    published_by: Option<u32>,
+}
+
+/// The kernel's bypass sources beyond the configuration, as far as
+/// `explain` can know them.
+struct BypassView {
+    /// Found here: the node's interface addresses, the proxies' addresses.
+    local: Sources,
+    /// The daemon's published sources, or why they could not be read.
+    published: Result<Published, String>,
+    file: PathBuf,
+}
+
+impl BypassView {
+    /// `file`: the daemon's published `bypass.json`.
+    fn gather(policy: &Policy, automatic: Automatic, file: &Path) -> Self {
+        let mut local = Sources::default();
+        if automatic.node_addresses
+            && let Ok(entries) = bypass::node::interface_entries()
+        {
+            local.set(Source::NodeInterfaces, entries);
+        }
+        let hosts = bypass::proxies::hosts(policy.config());
+        if automatic.proxy_addresses && !hosts.is_empty() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                for host in hosts {
+                    let found = runtime.block_on(bypass::proxies::lookup(
+                        &host,
+                        bypass::proxies::LOOKUP_TIMEOUT,
+                    ));
+                    if let Ok(entries) = found {
+                        local.set(Source::UpstreamProxy(host), entries);
+                    }
+                }
+            }
+        }
+        Self {
+            local,
+            published: Published::read(file).map_err(|e| format!("{e:#}")),
+            file: file.to_path_buf(),
+        }
+    }
+
+    /// The first source beyond the configuration that covers `ip`: found
+    /// here first, else published by the daemon from the API.
+    fn find(&self, ip: IpAddr) -> Option<BypassMatch> {
+        if let Some((source, entry)) = self.local.matching(ip).into_iter().next() {
+            return Some(BypassMatch {
+                source: source.to_string(),
+                prefix: entry.net,
+                detail: entry.detail.clone(),
+                published_by: None,
+            });
+        }
+        let published = self.published.as_ref().ok()?;
+        published
+            .sources
+            .iter()
+            .filter(|s| s.from_api)
+            .flat_map(|s| s.prefixes.iter().map(move |p| (s, p)))
+            .find(|(_, p)| p.prefix.contains(&ip))
+            .map(|(s, p)| BypassMatch {
+                source: s.source.clone(),
+                prefix: p.prefix,
+                detail: p.detail.clone(),
+                published_by: Some(published.pid),
+            })
+    }
+
+    /// What could not be known, when nothing matched: the API's sources
+    /// without the daemon's file.
+    fn unknown(&self) -> Option<String> {
+        let error = self.published.as_ref().err()?;
+        Some(format!(
+            "the bypass sources from the Kubernetes API (pod CIDRs, the kubernetes Service \
+             and its endpoints, the Node's addresses) are not known here: {error} (the daemon \
+             publishes them in {} while it runs; see --handover-dir)",
+            self.file.display()
+        ))
+    }
+}
+
 pub fn run(args: &ExplainArgs) -> Result<()> {
     let config = ProxyConfig::load(&args.proxy_config)?;
     let policy = Policy::new(config, &args.policy.builtins());
@@ -69,7 +178,7 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     }
     target.server_first = policy.config().is_server_first(target.port);
     let verdict = policy.decide(&target.target());
-    let (decision, check) = match verdict {
+    let (mut decision, check) = match verdict {
         Verdict::Final(decision) => (decision, None),
         Verdict::CheckName(rule) => {
             let resolver = args.resolver.resolver()?;
@@ -81,18 +190,87 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
             (decision, Some(check))
         }
     };
+    // The kernel's other sources: the connect never reaches the daemon.
+    // The kernel's other sources, looked at only for an address the
+    // configuration does not bypass: such a connect never reaches the daemon.
+    let file = args.published.handover_dir.join(FILE_NAME);
+    let (mut found, mut note) = (None, None);
+    if let (false, Some(ip)) = (matches!(decision, Decision::KernelBypass { .. }), target.ip) {
+        let view = BypassView::gather(&policy, args.policy.automatic(), &file);
+        found = view.find(ip);
+        note = if found.is_none() {
+            view.unknown()
+        } else {
+            None
+        };
+    }
+    if let Some(found) = &found {
+        decision = Decision::KernelBypass {
+            rule: if found.detail.is_empty() {
+                format!("{}: {}", found.source, found.prefix)
+            } else {
+                format!("{}: {} ({})", found.source, found.prefix, found.detail)
+            },
+        };
+    }
+    let extra = Extra {
+        found: found.as_ref(),
+        file: &file,
+        note: note.as_deref(),
+    };
     if args.json {
-        println!(
-            "{}",
-            to_json(&args.target, &target, &decision, check.as_ref())
-        );
+        let mut v = to_json(&args.target, &target, &decision, check.as_ref());
+        extra.add_json(&mut v);
+        println!("{v}");
     } else {
         print!(
-            "{}",
-            to_text(&args.target, &target, &decision, check.as_ref())
+            "{}{}",
+            to_text(&args.target, &target, &decision, check.as_ref()),
+            extra.text()
         );
     }
     Ok(())
+}
+
+/// What `explain` adds about the kernel's sources beyond the configuration.
+struct Extra<'a> {
+    found: Option<&'a BypassMatch>,
+    file: &'a Path,
+    note: Option<&'a str>,
+}
+
+impl Extra<'_> {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        if let Some(found) = self.found {
+            out += &match found.published_by {
+                Some(pid) => format!(
+                    "bypass source: {}, published by the daemon (pid {pid}) in {}\n",
+                    found.source,
+                    self.file.display()
+                ),
+                None => format!("bypass source: {}, found by explain\n", found.source),
+            };
+        }
+        if let Some(note) = self.note {
+            out += &format!("note: {note}\n");
+        }
+        out
+    }
+
+    fn add_json(&self, v: &mut serde_json::Value) {
+        if let Some(found) = self.found {
+            v["bypass_source"] = json!({
+                "source": found.source,
+                "prefix": found.prefix,
+                "detail": found.detail,
+                "published_by_pid": found.published_by,
+            });
+        }
+        if let Some(note) = self.note {
+            v["note"] = json!(note);
+        }
+    }
 }
 
 fn mode_name(mode: Mode) -> &'static str {
@@ -287,6 +465,66 @@ mod tests {
         assert!(
             !json.contains("s3cret") && json.contains(r#""decision":"proxy""#),
             "{json}"
+        );
+    }
+
+    /// Sources beyond the configuration: found here (the node's, the
+    /// proxies'), or from the daemon's file for the API's; without the
+    /// file, a note says what could not be known.
+    #[test]
+    fn bypass_sources_beyond_the_configuration() {
+        use crate::bypass::Entry;
+        let dir = tempfile::tempdir().unwrap();
+        let mut local = Sources::default();
+        local.set(
+            Source::UpstreamProxy("10.0.0.4".into()),
+            vec![Entry::host("10.0.0.4".parse().unwrap(), "IP literal")],
+        );
+        let mut view = BypassView {
+            local,
+            published: Err("reading x: No such file or directory".into()),
+            file: dir.path().join(FILE_NAME),
+        };
+        let found = view.find("10.0.0.4".parse().unwrap()).unwrap();
+        assert_eq!(found.source, "upstream proxy 10.0.0.4");
+        assert_eq!(found.published_by, None);
+        assert!(view.find("10.250.0.7".parse().unwrap()).is_none());
+        let note = view.unknown().unwrap();
+        assert!(
+            note.contains("pod CIDRs") && note.contains("No such file"),
+            "{note}"
+        );
+
+        let mut api = Sources::default();
+        api.set(
+            Source::PodCidrs,
+            vec![Entry::new("10.250.0.0/24".parse().unwrap(), "node n2")],
+        );
+        // Not from the API: explain's own view counts, not the file's.
+        api.set(
+            Source::NodeInterfaces,
+            vec![Entry::host("10.9.9.9".parse().unwrap(), "interface x")],
+        );
+        view.published = Ok(Published::of(&api, &api.kernel_prefixes()));
+        let found = view.find("10.250.0.7".parse().unwrap()).unwrap();
+        assert_eq!(
+            (found.source.as_str(), found.detail.as_str()),
+            ("pod CIDRs (Node.spec.podCIDRs)", "node n2")
+        );
+        assert_eq!(found.published_by, Some(std::process::id()));
+        assert!(view.find("10.9.9.9".parse().unwrap()).is_none());
+        assert!(view.unknown().is_none());
+        let extra = Extra {
+            found: Some(&found),
+            file: &view.file,
+            note: None,
+        };
+        assert!(
+            extra.text().starts_with(
+                "bypass source: pod CIDRs (Node.spec.podCIDRs), published by the daemon (pid "
+            ),
+            "{}",
+            extra.text()
         );
     }
 

@@ -8,6 +8,12 @@
 //! they need no knowledge of the map's layout (an older instance's maps
 //! count as well). The daemon pins no config digest: `--proxy-config FILE`
 //! prints the digest of that file, as the daemon logs it at load and reload.
+//!
+//! The bypass tries hold bare prefixes; where each came from is in the
+//! file the daemon publishes in its `--handover-dir` (`bypass`'s
+//! `published`).
+//! Both are shown, and any difference between them (a prefix in the kernel
+//! that no published source names, or the reverse) is named.
 use std::{
     collections::HashMap,
     ffi::CString,
@@ -21,9 +27,13 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, MapType};
+use ipnet::IpNet;
 use serde_json::json;
 
-use crate::hook::{self, PinDir};
+use crate::{
+    bypass::published::{FILE_NAME, Published},
+    hook::{self, PinDir},
+};
 
 /// One pinned link, as the kernel describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +71,96 @@ impl SwitchStatus {
     }
 }
 
+/// The kernel's bypass prefixes and where the daemon says they came from.
+#[derive(Debug, Clone)]
+pub struct BypassStatus {
+    /// The file the daemon publishes.
+    pub file: PathBuf,
+    /// Its content, or why it could not be read.
+    pub published: Result<Published, String>,
+    /// The prefixes in the pinned tries.
+    pub kernel: Vec<IpNet>,
+}
+
+impl BypassStatus {
+    /// Kernel prefixes no published source explains, and published
+    /// prefixes (aggregated as the daemon does) the kernel lacks.
+    fn differences(&self) -> (Vec<IpNet>, Vec<IpNet>) {
+        let Ok(published) = &self.published else {
+            return (self.kernel.clone(), Vec::new());
+        };
+        let wanted = published.aggregated();
+        let unaccounted = self
+            .kernel
+            .iter()
+            .filter(|n| !wanted.contains(n))
+            .copied()
+            .collect();
+        let missing = wanted
+            .iter()
+            .filter(|n| !self.kernel.contains(n))
+            .copied()
+            .collect();
+        (unaccounted, missing)
+    }
+
+    fn text(&self, out: &mut Vec<String>) {
+        match &self.published {
+            Ok(p) => {
+                let age = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+                    .saturating_sub(p.written_unix_secs);
+                out.push(format!(
+                    "bypass_sources: {} (pid {}, written {age} s ago)",
+                    self.file.display(),
+                    p.pid
+                ));
+                for source in &p.sources {
+                    for entry in &source.prefixes {
+                        out.push(if entry.detail.is_empty() {
+                            format!("bypass {}: {}", entry.prefix, source.source)
+                        } else {
+                            format!(
+                                "bypass {}: {} ({})",
+                                entry.prefix, source.source, entry.detail
+                            )
+                        });
+                    }
+                }
+            }
+            Err(e) => out.push(format!("bypass_sources: unknown ({e})")),
+        }
+        let (unaccounted, missing) = self.differences();
+        for net in unaccounted {
+            out.push(format!(
+                "bypass {net}: in the kernel, in no published source"
+            ));
+        }
+        for net in missing {
+            out.push(format!("bypass {net}: published, not in the kernel"));
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let (unaccounted, missing) = self.differences();
+        let (published, error) = match &self.published {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e)),
+        };
+        json!({
+            "file": self.file.display().to_string(),
+            "pid": published.map(|p| p.pid),
+            "written_unix_secs": published.map(|p| p.written_unix_secs),
+            "sources": published.map(|p| &p.sources),
+            "error": error,
+            "kernel": self.kernel,
+            "unaccounted": unaccounted,
+            "missing": missing,
+        })
+    }
+}
+
 /// Everything `status` shows.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
@@ -75,11 +175,21 @@ pub struct Status {
     pub counters: Vec<(String, u64)>,
     /// The `--proxy-config` file and its digest.
     pub config: Option<(PathBuf, String)>,
+    /// The bypass prefixes and their sources; `None` when nothing is
+    /// attached.
+    pub bypass: Option<BypassStatus>,
 }
 
 impl Status {
-    /// Reads the pins; the cgroup tree under `cgroup_root` names cgroup ids.
-    pub fn read(pins: &PinDir, cgroup_root: &Path, config: Option<&Path>) -> Result<Self> {
+    /// Reads the pins; the cgroup tree under `cgroup_root` names cgroup ids;
+    /// `run_dir` (the daemon's `--handover-dir`) holds its published bypass
+    /// sources.
+    pub fn read(
+        pins: &PinDir,
+        cgroup_root: &Path,
+        config: Option<&Path>,
+        run_dir: &Path,
+    ) -> Result<Self> {
         let mut status = Status {
             config: match config {
                 Some(path) => {
@@ -108,6 +218,12 @@ impl Status {
             }),
             None => None,
         };
+        let file = run_dir.join(FILE_NAME);
+        status.bypass = Some(BypassStatus {
+            published: Published::read(&file).map_err(|e| format!("{e:#}")),
+            file,
+            kernel: hook::read_bypass(pins)?,
+        });
         status.counters = hook::read_counters(pins)?
             .into_iter()
             .map(|(c, v)| (c.name().to_owned(), v))
@@ -215,6 +331,9 @@ impl Status {
                 switches.allow_other_stream_protocols()
             ));
         }
+        if let Some(bypass) = &self.bypass {
+            bypass.text(&mut out);
+        }
         for (name, value) in &self.counters {
             out.push(format!("{name}: {value}"));
         }
@@ -251,6 +370,7 @@ impl Status {
                 "file": p.display().to_string(),
                 "digest": d,
             })),
+            "bypass": self.bypass.as_ref().map(BypassStatus::json),
         })
     }
 }
@@ -258,7 +378,12 @@ impl Status {
 /// The CLI command; with `check`, fails unless every hook is attached.
 pub fn run(args: &crate::cli::StatusArgs) -> Result<()> {
     let pins = PinDir::new(&args.pins.bpffs);
-    let status = Status::read(&pins, &args.cgroup_root, args.proxy_config.as_deref())?;
+    let status = Status::read(
+        &pins,
+        &args.cgroup_root,
+        args.proxy_config.as_deref(),
+        &args.published.handover_dir,
+    )?;
     if args.json {
         println!("{}", status.json());
     } else {
@@ -511,7 +636,104 @@ mod tests {
             }),
             counters: vec![("redirected".into(), 5), ("skipped_mark".into(), 0)],
             config: Some((PathBuf::from("/etc/p.json"), "0123456789ab".into())),
+            bypass: None,
         }
+    }
+
+    /// The bypass lines: each published prefix with its source, and what
+    /// the kernel and the file disagree on.
+    #[test]
+    fn bypass_sources_as_published() {
+        use crate::bypass::{Entry, Source, Sources};
+        let mut sources = Sources::default();
+        sources.set(
+            Source::NoProxy,
+            vec![Entry::new("10.249.3.0/24".parse().unwrap(), "")],
+        );
+        sources.set(
+            Source::PodCidrs,
+            vec![
+                Entry::new("10.250.0.0/24".parse().unwrap(), "node n2"),
+                Entry::new("10.250.1.0/24".parse().unwrap(), "node n3"),
+            ],
+        );
+        let published = Published::of(&sources, &sources.kernel_prefixes());
+        let mut status = sample();
+        status.bypass = Some(BypassStatus {
+            file: PathBuf::from("/run/r/bypass.json"),
+            published: Ok(published.clone()),
+            kernel: vec![
+                "10.249.3.0/24".parse().unwrap(),
+                "10.250.0.0/23".parse().unwrap(),
+            ],
+        });
+        let text = status.text();
+        let lines: Vec<&str> = text
+            .iter()
+            .filter(|l| l.starts_with("bypass"))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            lines[0].split(" (pid").next(),
+            Some("bypass_sources: /run/r/bypass.json")
+        );
+        assert_eq!(
+            lines[1..],
+            [
+                "bypass 10.249.3.0/24: noProxy",
+                "bypass 10.250.0.0/24: pod CIDRs (Node.spec.podCIDRs) (node n2)",
+                "bypass 10.250.1.0/24: pod CIDRs (Node.spec.podCIDRs) (node n3)",
+            ]
+        );
+        assert_eq!(
+            text.last().unwrap(),
+            "skipped_mark: 0",
+            "counters stay last"
+        );
+        let v = status.json();
+        assert_eq!(
+            v["bypass"]["sources"][1]["source"],
+            "pod CIDRs (Node.spec.podCIDRs)"
+        );
+        assert_eq!(v["bypass"]["unaccounted"], json!([]));
+
+        // The kernel holds what no source names, and lacks a published one.
+        status.bypass = Some(BypassStatus {
+            file: PathBuf::from("/run/r/bypass.json"),
+            published: Ok(published),
+            kernel: vec![
+                "10.250.0.0/23".parse().unwrap(),
+                "10.9.0.0/16".parse().unwrap(),
+            ],
+        });
+        let text = status.text();
+        assert!(
+            text.contains(&"bypass 10.9.0.0/16: in the kernel, in no published source".to_owned()),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"bypass 10.249.3.0/24: published, not in the kernel".to_owned()),
+            "{text:?}"
+        );
+
+        // No file: every kernel prefix, source unknown.
+        status.bypass = Some(BypassStatus {
+            file: PathBuf::from("/run/r/bypass.json"),
+            published: Err("reading /run/r/bypass.json: No such file".into()),
+            kernel: vec!["10.9.0.0/16".parse().unwrap()],
+        });
+        let text = status.text();
+        assert!(
+            text.contains(
+                &"bypass_sources: unknown (reading /run/r/bypass.json: No such file)".to_owned()
+            ),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(&"bypass 10.9.0.0/16: in the kernel, in no published source".to_owned()),
+            "{text:?}"
+        );
+        assert_eq!(status.json()["bypass"]["sources"], json!(null));
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct PodInfo {
     pub qos: Option<cgroups::Qos>,
     /// Only the annotations the rules read.
     pub annotations: BTreeMap<String, String>,
+    /// `spec.hostNetwork`.
+    pub host_network: bool,
 }
 
 /// Objects of one kind as last listed and watched, by key. A relist fills a
@@ -98,6 +100,11 @@ impl<T> Mirror<T> {
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.current.values()
     }
+
+    /// Every object, with its key.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &T)> {
+        self.current.iter()
+    }
 }
 
 /// Everything the decision needs: this node's pods (by UID) and the
@@ -126,11 +133,12 @@ pub struct Reconciler {
     /// Marked ready once a pass ran (passes run only on complete lists, so
     /// the first one means "API synced").
     synced: Option<Condition>,
-    /// The configuration's `allowPodOptOut` as in force now (it changes on
-    /// reload); read on every pass.
-    pod_opt_out: Arc<dyn Fn() -> bool + Send + Sync>,
-    /// The value the last pass used, to log a change once.
-    last_pod_opt_out: Option<bool>,
+    /// The configuration's exemption settings as in force now
+    /// (`allowPodOptOut`, `exemptNamespaces`, `exemptHostNetworkPods`;
+    /// they change on reload); read on every pass.
+    settings: Arc<dyn Fn() -> rules::Settings + Send + Sync>,
+    /// The settings the last pass used, to log a change once.
+    last_settings: Option<rules::Settings>,
     /// Ids whose exemption could not be written, with their pod: logged on
     /// the first failure and on recovery, not on every retry.
     failing: HashMap<u64, String>,
@@ -165,15 +173,19 @@ impl Reconciler {
             last_counts: None,
             metrics: None,
             synced: None,
-            pod_opt_out: Arc::new(|| true),
-            last_pod_opt_out: None,
+            settings: Arc::new(rules::Settings::default),
+            last_settings: None,
             failing: HashMap::new(),
         }
     }
 
-    /// Reads `allowPodOptOut` from `current` on every pass (default: true).
-    pub fn with_pod_opt_out(mut self, current: impl Fn() -> bool + Send + Sync + 'static) -> Self {
-        self.pod_opt_out = Arc::new(current);
+    /// Reads the exemption settings from `current` on every pass (default:
+    /// the configuration's defaults).
+    pub fn with_settings(
+        mut self,
+        current: impl Fn() -> rules::Settings + Send + Sync + 'static,
+    ) -> Self {
+        self.settings = Arc::new(current);
         self
     }
 
@@ -210,28 +222,20 @@ impl Reconciler {
     /// next pass.
     pub fn reconcile(&mut self, view: &View) -> Pass {
         let mut pass = Pass::default();
-        let pod_opt_out = (self.pod_opt_out)();
-        if self.last_pod_opt_out != Some(pod_opt_out) {
-            if self.last_pod_opt_out.is_some() || !pod_opt_out {
-                tracing::info!(
-                    allow_pod_opt_out = pod_opt_out,
-                    "{}",
-                    if pod_opt_out {
-                        "pod annotations may exempt pods again"
-                    } else {
-                        "pod annotations ignored: only namespace labels exempt pods"
-                    }
-                );
-            }
-            self.last_pod_opt_out = Some(pod_opt_out);
-        }
+        let settings = (self.settings)();
+        self.log_settings(&settings);
         let mut write_failures = 0;
-        let mut desired: HashMap<u64, &str> = HashMap::new();
+        let mut desired: HashMap<u64, (&str, rules::Reason)> = HashMap::new();
         for pod in view.pods.values() {
             let ns_labels = view.namespaces.get(&pod.namespace);
-            if !rules::is_exempt(ns_labels, Some(&pod.annotations), pod_opt_out) {
+            let facts = rules::Pod {
+                namespace: &pod.namespace,
+                annotations: Some(&pod.annotations),
+                host_network: pod.host_network,
+            };
+            let Some(reason) = rules::exemption(&facts, ns_labels, &settings) else {
                 continue;
-            }
+            };
             pass.exempt_pods += 1;
             match self
                 .pods
@@ -239,7 +243,7 @@ impl Reconciler {
                 .map(|dir| cgroup_id(&dir))
             {
                 Some(Ok(id)) => {
-                    desired.insert(id, &pod.name);
+                    desired.insert(id, (&pod.name, reason));
                 }
                 // Not there yet (the usual race with kubelet) or just gone:
                 // the next pass looks again.
@@ -268,16 +272,16 @@ impl Reconciler {
         }
         // Pods no longer wanted, or gone, are no longer failing.
         self.failing.retain(|id, _| desired.contains_key(id));
-        for (id, pod) in desired {
+        for (id, (pod, reason)) in desired {
             if self.applied.contains_key(&id) || self.static_ids.contains(&id) {
                 continue;
             }
             match self.exempt.set(id, true) {
                 Ok(()) => {
                     if self.failing.remove(&id).is_some() {
-                        tracing::info!(pod, cgroup_id = id, "pod exempt after earlier failures");
+                        tracing::info!(pod, cgroup_id = id, %reason, "pod exempt after earlier failures");
                     } else {
-                        tracing::info!(pod, cgroup_id = id, "pod exempt");
+                        tracing::info!(pod, cgroup_id = id, %reason, "pod exempt");
                     }
                     self.applied.insert(id, pod.to_string());
                     pass.added += 1;
@@ -315,6 +319,39 @@ impl Reconciler {
             );
         }
         pass
+    }
+
+    /// Logs the settings when they differ from the last pass's (and at the
+    /// first pass when they are not the defaults).
+    fn log_settings(&mut self, settings: &rules::Settings) {
+        let last = self.last_settings.as_ref();
+        if last == Some(settings) {
+            return;
+        }
+        let defaults = rules::Settings::default();
+        let before = last.unwrap_or(&defaults);
+        if before.pod_opt_out != settings.pod_opt_out {
+            tracing::info!(
+                allow_pod_opt_out = settings.pod_opt_out,
+                "{}",
+                if settings.pod_opt_out {
+                    "pod annotations may exempt pods again"
+                } else {
+                    "pod annotations ignored: only namespace labels and the operator's keys exempt pods"
+                }
+            );
+        }
+        if last.is_some()
+            && (before.exempt_namespaces != settings.exempt_namespaces
+                || before.exempt_host_network != settings.exempt_host_network)
+        {
+            tracing::info!(
+                exempt_namespaces = ?settings.exempt_namespaces,
+                exempt_host_network_pods = settings.exempt_host_network,
+                "exemption settings changed"
+            );
+        }
+        self.last_settings = Some(settings.clone());
     }
 }
 
@@ -376,6 +413,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            host_network: false,
         }
     }
 
@@ -610,9 +648,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let map = Arc::new(FakeMap::default());
         let allowed = Arc::new(AtomicBool::new(true));
-        let mut r = Reconciler::new(map.clone(), tmp.path(), HashSet::new()).with_pod_opt_out({
+        let mut r = Reconciler::new(map.clone(), tmp.path(), HashSet::new()).with_settings({
             let allowed = allowed.clone();
-            move || allowed.load(Ordering::Relaxed)
+            move || rules::Settings {
+                pod_opt_out: allowed.load(Ordering::Relaxed),
+                ..rules::Settings::default()
+            }
         });
         let (a, b) = (mkpod(tmp.path(), A), mkpod(tmp.path(), B));
         let mut view = View::default();
@@ -632,6 +673,41 @@ mod tests {
         assert_eq!(map.ids(), HashSet::from([b]));
 
         allowed.store(true, Ordering::Relaxed);
+        r.reconcile(&view);
+        assert_eq!(map.ids(), HashSet::from([a, b]));
+    }
+
+    /// `exemptNamespaces` and `exemptHostNetworkPods` are read on every
+    /// pass: switching them off re-includes kube-system and hostNetwork
+    /// pods on the next pass, switching them on exempts them again.
+    #[test]
+    fn operator_keys_follow_the_configuration() {
+        use std::sync::Mutex;
+        let tmp = tempfile::tempdir().unwrap();
+        let map = Arc::new(FakeMap::default());
+        let current = Arc::new(Mutex::new(rules::Settings::default()));
+        let mut r = Reconciler::new(map.clone(), tmp.path(), HashSet::new()).with_settings({
+            let current = current.clone();
+            move || current.lock().unwrap().clone()
+        });
+        let (a, b) = (mkpod(tmp.path(), A), mkpod(tmp.path(), B));
+        let mut view = View::default();
+        apply_pod(&mut view, pod("kube-system", "a", A, &[]));
+        let mut host = pod("shop", "b", B, &[]);
+        host.host_network = true;
+        apply_pod(&mut view, host);
+        assert_eq!(r.reconcile(&view).exempt_pods, 2);
+        assert_eq!(map.ids(), HashSet::from([a, b]));
+
+        current.lock().unwrap().exempt_namespaces.clear();
+        r.reconcile(&view);
+        assert_eq!(map.ids(), HashSet::from([b]));
+        current.lock().unwrap().exempt_host_network = false;
+        let pass = r.reconcile(&view);
+        assert_eq!((pass.exempt_pods, pass.removed), (0, 1));
+        assert!(map.ids().is_empty());
+
+        *current.lock().unwrap() = rules::Settings::default();
         r.reconcile(&view);
         assert_eq!(map.ids(), HashSet::from([a, b]));
     }

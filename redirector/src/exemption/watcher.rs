@@ -45,6 +45,7 @@ fn pod_info(pod: Pod) -> Option<(String, PodInfo)> {
             .and_then(|s| s.qos_class)
             .and_then(|q| Qos::parse(&q)),
         annotations,
+        host_network: pod.spec.and_then(|s| s.host_network) == Some(true),
     };
     Some((uid, info))
 }
@@ -280,6 +281,13 @@ mod tests {
         assert_eq!(info.name, "shop/web");
         assert_eq!(info.qos, Some(Qos::BestEffort));
         assert_eq!(info.annotations.len(), 2);
+        assert!(!info.host_network);
+        let host: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "cni", "namespace": "shop", "uid": "cd-34"},
+            "spec": {"hostNetwork": true, "containers": []}
+        }))
+        .unwrap();
+        assert!(pod_info(host).unwrap().1.host_network);
         let no_uid: Pod =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}})).unwrap();
         assert!(pod_info(no_uid).is_none());

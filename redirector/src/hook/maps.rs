@@ -232,6 +232,14 @@ pub fn read_redirect_config(pins: &PinDir) -> Result<RedirectConfig> {
     Ok(map.get(&0, 0)?)
 }
 
+/// The bypass prefixes, read from the pinned tries (`status`, and a new
+/// instance keeping what an earlier one bypassed).
+pub fn read_bypass(pins: &PinDir) -> Result<Vec<IpNet>> {
+    let v4: BypassV4 = LpmTrie::try_from(open_pinned(pins, maps::BYPASS_V4)?)?;
+    let v6: BypassV6 = LpmTrie::try_from(open_pinned(pins, maps::BYPASS_V6)?)?;
+    KernelBypass::current(&v4, &v6)
+}
+
 /// The exempt cgroup ids, read from the pinned map.
 pub fn read_exempt_cgroups(pins: &PinDir) -> Result<Vec<u64>> {
     let map: HashMap<_, u64, u8> = HashMap::try_from(open_pinned(pins, maps::EXEMPT_CGROUPS)?)?;

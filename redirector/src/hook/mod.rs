@@ -36,7 +36,8 @@ pub use counters::{PinnedCounters, read_counters};
 pub use load::{DEBUG_MAP_MAX_ENV, HookSettings, LoadedHooks, parse_debug_map_max};
 pub use maps::{
     BypassTries, ExemptCgroups, KernelBypass, KernelExemptCgroups, KernelSwitches, Switches,
-    bypass_diff, port_diff, read_exempt_cgroups, read_redirect_config, read_refused_udp_ports,
+    bypass_diff, port_diff, read_bypass, read_exempt_cgroups, read_redirect_config,
+    read_refused_udp_ports,
 };
 pub use pins::{PinDir, detach};
 pub use support::{KernelSupportError, check_cgroup2, check_kernel};

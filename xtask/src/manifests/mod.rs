@@ -7,14 +7,16 @@
 //! the DaemonSets' containers drop every capability and add only the ones
 //! listed in [`ALLOWED_CAPABILITIES`], run with a read-only root filesystem
 //! and without privilege escalation, and the daemon's service account can
-//! only get, list and watch pods and namespaces, plus, only where the daemon
-//! runs with `--remove-taint` (the startup-taint component), get and patch
-//! nodes. For placement ([`placement`]): the daemon runs on Linux nodes
-//! only, never on virtual-kubelet or Fargate nodes, as
-//! system-node-critical, with memory requests and limits and no CPU limit.
-//! And for rolling updates ([`rollout::violations`]): a surge pod beside
-//! the old one, no host port that would keep it from being scheduled, and
-//! a grace period longer than the drain.
+//! only read pods and namespaces, list and watch nodes, read the Service
+//! and the EndpointSlice named `kubernetes` (limited by `resourceNames`),
+//! plus, only where the daemon runs with `--remove-taint` (the
+//! startup-taint component), get and patch nodes; with `--kube`, it must be
+//! able to list and watch each of these. For placement ([`placement`]): the
+//! daemon runs on Linux nodes only, never on virtual-kubelet or Fargate
+//! nodes, as system-node-critical, with memory requests and limits and no
+//! CPU limit. And for rolling updates ([`rollout::violations`]): a surge pod
+//! beside the old one, no host port that would keep it from being
+//! scheduled, and a grace period longer than the drain.
 //!
 //! Run by `cargo xtask test` (stage `manifests`) and alone by
 //! `cargo xtask manifests`. The tools come from `cargo xtask setup`.
@@ -322,12 +324,66 @@ pub const ALLOWED_CAPABILITIES: &[(&str, &[&str])] = &[
     ("install-ca", &["SYS_CHROOT", "DAC_OVERRIDE"]),
 ];
 
-/// What the service account may do: read pods and namespaces.
-const ALLOWED_RESOURCES: &[&str] = &["pods", "namespaces"];
-const ALLOWED_VERBS: &[&str] = &["get", "list", "watch"];
-/// And with `--remove-taint` (the startup-taint component), in a rule of
-/// its own: read its node and patch the taint away.
+/// One kind of object the service account may be granted.
+struct Grant {
+    group: &'static str,
+    resource: &'static str,
+    /// The `resourceNames` a rule must be limited to, if any.
+    names: Option<&'static [&'static str]>,
+    verbs: &'static [&'static str],
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+const WATCH: &[&str] = &["list", "watch"];
+
+/// What the service account may do: read pods and namespaces (exemptions),
+/// list and watch nodes (pod CIDRs, the node's addresses), read the API
+/// server's own Service and EndpointSlice, by name (the kernel's bypass).
+const GRANTS: &[Grant] = &[
+    Grant {
+        group: "",
+        resource: "pods",
+        names: None,
+        verbs: READ,
+    },
+    Grant {
+        group: "",
+        resource: "namespaces",
+        names: None,
+        verbs: READ,
+    },
+    Grant {
+        group: "",
+        resource: "nodes",
+        names: None,
+        verbs: WATCH,
+    },
+    Grant {
+        group: "",
+        resource: "services",
+        names: Some(&["kubernetes"]),
+        verbs: READ,
+    },
+    Grant {
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        names: Some(&["kubernetes"]),
+        verbs: READ,
+    },
+];
+/// And with `--remove-taint` (the startup-taint component): read its node
+/// and patch the taint away.
 const NODE_VERBS: &[&str] = &["get", "patch"];
+
+/// Whether the daemon runs with `--kube` (and so watches what [`GRANTS`] lists).
+fn follows_the_api(objects: &[Value]) -> bool {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "DaemonSet" && name_of(o) == "egress-redirector")
+        .flat_map(|ds| strings_or_objects(&ds["spec"]["template"]["spec"]["containers"]))
+        .filter(|c| c["name"] == "redirector")
+        .any(|c| strings(&c["args"]).contains(&"--kube"))
+}
 
 /// The taint key the daemon's `--remove-taint` names, if it has one.
 fn startup_taint(objects: &[Value]) -> Option<String> {
@@ -507,13 +563,14 @@ fn strings_or_objects(v: &Value) -> impl Iterator<Item = &Value> {
     v.as_array().into_iter().flatten()
 }
 
-/// Every role bound to the service account grants only reads of pods and
-/// namespaces, and with `--remove-taint` get and patch on nodes in a rule
-/// of its own (which must then be there); a binding to a role not in the
-/// rendering (e.g. a built-in like cluster-admin) cannot be checked and
-/// fails.
+/// Every role bound to the service account grants only what [`GRANTS`]
+/// allows, and with `--remove-taint` get and patch on nodes (which must
+/// then be there); with `--kube`, list and watch on each of [`GRANTS`]
+/// must be there. A binding to a role not in the rendering (e.g. a
+/// built-in like cluster-admin) cannot be checked and fails.
 fn check_rbac(objects: &[Value], taint: Option<&str>, out: &mut Vec<String>) {
-    let mut node_verbs: Vec<&str> = Vec::new();
+    // (group, resource, verb) granted, for the checks at the end.
+    let mut granted: Vec<(&str, &str, &str)> = Vec::new();
     let bindings = objects.iter().filter(|o| {
         (o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
             && strings_or_objects(&o["subjects"])
@@ -548,52 +605,79 @@ fn check_rbac(objects: &[Value], taint: Option<&str>, out: &mut Vec<String>) {
             if !rule["nonResourceURLs"].is_null() {
                 out.push(format!("{what}: grants nonResourceURLs"));
             }
-            if groups.iter().any(|g| !g.is_empty()) {
-                out.push(format!("{what}: grants API groups {groups:?} (only core)"));
-            }
-            if resources == ["nodes"] {
-                if taint.is_none() {
-                    out.push(format!(
-                        "{what}: grants nodes, which only the startup-taint component \
-                         (--remove-taint) may"
-                    ));
+            let names = strings(&rule["resourceNames"]);
+            for group in &groups {
+                for resource in &resources {
+                    let Some(grant) = GRANTS
+                        .iter()
+                        .find(|g| g.group == *group && g.resource == *resource)
+                    else {
+                        out.push(format!(
+                            "{what}: grants resources [{resource:?}] in API group {group:?} \
+                             (only {:?})",
+                            GRANTS
+                                .iter()
+                                .map(|g| if g.group.is_empty() {
+                                    g.resource.to_owned()
+                                } else {
+                                    format!("{}/{}", g.group, g.resource)
+                                })
+                                .collect::<Vec<_>>()
+                        ));
+                        continue;
+                    };
+                    let extra = if *resource == "nodes" && taint.is_some() {
+                        NODE_VERBS
+                    } else {
+                        &[]
+                    };
+                    let bad: Vec<_> = verbs
+                        .iter()
+                        .filter(|v| !grant.verbs.contains(v) && !extra.contains(v))
+                        .collect();
+                    if !bad.is_empty() {
+                        let why = if *resource == "nodes" && taint.is_none() {
+                            ", get and patch only with the startup-taint component (--remove-taint)"
+                        } else {
+                            ""
+                        };
+                        out.push(format!(
+                            "{what}: grants verbs {bad:?} on {resource} (only {:?}{why})",
+                            grant.verbs
+                        ));
+                    }
+                    if let Some(allowed) = grant.names
+                        && (names.is_empty() || names.iter().any(|n| !allowed.contains(n)))
+                    {
+                        out.push(format!(
+                            "{what}: {resource} must be limited to resourceNames {allowed:?} \
+                             (has {names:?})"
+                        ));
+                    }
+                    granted.extend(verbs.iter().map(|v| (grant.group, grant.resource, *v)));
                 }
-                let bad: Vec<_> = verbs.iter().filter(|v| !NODE_VERBS.contains(v)).collect();
-                if !bad.is_empty() {
-                    out.push(format!(
-                        "{what}: grants verbs {bad:?} on nodes (only {NODE_VERBS:?})"
-                    ));
-                }
-                node_verbs.extend(verbs.iter().copied());
-                continue;
-            }
-            let bad: Vec<_> = resources
-                .iter()
-                .filter(|r| !ALLOWED_RESOURCES.contains(r))
-                .collect();
-            if !bad.is_empty() {
-                out.push(format!(
-                    "{what}: grants resources {bad:?} (only {ALLOWED_RESOURCES:?})"
-                ));
-            }
-            let bad: Vec<_> = verbs
-                .iter()
-                .filter(|v| !ALLOWED_VERBS.contains(v))
-                .collect();
-            if !bad.is_empty() {
-                out.push(format!(
-                    "{what}: grants verbs {bad:?} (only {ALLOWED_VERBS:?})"
-                ));
             }
         }
     }
+    let has = |group: &str, resource: &str, verb: &str| granted.contains(&(group, resource, verb));
     if let Some(key) = taint
-        && !NODE_VERBS.iter().all(|v| node_verbs.contains(v))
+        && !NODE_VERBS.iter().all(|v| has("", "nodes", v))
     {
         out.push(format!(
             "the daemon removes taint {key} (--remove-taint) but no role bound to \
              {SERVICE_ACCOUNT} grants {NODE_VERBS:?} on nodes"
         ));
+    }
+    if follows_the_api(objects) {
+        for grant in GRANTS {
+            if !WATCH.iter().all(|v| has(grant.group, grant.resource, v)) {
+                out.push(format!(
+                    "the daemon follows the API (--kube) but no role bound to \
+                     {SERVICE_ACCOUNT} grants {WATCH:?} on {}",
+                    grant.resource
+                ));
+            }
+        }
     }
 }
 
@@ -630,7 +714,12 @@ mod tests {
             json!({"kind": "ServiceAccount", "metadata": {"name": SERVICE_ACCOUNT}}),
             json!({"kind": "ClusterRole", "metadata": {"name": "egress-redirector"},
               "rules": [{"apiGroups": [""], "resources": ["pods", "namespaces"],
-                         "verbs": ["get", "list", "watch"]}]}),
+                         "verbs": ["get", "list", "watch"]},
+                        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+                        {"apiGroups": [""], "resources": ["services"],
+                         "resourceNames": ["kubernetes"], "verbs": ["get", "list", "watch"]},
+                        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                         "resourceNames": ["kubernetes"], "verbs": ["get", "list", "watch"]}]}),
             json!({"kind": "ClusterRoleBinding", "metadata": {"name": "egress-redirector"},
               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                           "name": "egress-redirector"},
@@ -736,7 +825,7 @@ mod tests {
             ),
             (
                 with("/2/rules/0/apiGroups", json!(["", "apps"])),
-                "grants API groups",
+                "in API group \"apps\"",
             ),
             (
                 with("/3/roleRef/name", json!("cluster-admin")),
@@ -853,19 +942,20 @@ mod tests {
     }
 
     #[test]
-    fn nodes_only_with_the_startup_taint_flag() {
+    fn node_writes_only_with_the_startup_taint_flag() {
         assert_eq!(
             least_privilege(&with_startup_taint(json!(["get", "patch"]))),
             Vec::<String>::new()
         );
-        // The base: no flag, so no nodes.
+        // The base: no flag, so no get or patch on nodes.
         let mut objs = with_startup_taint(json!(["get", "patch"]));
         objs[0]["spec"]["template"]["spec"]["containers"][0]["args"] = json!(["run", "--kube"]);
         let found = least_privilege(&objs);
         assert!(
-            found
-                .iter()
-                .any(|v| v.contains("grants nodes, which only the startup-taint")),
+            found.iter().any(|v| v.contains(
+                "grants verbs [\"get\", \"patch\"] on nodes (only [\"list\", \"watch\"], \
+                 get and patch only with the startup-taint component"
+            )),
             "{found:?}"
         );
         // More than get and patch.
@@ -876,7 +966,7 @@ mod tests {
                 .any(|v| v.contains("grants verbs [\"update\"] on nodes")),
             "{found:?}"
         );
-        // Nodes mixed into the pods rule are nodes beyond what is allowed.
+        // Nodes mixed into the pods rule get `get` on nodes, beyond what is allowed.
         let found = least_privilege(&with(
             "/2/rules/0/resources",
             json!(["pods", "namespaces", "nodes"]),
@@ -884,7 +974,7 @@ mod tests {
         assert!(
             found
                 .iter()
-                .any(|v| v.contains("grants resources [\"nodes\"]")),
+                .any(|v| v.contains("grants verbs [\"get\"] on nodes")),
             "{found:?}"
         );
         // The flag without the role is a broken manifest.
@@ -925,6 +1015,49 @@ mod tests {
             versions_for(Path::new("deploy/overlays/hardened")),
             ["1.30.0", "1.37.0"]
         );
+    }
+
+    /// The API server's Service and EndpointSlice: only by name; with
+    /// `--kube`, list and watch on everything the daemon follows.
+    #[test]
+    fn services_and_endpointslices_only_by_name() {
+        let found = least_privilege(&with("/2/rules/2/resourceNames", json!([])));
+        assert!(
+            found.iter().any(|v| v
+                .contains("services must be limited to resourceNames [\"kubernetes\"] (has [])")),
+            "{found:?}"
+        );
+        let found = least_privilege(&with(
+            "/2/rules/3/resourceNames",
+            json!(["kubernetes", "other"]),
+        ));
+        assert!(
+            found
+                .iter()
+                .any(|v| v.contains("endpointslices must be limited to resourceNames")),
+            "{found:?}"
+        );
+        // endpointslices in the core group are not the discovery ones.
+        let found = least_privilege(&with("/2/rules/3/apiGroups", json!([""])));
+        assert!(
+            found
+                .iter()
+                .any(|v| v.contains("grants resources [\"endpointslices\"] in API group \"\"")),
+            "{found:?}"
+        );
+        // A rule missing: the daemon with --kube could not follow it.
+        let found = least_privilege(&with("/2/rules/1/verbs", json!(["list"])));
+        assert!(
+            found.iter().any(|v| v.contains(
+                "the daemon follows the API (--kube) but no role bound to egress-redirector \
+                 grants [\"list\", \"watch\"] on nodes"
+            )),
+            "{found:?}"
+        );
+        // Without --kube it needs none of them.
+        let mut objs = with("/2/rules", json!([]));
+        objs[0]["spec"]["template"]["spec"]["containers"][0]["args"] = json!(["run"]);
+        assert_eq!(least_privilege(&objs), Vec::<String>::new());
     }
 
     #[test]
