@@ -107,7 +107,8 @@ layout_daemon_start() {
   cmd+=(nsenter --net="/run/netns/$NS_NODE" -- env RUST_LOG=info,redirector=debug NO_COLOR=1
     KUBECONFIG="$KUBECONFIG_FILE" "$REDIRECTOR_BIN" run --proxy-config "$LAYOUT_CONFIG"
     --listen "$NODE_IP4:$LISTEN_PORT" --listen "[$NODE_IP6]:$LISTEN_PORT" --bpffs "$PIN_DIR"
-    --resolv-conf "$RESOLV_CONF" --kube --node-name "$KUBE_NODE" "${DAEMON_BASE_FLAGS[@]}")
+    --resolv-conf "$RESOLV_CONF" --kube --node-name "$KUBE_NODE" "${DAEMON_BASE_FLAGS[@]}"
+    --handover-dir "$WORK/handover-layout")
   # The standard config, but kube-system not exempt by namespace: the
   # static pod's mirror there is exempted by its annotation below.
   sed 's/^{/{"exemptNamespaces":[],/' "$PROXY_CONFIG" >"$LAYOUT_CONFIG"
@@ -243,7 +244,8 @@ t_layout_kind_cgroupfs() { layout_test cgroupfs host; }
 t_layout_not_in_pod() {
   local out rc
   out=$(in_cgroup_netns "$CG_ROOT/system/redirector" "$NS_NODE" timeout 20 "$REDIRECTOR_BIN" run \
-    --proxy-config "$PROXY_CONFIG" --listen "$NODE_IP4:$LISTEN_PORT" --bpffs "$WORK/bpffs-unused" 2>&1)
+    --proxy-config "$PROXY_CONFIG" --listen "$NODE_IP4:$LISTEN_PORT" --bpffs "$WORK/bpffs-unused" \
+    --handover-dir "$WORK/handover-unused" 2>&1)
   rc=$?
   ((rc != 0 && rc != 124)) || why "exit $rc, expected an error:" "$out" || return 1
   expect_contains "$out" "is not inside a pod's cgroup" "the error" || return 1
