@@ -55,12 +55,19 @@ struct ParsedTarget {
 }
 
 impl ParsedTarget {
-    /// The policy's view of it: on a server-first port, only the address
-    /// and port, as the daemon never reads the client's first bytes there.
+    /// Whether the daemon would see a host name: only in the client's
+    /// first bytes (TLS SNI, HTTP `Host`), which it does not read on a
+    /// server-first port and which raw TCP does not carry.
+    fn daemon_sees_name(&self) -> bool {
+        !self.server_first && self.protocol != Protocol::Other
+    }
+
+    /// The policy's view of it, as the daemon's: the address and port, and
+    /// the name only where the daemon would see one.
     fn target(&self) -> Target<'_> {
         Target {
             ip: self.ip,
-            host: self.host.as_deref().filter(|_| !self.server_first),
+            host: self.host.as_deref().filter(|_| self.daemon_sees_name()),
             port: self.port,
             protocol: if self.server_first {
                 Protocol::Other
@@ -177,6 +184,37 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
         }
     }
     target.server_first = policy.config().is_server_first(target.port);
+    // A name the daemon would not see only says where the client connects:
+    // resolved here, the decision is the address's, as the daemon's is.
+    let mut name_note = None;
+    if let (Some(name), None, false) = (&target.host, target.ip, target.daemon_sees_name()) {
+        let resolver = args.resolver.resolver()?;
+        let resolution = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(resolver.resolve(name));
+        name_note = Some(match resolution {
+            Resolution::Addresses(addrs) if !addrs.is_empty() => {
+                target.ip = Some(addrs[0]);
+                format!(
+                    "{why}: the daemon sees only the address; `{name}` resolves to {}, \
+                     decided for {} (--destination picks another)",
+                    join_addrs(&addrs),
+                    addrs[0],
+                    why = no_name_why(&target),
+                )
+            }
+            Resolution::Addresses(_) => format!(
+                "{}: the daemon sees only the address; `{name}` has no address here",
+                no_name_why(&target)
+            ),
+            Resolution::Failed(why) => format!(
+                "{}: the daemon sees only the address; `{name}` did not resolve here ({why}): \
+                 decided for an address no rule names (--destination gives one)",
+                no_name_why(&target)
+            ),
+        });
+    }
     let verdict = policy.decide(&target.target());
     let (mut decision, check) = match verdict {
         Verdict::Final(decision) => (decision, None),
@@ -220,11 +258,15 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     };
     if args.json {
         let mut v = to_json(&args.target, &target, &decision, check.as_ref());
+        v["name_not_seen"] = json!(name_note);
         extra.add_json(&mut v);
         println!("{v}");
     } else {
+        let name = name_note
+            .map(|n| format!("name: {n}\n"))
+            .unwrap_or_default();
         print!(
-            "{}{}",
+            "{}{name}{}",
             to_text(&args.target, &target, &decision, check.as_ref()),
             extra.text()
         );
@@ -278,6 +320,20 @@ fn mode_name(mode: Mode) -> &'static str {
         Mode::Connect => "connect",
         Mode::AbsoluteForm => "absolute-form",
     }
+}
+
+/// Why the daemon would not see the target's name.
+fn no_name_why(t: &ParsedTarget) -> &'static str {
+    if t.server_first {
+        "a server-first port"
+    } else {
+        "raw TCP carries no name"
+    }
+}
+
+fn join_addrs(addrs: &[IpAddr]) -> String {
+    let list: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
+    list.join(", ")
 }
 
 fn protocol_name(p: &Protocol) -> &'static str {
@@ -417,6 +473,52 @@ fn parse_target(raw: &str, protocol: &str) -> Result<ParsedTarget> {
 mod tests {
     use super::*;
 
+    /// For each protocol, `explain` decides as the daemon does: the
+    /// daemon's view built as `connection` builds it, from what `classify`
+    /// makes of a real client's first bytes, against `explain`'s view of
+    /// the same connection on the command line.
+    #[test]
+    fn explain_decides_as_the_daemon_for_each_protocol() {
+        let config = ProxyConfig::parse(
+            "p.json",
+            r#"{"httpsProxy": "http://10.0.0.4:3128/", "httpProxy": "http://10.0.0.4:3128/",
+                "noProxy": [".corp.example", "www.example.org"]}"#,
+        )
+        .unwrap();
+        let policy = Policy::new(config, &crate::policy::Builtins::default());
+        let dst: IpAddr = "192.0.2.7".parse().unwrap();
+        let hello = include_bytes!("../../testdata/tls_client_hello/curl.bin");
+        let cases: [(&[u8], &str, &str, u16); 3] = [
+            // TLS with SNI www.example.org (a name rule: checked)
+            (hello, "https://www.example.org/", "tcp", 443),
+            // HTTP with Host db.corp.example (a name rule: checked)
+            (
+                b"GET / HTTP/1.1\r\nHost: db.corp.example:8080\r\n\r\n",
+                "http://db.corp.example:8080/",
+                "tcp",
+                8080,
+            ),
+            // raw TCP: no name, whatever the command line says
+            (b"\x00\x01\x02hello", "db.corp.example:5432", "tcp", 5432),
+        ];
+        for (bytes, cli, proto, port) in cases {
+            let class = crate::classify::classify(bytes).unwrap();
+            let daemon = policy.decide(&Target {
+                ip: Some(dst),
+                host: class.hostname.as_deref(),
+                port,
+                protocol: class.protocol,
+            });
+            let mut parsed = parse_target(cli, proto).unwrap();
+            parsed.ip = Some(dst);
+            let explained = policy.decide(&parsed.target());
+            assert_eq!(format!("{explained:?}"), format!("{daemon:?}"), "{cli}");
+        }
+        // The raw TCP case is the one the name alone would get wrong.
+        let raw = parse_target("db.corp.example:5432", "tcp").unwrap();
+        assert!(!raw.daemon_sees_name() && raw.target().host.is_none());
+    }
+
     #[test]
     fn targets() {
         let t = parse_target("https://API.Example.com./x", "tcp").unwrap();
@@ -538,14 +640,15 @@ mod tests {
         )
         .unwrap();
         let policy = Policy::new(cfg, &crate::policy::Builtins::default());
-        let explain = |raw: &str| {
-            let mut t = parse_target(raw, "tcp").unwrap();
+        let explain_as = |raw: &str, protocol: &str| {
+            let mut t = parse_target(raw, protocol).unwrap();
             t.server_first = policy.config().is_server_first(t.port);
             let (d, _) = policy
                 .decide(&t.target())
                 .decide_with(|_| Resolution::Addresses(["192.0.2.25".parse().unwrap()].into()));
             (to_text(raw, &t, &d, None), to_json(raw, &t, &d, None))
         };
+        let explain = |raw: &str| explain_as(raw, "tls");
         let (text, json) = explain("mail.example:25");
         assert!(
             text.contains("server-first: port 25 is in serverFirstPorts"),
@@ -556,11 +659,14 @@ mod tests {
         // By address, the noProxy IP entry still applies.
         let (text, _) = explain("192.0.2.25:25");
         assert!(text.contains("decision: kernel-bypass\n"), "{text}");
-        // Off the list, the name is seen.
+        // Off the list, a TLS client's name is seen (SMTPS: SNI) ...
         let (text, json) = explain("mail.example:465");
         assert!(!text.contains("server-first"), "{text}");
         assert!(text.contains("decision: direct\n"), "{text}");
         assert_eq!(json["server_first"], false);
+        // ... and raw TCP carries none: through the proxy by address.
+        let (text, _) = explain_as("mail.example:465", "tcp");
+        assert!(text.contains("decision: proxy\n"), "{text}");
     }
 
     /// What `explain --destination` shows for a name rule, verified or not.
