@@ -15,7 +15,8 @@
 # rde-inet (all inside 10.249.0.0/16, behind the blackhole route):
 #
 #   10.249.0.3     the upstream proxy (mitmdump :8082)
-#   10.249.6.2     "a pod on node nt-n2" (pod CIDR 10.249.6.0/24)
+#   10.249.10.2    "a pod on node nt-n2" (pod CIDR 10.249.10.0/24; 10.249.6 is
+#                  bounds.sh's pod-v, 10.249.7 escapes.sh's)
 #   10.249.8.1     the kubernetes Service's ClusterIP
 #   10.249.8.10    the API server's endpoint; 10.249.8.20 a tenant's slice
 #   10.249.9.2     in the serviceCidrs range 10.249.9.0/24
@@ -31,8 +32,8 @@ NT_PROXY_PORT=8082
 NT_PROXY=http://$NT_PROXY_IP:$NT_PROXY_PORT
 NT_FLOW_LOG=$WORK/flow-nt.log
 NT_CONFIG=$WORK/nt-config.json
-NT_POD_CIDR=10.249.6.0/24
-NT_POD_IP=10.249.6.2
+NT_POD_CIDR=10.249.10.0/24
+NT_POD_IP=10.249.10.2
 NT_SVC_IP=10.249.8.1
 NT_API_IP=10.249.8.10
 NT_TENANT_IP=10.249.8.20
@@ -225,7 +226,7 @@ node_exempt_defaults_body() {
   expect_count "$(tail -n "+$((l0 + 1))" "$DAEMON_LOG")" "config reloaded" 3 "three reloads, no restart" || return 1
 }
 
-# --- a Node with pod CIDR 10.249.6.0/24 makes 10.249.6.2 direct (skipped in
+# --- a Node with pod CIDR 10.249.10.0/24 makes 10.249.10.2 direct (skipped in
 #     the kernel); deleting the Node sends it through the proxy again.
 t_node_pod_cidrs() { nt_run node_pod_cidrs_body; }
 node_pod_cidrs_body() {

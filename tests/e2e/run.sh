@@ -454,7 +454,11 @@ t_explain() {
   local c=(--proxy-config "$cfg")
   expect_explain direct 'direct\.test' - "${c[@]}" https://direct.test/x || return 1
   expect_explain direct 'direct\.test' - "${c[@]}" https://sub.direct.test/ || return 1
-  expect_explain direct 'direct\.test' - "${c[@]}" sub.direct.test:443 || return 1
+  expect_explain direct 'direct\.test' - "${c[@]}" --protocol tls sub.direct.test:443 || return 1
+  # raw TCP carries no name: as the daemon, by the address the name resolves to
+  expect_explain proxy httpsProxy "$P" "${c[@]}" sub.direct.test:443 || return 1
+  out=$(explain "${c[@]}" sub.direct.test:443)
+  expect_contains "$out" "name: raw TCP carries no name" "explain of a raw TCP host:port" || return 1
   expect_explain direct '\.only-sub\.test' - "${c[@]}" https://x.only-sub.test/ || return 1
   expect_explain proxy httpsProxy "$P" "${c[@]}" https://only-sub.test/ || return 1
   expect_explain direct 'porthost\.test:80' - "${c[@]}" http://porthost.test/ || return 1

@@ -253,7 +253,7 @@ t_supervised_task_exit() {
   local rc out t0 ms
   kube_up || return 1
   t0=$(now_ms)
-  UPG_ENV="REDIRECTOR_DEBUG_FAIL_TASK=kubernetes=3" \
+  UPG_ENV="REDIRECTOR_DEBUG_FAIL_TASK=kubernetes watcher=3" \
     upg_start supervised "$CG_ROOT/system/redirector" --kube --node-name "$KUBE_NODE" || return 1
   # As the DaemonSet controller would: the instance it replaced goes.
   kill -TERM "$DAEMON_PID"
