@@ -843,17 +843,10 @@ mod tests {
             while let Ok((mut s, _)) = l.accept().await {
                 let seen = seen.clone();
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    while !head.ends_with(b"\r\n\r\n") {
-                        let mut b = [0u8; 1];
-                        if s.read(&mut b).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(b[0]);
-                    }
-                    seen.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&head).into_owned());
+                    let Some(head) = read_head(&mut s).await else {
+                        return;
+                    };
+                    seen.lock().unwrap().push(head);
                     let _ = s
                         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
                         .await;
@@ -1101,20 +1094,28 @@ mod tests {
         (addr, heads)
     }
 
+    /// One request head, byte by byte (so nothing after it is consumed);
+    /// `None` when the peer closes first.
+    async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<String> {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await.unwrap_or(0) == 0 {
+                return None;
+            }
+            head.push(b[0]);
+        }
+        Some(String::from_utf8_lossy(&head).into_owned())
+    }
+
     async fn serve_upgrades<S>(mut s: S, seen: Arc<Mutex<Vec<String>>>, early: &[u8])
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         loop {
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut b = [0u8; 1];
-                if s.read(&mut b).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                head.push(b[0]);
-            }
-            let head = String::from_utf8_lossy(&head).into_owned();
+            let Some(head) = read_head(&mut s).await else {
+                return;
+            };
             let upgrade = head.to_ascii_lowercase().contains("\r\nupgrade:");
             seen.lock().unwrap().push(head);
             if !upgrade {

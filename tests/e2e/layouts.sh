@@ -68,21 +68,7 @@ layout_api() {
   if [[ -z $KUBE_API_PID ]] || ! kill -0 "$KUBE_API_PID" 2>/dev/null; then
     kube_api_start || return 1
   fi
-  cat >"$KUBECONFIG_FILE" <<EOF2
-apiVersion: v1
-kind: Config
-clusters:
-- name: fake
-  cluster:
-    server: http://$NODE_IP4:$KUBE_PORT
-contexts:
-- name: fake
-  context: {cluster: fake, user: nobody}
-current-context: fake
-users:
-- name: nobody
-  user: {}
-EOF2
+  kube_config_file
   kube_ns egress-redirector && kube_ns kshop && kube_ns kops && kube_ns kube-system || return 1
   kube_pod egress-redirector redirector "$UID_LD" Burstable && kube_pod kshop web "$UID_LW" BestEffort \
     && kube_pod kops ops "$UID_LO" Guaranteed || return 1
