@@ -21,6 +21,7 @@ pub mod build;
 pub mod counts;
 pub mod demo;
 pub mod fuzz;
+pub mod image;
 pub mod kind;
 pub mod manifests;
 pub mod setup;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use xtask::{Paths, bench, build, demo, fuzz, kind, manifests, setup, soak, test};
+use xtask::{Paths, bench, build, demo, fuzz, image, kind, manifests, setup, soak, test};
 
 /// Build, test and demo tasks of egress-redirector.
 #[derive(Parser)]
@@ -89,12 +89,22 @@ enum Cmd {
     /// Kubernetes 1.29 and 1.37 schemas. Rendered files go to
     /// target/deploy-check. Part of `test`.
     Manifests,
-    /// Build the node image (deploy/Dockerfile) with Docker
+    /// Write the node image as an OCI image archive, without Docker
     ///
-    /// Builds the daemon, then tags egress-redirector:dev and
-    /// egress-redirector:<version>. Fails with a clear message when no Docker
-    /// engine answers.
-    Image,
+    /// Builds the daemon, then writes target/image/egress-redirector.oci.tar:
+    /// an OCI image layout (plus Docker's manifest.json) whose one layer
+    /// holds /usr/local/bin/redirector and exactly the shared libraries
+    /// `ldd` names for it, with the loader (no shell, no package manager),
+    /// tagged docker.io/library/egress-redirector:dev and :<version>, with
+    /// the version and commit in its labels. Import it with
+    /// `ctr -n k8s.io images import` (docs/deploy.md). With --docker,
+    /// builds deploy/Dockerfile with a Docker engine instead.
+    Image {
+        /// Build deploy/Dockerfile with Docker (tags egress-redirector:dev
+        /// and :<version>) instead of writing the archive.
+        #[arg(long)]
+        docker: bool,
+    },
     /// End-to-end test of deploy/overlays/demo on a kind cluster
     ///
     /// Needs Docker, kind and the internet (public images). Creates the
@@ -140,7 +150,7 @@ fn main() -> ExitCode {
         Cmd::Fuzz { seconds, targets } => fuzz::fuzz(&paths, seconds, &targets),
         Cmd::Demo => demo::demo(&paths),
         Cmd::Manifests => manifests::validate(&paths),
-        Cmd::Image => build::image(&paths).map(drop),
+        Cmd::Image { docker } => image::image(&paths, docker),
         Cmd::KindE2e => kind::kind_e2e(&paths),
         Cmd::Bench(opts) => bench::bench(&paths, &opts),
         Cmd::Soak { minutes } => soak::soak(&paths, minutes),
