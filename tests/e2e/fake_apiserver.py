@@ -54,6 +54,7 @@ restarted server comes back with the same objects (and a history that starts
 at its current resourceVersion, like a real apiserver after compaction).
 
 Usage: fake_apiserver.py --listen 127.0.0.1:PORT --state FILE [--log FILE]
+                         [--tls-cert PEM --tls-key PEM]   (HTTPS instead)
 (PORT 0 picks a free port; the "ready" line on stdout names it.)
 """
 
@@ -436,6 +437,9 @@ def main():
     p.add_argument("--listen", required=True)
     p.add_argument("--state", required=True)
     p.add_argument("--log")
+    # HTTPS, as a pod's in-cluster config dials it (tests/runtime)
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
     ARGS = p.parse_args()
     try:
         with open(ARGS.state) as f:
@@ -445,6 +449,11 @@ def main():
     FLOOR[0] = STATE["rv"]
     host, _, port = ARGS.listen.rpartition(":")
     server = Server((host, int(port)), Handler)
+    if ARGS.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(ARGS.tls_cert, ARGS.tls_key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     # port 0: the kernel picks one; say which
     print(f"fake apiserver ready on {host}:{server.server_address[1]} rv={STATE['rv']}", flush=True)
     log(f"started rv={STATE['rv']}")

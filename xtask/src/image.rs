@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::build;
-use crate::toolchain::{Paths, run};
+use crate::toolchain::Paths;
 
 /// The repository name the manifests use (`image: egress-redirector`),
 /// fully qualified as the kubelet asks the runtime for it.

@@ -24,6 +24,7 @@ pub mod fuzz;
 pub mod image;
 pub mod kind;
 pub mod manifests;
+pub mod runtime_e2e;
 pub mod setup;
 pub mod soak;
 pub mod test;

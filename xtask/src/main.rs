@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use xtask::{Paths, bench, build, demo, fuzz, image, kind, manifests, setup, soak, test};
+use xtask::{
+    Paths, bench, build, demo, fuzz, image, kind, manifests, runtime_e2e, setup, soak, test,
+};
 
 /// Build, test and demo tasks of egress-redirector.
 #[derive(Parser)]
@@ -114,6 +116,19 @@ enum Cmd {
     /// Without Docker or kind: prints `kind-e2e: SKIPPED (...)` and exits
     /// with code 77. Not part of `test`.
     KindE2e,
+    /// The DaemonSet and pods on a real container runtime (needs root)
+    ///
+    /// A private containerd (own root, state, socket and config; CRI
+    /// plugin, runc with the cgroupfs driver, the CNI bridge and host-local
+    /// plugins) in network namespace rde-rt-node; images imported from
+    /// archives (the daemon's, a pause and a curl image), no registry. The
+    /// DaemonSet of deploy/base is run through CRI as the kubelet would,
+    /// against the fake API server; client pods are real sandboxes under
+    /// /kubepods. Scenarios: HTTPS through mitmproxy, live exemption by
+    /// namespace label and pod annotation, a pod with HTTPS_PROXY, the
+    /// uninstall's detach. Installs containerd, runc and
+    /// containernetworking-plugins (their services never started).
+    RuntimeE2e,
     /// Benchmark every egress path on the miniature node (needs root)
     ///
     /// Runs the criterion micro-benchmarks of the redirector crate, then
@@ -152,6 +167,7 @@ fn main() -> ExitCode {
         Cmd::Manifests => manifests::validate(&paths),
         Cmd::Image { docker } => image::image(&paths, docker),
         Cmd::KindE2e => kind::kind_e2e(&paths),
+        Cmd::RuntimeE2e => runtime_e2e::runtime_e2e(&paths),
         Cmd::Bench(opts) => bench::bench(&paths, &opts),
         Cmd::Soak { minutes } => soak::soak(&paths, minutes),
     };

@@ -88,9 +88,28 @@ const BENCH_PROGRAMS: &[(&str, &str)] = &[
     ("nft", "nftables"),
 ];
 
+/// The runtime harness's container runtime (`cargo xtask runtime-e2e`):
+/// containerd 1.6 with its CRI plugin, runc, and the CNI plugins (bridge,
+/// host-local, loopback in /usr/lib/cni). The harness runs its own
+/// containerd; the packaged service is never started (below).
+const RUNTIME_PROGRAMS: &[(&str, &str)] = &[
+    ("containerd", "containerd"),
+    ("runc", "runc"),
+    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+];
+
+/// The runtime harness's CRI client: grpcio, grpcio-tools (bundles protoc,
+/// for the stubs) and PyYAML (the rendered manifests), pinned.
+const CRI_CLIENT_REQUIREMENTS: &[&str] =
+    &["grpcio==1.76.0", "grpcio-tools==1.76.0", "PyYAML==6.0.3"];
+
 /// Packages whose Debian scripts would enable and start a service: test
 /// peers only, so they must never listen on the host.
-const PEER_SERVICES: &[(&str, &str)] = &[("squid", "squid"), ("redsocks", "redsocks")];
+const PEER_SERVICES: &[(&str, &str)] = &[
+    ("squid", "squid"),
+    ("redsocks", "redsocks"),
+    ("containerd", "containerd"),
+];
 
 /// Rough durations on a cold 2-core machine, printed as each phase starts.
 const ESTIMATE_APT: &str = "about 1-2 min";
@@ -211,6 +230,71 @@ pub fn setup(paths: &Paths, purpose: Purpose) -> Result<()> {
     }
     summary.print();
     Ok(())
+}
+
+/// What the runtime harness runs its CRI client with.
+pub struct CriClient {
+    /// The venv's python (grpcio, PyYAML).
+    pub python: std::path::PathBuf,
+    /// The directory of the generated CRI stubs (api_pb2*.py).
+    pub stubs: std::path::PathBuf,
+}
+
+/// `cargo xtask runtime-e2e`'s set-up: the test command's, then containerd,
+/// runc, the CNI plugins and the CRI client venv with stubs generated from
+/// tests/runtime/cri/api.proto.
+pub fn setup_runtime(paths: &Paths) -> Result<CriClient> {
+    setup(paths, Purpose::Test)?;
+    let missing: Vec<&str> = RUNTIME_PROGRAMS
+        .iter()
+        .filter(|(program, _)| {
+            if program.starts_with('/') {
+                !Path::new(program).exists()
+            } else {
+                find_program(program).is_none()
+            }
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if !missing.is_empty() {
+        phase(
+            &format!("apt-get install {}", missing.join(" ")),
+            ESTIMATE_APT,
+        );
+        apt_install(&missing)?;
+        record_installs(paths, missing.iter().map(|p| format!("apt {p}")))?;
+    }
+    let venv = paths.root.join("target/tools/cri-client");
+    let python = venv.join("bin/python");
+    let works =
+        || toolchain::succeeds(Command::new(&python).args(["-c", "import grpc, grpc_tools, yaml"]));
+    if !works() {
+        phase(
+            &format!("installing the CRI client into {}", venv.display()),
+            ESTIMATE_VENV,
+        );
+        if !venv.join("bin/pip").exists() {
+            run(Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .stdin(Stdio::null()))?;
+        }
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--disable-pip-version-check"])
+            .args(CRI_CLIENT_REQUIREMENTS)
+            .stdin(Stdio::null()))?;
+    }
+    let stubs = venv.join("stubs");
+    fs::create_dir_all(&stubs)?;
+    let proto_dir = paths.root.join("tests/runtime/cri");
+    run(Command::new(&python)
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", proto_dir.display()))
+        .arg(format!("--python_out={}", stubs.display()))
+        .arg(format!("--grpc_python_out={}", stubs.display()))
+        .arg(proto_dir.join("api.proto")))
+    .context("generating the CRI stubs")?;
+    Ok(CriClient { python, stubs })
 }
 
 /// A pinned PyPI package in a venv of its own under target/tools, unless

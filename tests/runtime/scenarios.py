@@ -1,0 +1,294 @@
+"""The runtime harness's scenarios: the DaemonSet's pod, as rendered from
+deploy/, run through CRI by the miniature kubelet (kubelet.py), client pods
+as real sandboxes, and the product's behaviour checked from inside them.
+
+Runs in containerd's network and mount namespaces (run.sh starts it there).
+Every scenario asserts what the origin saw (the client address: the pod's
+own when direct, mitmproxy's when proxied) and what mitmproxy logged.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kubelet as kl  # noqa: E402
+
+E = os.environ
+WORK = E["RT_WORK"]
+NODE = E["RT_NS_NODE"]
+NODE_IP = E["RT_NODE_IP"]
+INET_IP = E["RT_INET_IP"]
+API = f"https://{E['RT_UP_IP']}:{E['RT_API_PORT']}"
+FLOW_LOG = E["FLOW_LOG"]
+CA_DIR = E["CA_DIR"]
+REPO = E["REPO_DIR"]
+CGROUP_ROOT = E.get("RT_CGROUP_ROOT", "")
+UID_A = "0a0a0a0a-2020-4222-8333-444444444444"   # shop/curl-a, BestEffort
+UID_B = "0b0b0b0b-2020-4222-8333-444444444444"   # ops/curl-b, Burstable
+UID_D = "0d0d0d0d-2020-4222-8333-444444444444"   # the daemon
+UID_X = "0e0e0e0e-2020-4222-8333-444444444444"   # the detach pod
+TOGGLE_S = 5.0
+FAILED = []
+
+
+def info(msg):
+    print(f"[runtime-e2e] {msg}", file=sys.stderr, flush=True)
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def control(obj):
+    req = urllib.request.Request(f"{API}/control", data=json.dumps(obj).encode(), method="POST")
+    ctx = __import__("ssl")._create_unverified_context()
+    urllib.request.urlopen(req, timeout=5, context=ctx).read()
+
+
+def render(path):
+    out = subprocess.run([E["KUBECTL"], "kustomize", os.path.join(REPO, path)],
+                         check=True, capture_output=True, text=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def find(docs, kind, name):
+    for d in docs:
+        if d["kind"] == kind and d["metadata"]["name"] == name:
+            return d
+    raise KeyError(f"{kind}/{name} not in the rendered manifests")
+
+
+def client_pod(name, namespace, resources):
+    """A pod of the client image (curl), with the MITM CA mounted."""
+    return {"metadata": {"name": name, "namespace": namespace},
+            "spec": {"automountServiceAccountToken": False,
+                     "containers": [{
+                         "name": "curl", "image": E["CLIENT_REF"],
+                         "command": ["/usr/bin/sleep", "infinity"], "resources": resources,
+                         "securityContext": {"allowPrivilegeEscalation": False,
+                                             "readOnlyRootFilesystem": True,
+                                             "capabilities": {"drop": ["ALL"]},
+                                             "seccompProfile": {"type": "RuntimeDefault"}},
+                         "volumeMounts": [{"name": "ca", "mountPath": "/ca", "readOnly": True}]}],
+                     "volumes": [{"name": "ca", "hostPath": {"path": CA_DIR, "type": "Directory"}}]}}
+
+
+class Harness:
+    def __init__(self):
+        docs = render("deploy/base")
+        cm = find(docs, "ConfigMap", "egress-redirector-proxy")
+        # The operator's settings: the proxy is the harness's mitmproxy.
+        proxy = json.loads(cm["data"]["proxy.json"])
+        proxy["httpProxy"] = proxy["httpsProxy"] = f"http://{INET_IP}:8080/"
+        self.docs = docs
+        sa = os.path.join(WORK, "serviceaccount")
+        node = kl.Node(
+            NODE, [NODE_IP], WORK, cgroup_root=CGROUP_ROOT,
+            sa={"host": E["RT_UP_IP"], "port": int(E["RT_API_PORT"]), "dir": sa},
+            configmaps={"egress-redirector-proxy": {"proxy.json": json.dumps(proxy)}},
+            # Stand-ins for host paths the test must not write on this
+            # machine: the trust store install-ca edits, and /run.
+            host_path_map={"/": os.path.join(WORK, "host-root"),
+                           "/run/egress-redirector": os.path.join(WORK, "run-egress-redirector")},
+            dns=[INET_IP])
+        # A Debian-looking stand-in: install-ca finds its trust store
+        # directory there (the base's config has no trustedCA: nothing to
+        # install, so no host tool runs).
+        root = os.path.join(WORK, "host-root")
+        os.makedirs(os.path.join(root, "etc"), exist_ok=True)
+        os.makedirs(os.path.join(root, "usr/local/share/ca-certificates"), exist_ok=True)
+        with open(os.path.join(root, "etc/debian_version"), "w") as f:
+            f.write("12.0\n")
+        self.k = kl.Kubelet(E["RT_SOCK"], node)
+        self.pods = {}
+        self.seq = 0
+
+    # -------------------------------------------------------------- clients
+    def start_clients(self):
+        control({"op": "node", "name": NODE,
+                 "addresses": [{"type": "InternalIP", "address": NODE_IP}]})
+        for ns in ("egress-redirector", "shop", "ops"):
+            control({"op": "ns", "name": ns, "labels": {}})
+        for name, ns, uid, res, qos in (
+                ("curl-a", "shop", UID_A, {}, "BestEffort"),
+                ("curl-b", "ops", UID_B, {"requests": {"cpu": "10m", "memory": "16Mi"}}, "Burstable")):
+            sandbox, ids = self.k.run_pod(client_pod(name, ns, res), ns, uid, log=info)
+            ip = self.k.pod_ip(sandbox)
+            self.pods[name] = (sandbox, ids["curl"], ip, ns, uid, qos)
+            control({"op": "pod", "namespace": ns, "name": name, "uid": uid, "node": NODE,
+                     "qos": qos, "annotations": {}})
+            info(f"{name}: {ip}")
+
+    def curl(self, pod, *args):
+        _, cid, *_ = self.pods[pod]
+        return self.k.exec(cid, ["/usr/bin/curl", "-q", "-sS", "--max-time", "10", *args], timeout=20)
+
+    def flow_lines(self):
+        with open(FLOW_LOG) as f:
+            return f.read().splitlines()
+
+    def route(self, pod):
+        """'direct' or 'proxy' for one fresh plain-HTTP connection."""
+        self.seq += 1
+        path = f"/rt-{pod}-{self.seq}"
+        before = len(self.flow_lines())
+        code, out, err = self.curl(pod, f"http://{INET_IP}{path}")
+        seen = [line for line in self.flow_lines()[before:] if f"http://{INET_IP}{path} " in line]
+        ip = self.pods[pod][2]
+        if code == 0 and f"client={ip} path={path}" in out and not seen:
+            return "direct"
+        if code == 0 and f"client={INET_IP} path={path}" in out and seen:
+            return "proxy"
+        return f"unclear: exit {code} {out!r} {err!r}"
+
+    def expect_flip(self, pod, want, tag):
+        start = time.time()
+        while True:
+            got = self.route(pod)
+            if got == want:
+                break
+            check(time.time() - start < TOGGLE_S, f"{pod} ({tag}): still {got} after {TOGGLE_S}s, want {want}")
+            time.sleep(0.2)
+        info(f"  {pod}: {want} after {time.time() - start:.1f} s ({tag})")
+        check(self.route(pod) == want, f"{pod} ({tag}): not {want} on the next connection")
+
+    # -------------------------------------------------------------- the daemon
+    def start_daemon(self):
+        ds = find(self.docs, "DaemonSet", "egress-redirector")
+        pod = {"metadata": {"name": "egress-redirector-rt", "namespace": "egress-redirector",
+                            **{k: v for k, v in ds["spec"]["template"]["metadata"].items()}},
+               "spec": ds["spec"]["template"]["spec"]}
+        control({"op": "pod", "namespace": "egress-redirector", "name": "egress-redirector-rt",
+                 "uid": UID_D, "node": NODE, "qos": kl.qos_class(pod["spec"]),
+                 "annotations": {}, "hostNetwork": True})
+        started = time.time()
+        sandbox, ids = self.k.run_pod(pod, "egress-redirector", UID_D, log=info)
+        self.daemon = (sandbox, ids["redirector"], pod)
+        c = pod["spec"]["containers"][0]
+        try:
+            ready = self.k.wait_probe(c, NODE_IP, "readinessProbe", started, attempts=6)
+        except RuntimeError:
+            info("daemon log:\n" + self.k.logs(os.path.join(WORK, "pods", UID_D), "redirector"))
+            raise
+        info(f"daemon ready (readinessProbe) {ready:.1f} s after the pod started")
+        alive = self.k.wait_probe(c, NODE_IP, "livenessProbe", started, attempts=3)
+        info(f"daemon live (livenessProbe) at {alive:.1f} s")
+        return c
+
+    def daemon_log(self):
+        return self.k.logs(os.path.join(WORK, "pods", UID_D), "redirector")
+
+
+# ------------------------------------------------------------------ scenarios
+def t_direct_before_daemon(h):
+    for pod in ("curl-a", "curl-b"):
+        check(h.route(pod) == "direct", f"{pod}: not direct before the daemon: {h.route(pod)}")
+
+
+def t_daemon_container_as_specified(h):
+    _, cid, pod = h.daemon
+    st = h.k.status(cid)
+    check(st.state == kl.cri.CONTAINER_RUNNING, f"daemon not running: {st}")
+    log = h.daemon_log()
+    check("kubepods" in log, "the daemon did not log the kubepods root it derived")
+    # The pod's cgroup, as the kubelet lays it out.
+    want = kl.cgroup_parent(CGROUP_ROOT, kl.qos_class(pod["spec"]), UID_D)
+    found = [r for r, _, _ in os.walk("/sys/fs/cgroup") if r.endswith(want)]
+    check(found, f"no cgroup directory {want} under /sys/fs/cgroup")
+    info(f"  daemon cgroup: {found[0]}; memory limit {open(found[0] + '/memory.max').read().strip() if os.path.exists(found[0] + '/memory.max') else 'n/a (v1)'}")
+
+
+def t_https_through_mitm(h):
+    before = len(h.flow_lines())
+    code, out, err = h.curl("curl-a", "-v", "--cacert", "/ca/mitmproxy-ca-cert.pem",
+                            "--resolve", f"origin.test:443:{INET_IP}", "https://origin.test/rt-https")
+    check(code == 0, f"HTTPS from curl-a failed: {err[-800:]}")
+    check(f"client={INET_IP} path=/rt-https" in out, f"origin did not see mitmproxy: {out!r}")
+    issuer = [line for line in err.splitlines() if "issuer:" in line]
+    check(issuer and "mitmproxy" in issuer[0], f"certificate not issued by the MITM CA: {issuer}")
+    flows = h.flow_lines()[before:]
+    check(any(f"{INET_IP}:443" in f or "origin.test" in f for f in flows), f"no flow in mitmproxy's log: {flows}")
+    info(f"  {issuer[0].strip()}")
+
+
+def t_namespace_label_toggles(h):
+    h.expect_flip("curl-a", "proxy", "before")
+    control({"op": "ns", "name": "shop", "labels": {"egress-redirector/exempt": "true"}})
+    h.expect_flip("curl-a", "direct", "ns labelled")
+    check(h.route("curl-b") == "proxy", "curl-b (other namespace) not proxied")
+    control({"op": "ns", "name": "shop", "labels": {}})
+    h.expect_flip("curl-a", "proxy", "ns unlabelled")
+
+
+def t_pod_annotation_toggles(h):
+    _, _, _, ns, uid, qos = h.pods["curl-b"]
+    ann = {"egress-redirector/exempt": "true"}
+    control({"op": "pod", "namespace": ns, "name": "curl-b", "uid": uid, "node": NODE, "qos": qos, "annotations": ann})
+    h.expect_flip("curl-b", "direct", "annotated")
+    check(h.route("curl-a") == "proxy", "curl-a not proxied while curl-b is annotated")
+    control({"op": "pod", "namespace": ns, "name": "curl-b", "uid": uid, "node": NODE, "qos": qos, "annotations": {}})
+    h.expect_flip("curl-b", "proxy", "unannotated")
+
+
+def t_pod_with_https_proxy(h):
+    # A pod that sets HTTPS_PROXY itself (as AKS injects) keeps working.
+    code, out, err = h.curl("curl-a", "-x", f"http://{INET_IP}:8080", "--cacert", "/ca/mitmproxy-ca-cert.pem",
+                            "--resolve", f"origin.test:443:{INET_IP}", "https://origin.test/rt-env-proxy")
+    check(code == 0 and "path=/rt-env-proxy" in out, f"HTTPS_PROXY pod failed: {code} {out!r} {err[-400:]!r}")
+
+
+def t_detach_removes_hooks(h):
+    docs = render("deploy/uninstall")
+    ds = find(docs, "DaemonSet", "egress-redirector-detach")
+    pod = {"metadata": {"name": "detach-rt", "namespace": ds["metadata"]["namespace"]},
+           "spec": ds["spec"]["template"]["spec"]}
+    pins = "/sys/fs/bpf/redirector"
+    check(os.path.isdir(pins) and os.listdir(pins), f"no pins in {pins} before detach")
+    sandbox, _ = h.k.run_pod(pod, ds["metadata"]["namespace"], UID_X, log=info)
+    left = os.listdir(pins) if os.path.isdir(pins) else []
+    check(not [p for p in left if p.startswith("link") or "connect" in p or "sock" in p],
+          f"pins left after detach: {left}")
+    h.expect_flip("curl-a", "direct", "detached")
+    h.k.stop_pod(sandbox)
+    info(f"  pins left in {pins}: {left or 'none'}")
+
+
+SCENARIOS = [t_direct_before_daemon, "daemon", t_daemon_container_as_specified, t_https_through_mitm,
+             t_namespace_label_toggles, t_pod_annotation_toggles, t_pod_with_https_proxy,
+             t_detach_removes_hooks]
+
+
+def main():
+    h = Harness()
+    h.start_clients()
+    passed = 0
+    only = set(filter(None, E.get("RT_ONLY", "").split()))
+    for t in SCENARIOS:
+        if t == "daemon":
+            h.start_daemon()
+            continue
+        if only and t.__name__ not in only:
+            continue
+        info(f"--- {t.__name__}")
+        try:
+            t(h)
+            passed += 1
+            info(f"PASS {t.__name__}")
+        except Exception as exc:  # one scenario's failure is reported, the rest run
+            FAILED.append(t.__name__)
+            info(f"FAIL {t.__name__}: {exc}")
+    if FAILED:
+        info("daemon log (tail):\n" + h.daemon_log()[-3000:])
+    print(f"runtime-e2e: {passed} passed, {len(FAILED)} failed" + (f" ({' '.join(FAILED)})" if FAILED else ""))
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+//! `cargo xtask runtime-e2e`: the product on a real container runtime.
+//!
+//! A private containerd (CRI plugin, runc with the cgroupfs driver, the CNI
+//! bridge and host-local plugins) runs the DaemonSet's pod as rendered from
+//! deploy/, translated into CRI calls by a miniature kubelet, beside client
+//! pods that are real CRI sandboxes in the kubelet's cgroup layout; the
+//! scenarios check the product from inside those pods. The images come
+//! from archives written here ([`crate::image`]): no registry is contacted.
+//! The node side is shell and Python in tests/runtime (run.sh, node.sh,
+//! kubelet.py, scenarios.py); see tests/runtime/README.md.
+//!
+//! The CRI client is Python grpcio with stubs generated at set-up from the
+//! vendored CRI api.proto by grpcio-tools (which bundles protoc): Debian has
+//! no crictl, and the Rust crates with CRI bindings need protoc at build
+//! time and a tonic stack in xtask, minutes of compiling on a 2-core
+//! machine for a test harness whose other half is Python already.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::image::{self, ImageSpec};
+use crate::toolchain::{self, Paths, run};
+use crate::{build, setup};
+
+/// The sandbox image containerd's CRI plugin is configured with
+/// (`sandbox_image`), and the name the uninstall manifest's `done`
+/// container asks for: the same local image.
+pub const PAUSE_REFERENCES: &[&str] = &[
+    "docker.io/library/rde-pause:1",
+    "registry.k8s.io/pause:3.10",
+];
+/// The client pods' image: curl and the libraries it needs.
+pub const CLIENT_REFERENCE: &str = "docker.io/library/rde-curl:1";
+
+fn work_dir(paths: &Paths) -> PathBuf {
+    paths.root.join("target/runtime-e2e")
+}
+
+/// The pause image: coreutils' `sleep` as /pause, run as `/pause infinity`
+/// (a sandbox's first process only has to stay alive; runc's init reaps).
+fn pause_spec() -> Result<ImageSpec> {
+    let sleep = toolchain::find_program("sleep").context("no `sleep` on this machine")?;
+    let mut spec = ImageSpec::program(
+        &sleep,
+        "/pause",
+        PAUSE_REFERENCES.iter().map(|r| (*r).to_owned()).collect(),
+    )?;
+    spec.cmd = vec!["infinity".to_owned()];
+    Ok(spec)
+}
+
+/// The client image: curl with its libraries, and `sleep` to keep the
+/// container alive between the scenarios' execs.
+fn client_spec() -> Result<ImageSpec> {
+    let curl = toolchain::find_program("curl").context("no curl on this machine")?;
+    let sleep = toolchain::find_program("sleep").context("no `sleep` on this machine")?;
+    let mut spec = ImageSpec::program(&curl, "/usr/bin/curl", vec![CLIENT_REFERENCE.to_owned()])?;
+    let sleep_spec = ImageSpec::program(&sleep, "/usr/bin/sleep", Vec::new())?;
+    for file in sleep_spec.files {
+        if !spec.files.iter().any(|(_, d)| *d == file.1) {
+            spec.files.push(file);
+        }
+    }
+    Ok(spec)
+}
+
+/// Writes the three image archives; returns their paths.
+pub fn write_images(paths: &Paths, daemon: &Path) -> Result<Vec<PathBuf>> {
+    let dir = work_dir(paths);
+    let tags = vec![
+        image::DEV_TAG.to_owned(),
+        env!("CARGO_PKG_VERSION").to_owned(),
+    ];
+    let specs = [
+        (
+            "egress-redirector",
+            image::daemon_spec(paths, daemon, &tags)?,
+        ),
+        ("pause", pause_spec()?),
+        ("client", client_spec()?),
+    ];
+    let mut out = Vec::new();
+    for (name, spec) in specs {
+        let written = image::write_archive(&spec, &dir.join(format!("{name}.oci.tar")))?;
+        println!(
+            "runtime-e2e: image {} ({:.1} MB)",
+            written.archive.display(),
+            written.size as f64 / 1e6
+        );
+        out.push(written.archive);
+    }
+    Ok(out)
+}
+
+/// `cargo xtask runtime-e2e`.
+pub fn runtime_e2e(paths: &Paths) -> Result<()> {
+    toolchain::require_root("running containerd and its pods")?;
+    let tools = setup::setup_runtime(paths)?;
+    let daemon = build::build(paths, true)?;
+    let archives = write_images(paths, &daemon)?;
+    let kubectl = toolchain::kubectl(paths).context("no kubectl (cargo xtask setup --for test)")?;
+    let list = archives
+        .iter()
+        .map(|a| a.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = Command::new("bash");
+    cmd.arg(paths.root.join("tests/runtime/run.sh"))
+        .env("RT_IMAGES", list)
+        .env("CLIENT_REF", CLIENT_REFERENCE)
+        .env("KUBECTL", kubectl)
+        .env("CRI_PYTHON", &tools.python)
+        .env("CRI_STUBS", &tools.stubs)
+        .env("REDIRECTOR_BIN", &daemon)
+        .env("MITMDUMP", paths.mitmdump());
+    run(&mut cmd).context("tests/runtime/run.sh")
+}
