@@ -7,7 +7,7 @@
 #
 #   rde-rt-node (containerd, the daemon's host network)
 #       rde-rt-br0 10.249.20.1/24  <- CNI bridge; pods 10.249.20.x
-#       rde-rt-up  10.249.21.1/24 ── rde-rt-inet 10.249.21.2 (origin, mitmproxy)
+#       rde-rt-up  10.249.21.1/24 ── rde-rt-inet 10.249.21.2 (mitmproxy), .3 (origin)
 #
 # Nothing here touches the host's network: the bridge and the pods live in
 # rde-rt-node, and 10.249.20.0/22 is blackholed on the host first.
@@ -21,7 +21,8 @@ RT_NET=10.249.20.0/22
 RT_POD_SUBNET=10.249.20.0/24
 RT_NODE_IP=10.249.20.1     # the bridge's address: the node IP pods reach
 RT_UP_IP=10.249.21.1
-RT_INET_IP=10.249.21.2
+RT_INET_IP=10.249.21.2     # mitmproxy
+RT_ORIGIN_IP=10.249.21.3   # the origin (the daemon never proxies the proxy's own address)
 RT_SOCK=$RT_WORK/containerd.sock
 RT_BPFFS_NOTE="bpffs at /sys/fs/bpf inside containerd's mount namespace only"
 PAUSE_REF=docker.io/library/rde-pause:1
@@ -96,6 +97,7 @@ rt_netns_up() {
   ip -n "$RT_NS_NODE" addr add "$RT_UP_IP/24" dev rde-rt-up
   ip -n "$RT_NS_NODE" link set rde-rt-up up
   ip -n "$RT_NS_INET" addr add "$RT_INET_IP/24" dev rde-rt-down
+  ip -n "$RT_NS_INET" addr add "$RT_ORIGIN_IP/24" dev rde-rt-down
   ip -n "$RT_NS_INET" link set rde-rt-down up
   ip -n "$RT_NS_INET" route add "$RT_POD_SUBNET" via "$RT_UP_IP"
   ip netns exec "$RT_NS_NODE" sysctl -qw net.ipv4.ip_forward=1

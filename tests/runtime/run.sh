@@ -84,5 +84,5 @@ rt_containerd_up
 for archive in $RT_IMAGES; do rt_ctr images import "$archive" >/dev/null; done
 rt_info "images: $(rt_ctr images ls -q | grep -v '^sha256:' | tr '\n' ' ')"
 
-export RT_WORK RT_NS_NODE RT_NODE_IP RT_INET_IP RT_UP_IP RT_API_PORT RT_SOCK FLOW_LOG CA_DIR REPO_DIR
+export RT_WORK RT_NS_NODE RT_NODE_IP RT_INET_IP RT_ORIGIN_IP RT_UP_IP RT_API_PORT RT_SOCK FLOW_LOG CA_DIR REPO_DIR
 RT_CGROUP_ROOT=${RT_CGROUP_ROOT:-} rt_node_exec "$CRI_PYTHON" "$HERE/scenarios.py"

@@ -23,7 +23,8 @@ E = os.environ
 WORK = E["RT_WORK"]
 NODE = E["RT_NS_NODE"]
 NODE_IP = E["RT_NODE_IP"]
-INET_IP = E["RT_INET_IP"]
+INET_IP = E["RT_INET_IP"]      # mitmproxy
+ORIGIN_IP = E["RT_ORIGIN_IP"]  # the origin: not the proxy's address, which the daemon bypasses
 API = f"https://{E['RT_UP_IP']}:{E['RT_API_PORT']}"
 FLOW_LOG = E["FLOW_LOG"]
 CA_DIR = E["CA_DIR"]
@@ -139,12 +140,12 @@ class Harness:
         self.seq += 1
         path = f"/rt-{pod}-{self.seq}"
         before = len(self.flow_lines())
-        code, out, err = self.curl(pod, f"http://{INET_IP}{path}")
-        seen = [line for line in self.flow_lines()[before:] if f"http://{INET_IP}{path} " in line]
+        code, out, err = self.curl(pod, f"http://{ORIGIN_IP}{path}")
+        seen = [line for line in self.flow_lines()[before:] if f"http://{ORIGIN_IP}{path} " in line]
         ip = self.pods[pod][2]
         if code == 0 and f"client={ip} path={path}" in out and not seen:
             return "direct"
-        if code == 0 and f"client={INET_IP} path={path}" in out and seen:
+        if code == 0 and any(f"client={a} path={path}" in out for a in (INET_IP, ORIGIN_IP)) and seen:
             return "proxy"
         return f"unclear: exit {code} {out!r} {err!r}"
 
@@ -208,13 +209,20 @@ def t_daemon_container_as_specified(h):
 def t_https_through_mitm(h):
     before = len(h.flow_lines())
     code, out, err = h.curl("curl-a", "-v", "--cacert", "/ca/mitmproxy-ca-cert.pem",
-                            "--resolve", f"origin.test:443:{INET_IP}", "https://origin.test/rt-https")
+                            "--resolve", f"origin.test:443:{ORIGIN_IP}", "https://origin.test/rt-https")
     check(code == 0, f"HTTPS from curl-a failed: {err[-800:]}")
-    check(f"client={INET_IP} path=/rt-https" in out, f"origin did not see mitmproxy: {out!r}")
+    check(any(f"client={a} path=/rt-https" in out for a in (INET_IP, ORIGIN_IP)),
+          f"origin did not see mitmproxy: {out!r}")
     issuer = [line for line in err.splitlines() if "issuer:" in line]
-    check(issuer and "mitmproxy" in issuer[0], f"certificate not issued by the MITM CA: {issuer}")
+    # The MITM CA's subject (redirector gen-ca made it); direct, the issuer
+    # would be the origin's own self-signed CN=origin.test.
+    ca_cn = subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt", "multiline",
+                            "-in", os.path.join(CA_DIR, "mitmproxy-ca-cert.pem")],
+                           check=True, capture_output=True, text=True).stdout
+    ca_cn = [line.split("=", 1)[1].strip() for line in ca_cn.splitlines() if "commonName" in line][0]
+    check(issuer and f"CN={ca_cn}" in issuer[0], f"certificate not issued by the MITM CA ({ca_cn}): {issuer}")
     flows = h.flow_lines()[before:]
-    check(any(f"{INET_IP}:443" in f or "origin.test" in f for f in flows), f"no flow in mitmproxy's log: {flows}")
+    check(any(f"{ORIGIN_IP}:443" in f or "origin.test" in f for f in flows), f"no flow in mitmproxy's log: {flows}")
     info(f"  {issuer[0].strip()}")
 
 
@@ -240,7 +248,7 @@ def t_pod_annotation_toggles(h):
 def t_pod_with_https_proxy(h):
     # A pod that sets HTTPS_PROXY itself (as AKS injects) keeps working.
     code, out, err = h.curl("curl-a", "-x", f"http://{INET_IP}:8080", "--cacert", "/ca/mitmproxy-ca-cert.pem",
-                            "--resolve", f"origin.test:443:{INET_IP}", "https://origin.test/rt-env-proxy")
+                            "--resolve", f"origin.test:443:{ORIGIN_IP}", "https://origin.test/rt-env-proxy")
     check(code == 0 and "path=/rt-env-proxy" in out, f"HTTPS_PROXY pod failed: {code} {out!r} {err[-400:]!r}")
 
 
