@@ -58,6 +58,10 @@ state = "$RT_WORK/state"
   # Clamp OOM scores to containerd's own, as kind does: where the harness
   # runs may lack CAP_SYS_RESOURCE, and runc then fails to lower them.
   restrict_oom_score_adj = true
+  # Sandbox netns pinned under our state dir, not /var/run/netns: they are
+  # mounted in containerd's mount namespace, and would leave empty files
+  # behind in the host's /run.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
@@ -152,10 +156,6 @@ rt_down() {
   # Mounts of the harness's root left in the host namespace (none normally:
   # containerd's mounts live in its own namespace).
   grep -o " $RT_WORK/[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^cni-' || true); do
-    # containerd's sandbox netns (cni-<uuid>); only those whose pinned file is ours.
-    [[ -e $RT_WORK/state ]] && ip netns pids "$ns" >/dev/null 2>&1 && true
-  done
   ip netns del "$RT_NS_NODE" 2>/dev/null || true   # takes the bridge and veths with it
   ip netns del "$RT_NS_INET" 2>/dev/null || true
   rm -rf "$RT_WORK/state" "$RT_WORK/root" "$RT_WORK/cni-ipam" 2>/dev/null || \
