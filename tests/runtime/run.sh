@@ -32,6 +32,7 @@ RT_LOCK=/run/rde-rt.lock
 cleanup() {
   local rc=$?
   set +e
+  if [[ -n ${RT_KEEP:-} ]]; then rt_info "RT_KEEP: left running; clean up with: RT_KEEP= bash $HERE/down.sh"; exit "$rc"; fi
   [[ ${#BG_PIDS[@]} -gt 0 ]] && kill_pids "${BG_PIDS[@]}"
   rt_down
   rt_blackhole_del
@@ -85,4 +86,16 @@ for archive in $RT_IMAGES; do rt_ctr images import "$archive" >/dev/null; done
 rt_info "images: $(rt_ctr images ls -q | grep -v '^sha256:' | tr '\n' ' ')"
 
 export RT_WORK RT_NS_NODE RT_NODE_IP RT_INET_IP RT_ORIGIN_IP RT_UP_IP RT_API_PORT RT_SOCK FLOW_LOG CA_DIR REPO_DIR
-RT_CGROUP_ROOT=${RT_CGROUP_ROOT:-} rt_node_exec "$CRI_PYTHON" "$HERE/scenarios.py"
+# Two passes: the kubelet's default cgroup root, then kind's (--cgroup-root
+# /kubelet), each from fresh pods; the fake cluster starts anew each time.
+# RT_ROOTS=kubelet runs the kind-like pass only, RT_ROOTS=default the other.
+case ${RT_ROOTS:-both} in
+  default) RT_ROOTS=(""); ;;
+  kubelet) RT_ROOTS=(/kubelet); ;;
+  *) RT_ROOTS=("" /kubelet); ;;
+esac
+rc=0
+for root in "${RT_ROOTS[@]}"; do
+  RT_CGROUP_ROOT=$root rt_node_exec "$CRI_PYTHON" "$HERE/scenarios.py" || rc=1
+done
+exit "$rc"

@@ -161,22 +161,23 @@ class Harness:
         check(self.route(pod) == want, f"{pod} ({tag}): not {want} on the next connection")
 
     # -------------------------------------------------------------- the daemon
-    def start_daemon(self):
-        ds = find(self.docs, "DaemonSet", "egress-redirector")
+    def start_daemon(self, docs=None, uid=UID_D):
+        ds = find(docs or self.docs, "DaemonSet", "egress-redirector")
         pod = {"metadata": {"name": "egress-redirector-rt", "namespace": "egress-redirector",
                             **{k: v for k, v in ds["spec"]["template"]["metadata"].items()}},
                "spec": ds["spec"]["template"]["spec"]}
         control({"op": "pod", "namespace": "egress-redirector", "name": "egress-redirector-rt",
-                 "uid": UID_D, "node": NODE, "qos": kl.qos_class(pod["spec"]),
+                 "uid": uid, "node": NODE, "qos": kl.qos_class(pod["spec"]),
                  "annotations": {}, "hostNetwork": True})
         started = time.time()
-        sandbox, ids = self.k.run_pod(pod, "egress-redirector", UID_D, log=info)
+        sandbox, ids = self.k.run_pod(pod, "egress-redirector", uid, log=info)
+        self.daemon_uid = uid
         self.daemon = (sandbox, ids["redirector"], pod)
         c = pod["spec"]["containers"][0]
         try:
             ready = self.k.wait_probe(c, NODE_IP, "readinessProbe", started, attempts=6)
         except RuntimeError:
-            info("daemon log:\n" + self.k.logs(os.path.join(WORK, "pods", UID_D), "redirector"))
+            info("daemon log:\n" + self.daemon_log())
             raise
         info(f"daemon ready (readinessProbe) {ready:.1f} s after the pod started")
         alive = self.k.wait_probe(c, NODE_IP, "livenessProbe", started, attempts=3)
@@ -184,7 +185,15 @@ class Harness:
         return c
 
     def daemon_log(self):
-        return self.k.logs(os.path.join(WORK, "pods", UID_D), "redirector")
+        return self.k.logs(os.path.join(WORK, "pods", self.daemon_uid), "redirector")
+
+    def stop_all(self):
+        """Every sandbox, as the kubelet would on a drained node."""
+        for sb in self.k.rt.ListPodSandbox(kl.cri.ListPodSandboxRequest()).items:
+            try:
+                self.k.stop_pod(sb.id, grace=5)
+            except Exception as exc:  # best effort: run.sh's cleanup follows
+                info(f"stopping sandbox {sb.id[:12]}: {exc}")
 
 
 # ------------------------------------------------------------------ scenarios
@@ -268,9 +277,47 @@ def t_detach_removes_hooks(h):
     info(f"  pins left in {pins}: {left or 'none'}")
 
 
+def t_overlays_run_as_specified(h):
+    """Each overlay's DaemonSet in turn replaces the running one as a rolling
+    update does (maxSurge 1, maxUnavailable 0): the new pod starts beside
+    the old, takes over through the hand-over socket, passes its probes and
+    redirects; then the old pod is stopped (SIGTERM, grace 60 s) and must
+    exit quickly, its drain ended by the take-over rather than the 50 s
+    drain timeout."""
+    for i, overlay in enumerate(("hardened", "credentials", "demo")):
+        docs = render(f"deploy/overlays/{overlay}")
+        if overlay == "hardened":
+            # The startup taint the hardened overlay's daemon must remove.
+            control({"op": "node", "name": NODE, "taints": [
+                {"key": "egress-redirector/not-ready", "effect": "NoSchedule"}]})
+        info(f"  overlay {overlay}")
+        old = h.daemon
+        old_uid = h.daemon_uid
+        h.start_daemon(docs, f"0d0d0d0d-2020-4222-8333-00000000000{i}")
+        h.expect_flip("curl-a", "proxy", f"overlay {overlay}")
+        started = time.time()
+        h.k.stop_pod(old[0], grace=60)
+        took = time.time() - started
+        old_log = h.k.logs(os.path.join(WORK, "pods", old_uid), "redirector")
+        check(took < 20, f"the replaced daemon took {took:.0f} s to stop (drain not ended by the take-over)")
+        check("handed over: a new instance accepts" in old_log,
+              f"the replaced daemon's log says nothing of a hand-over: {old_log[-1500:]}")
+        info(f"  the replaced pod stopped {took:.1f} s after SIGTERM")
+        h.expect_flip("curl-a", "proxy", f"overlay {overlay}, old pod gone")
+        if overlay == "hardened":
+            with open(os.path.join(WORK, "fake-apiserver.json")) as f:
+                node = json.load(f)["nodes"][NODE]
+            taints = node.get("spec", {}).get("taints") or []
+            check(not [t for t in taints if t.get("key") == "egress-redirector/not-ready"],
+                  f"startup taint not removed: {taints}")
+
+
 SCENARIOS = [t_direct_before_daemon, "daemon", t_daemon_container_as_specified, t_https_through_mitm,
              t_namespace_label_toggles, t_pod_annotation_toggles, t_pod_with_https_proxy,
-             t_detach_removes_hooks]
+             t_overlays_run_as_specified, t_detach_removes_hooks]
+# The kind-like pass (kubelet --cgroup-root=/kubelet): the basics again.
+SCENARIOS_PREFIXED = [t_direct_before_daemon, "daemon", t_daemon_container_as_specified,
+                      t_https_through_mitm, t_namespace_label_toggles]
 
 
 def main():
@@ -278,7 +325,7 @@ def main():
     h.start_clients()
     passed = 0
     only = set(filter(None, E.get("RT_ONLY", "").split()))
-    for t in SCENARIOS:
+    for t in SCENARIOS_PREFIXED if CGROUP_ROOT else SCENARIOS:
         if t == "daemon":
             h.start_daemon()
             continue
@@ -294,7 +341,9 @@ def main():
             info(f"FAIL {t.__name__}: {exc}")
     if FAILED:
         info("daemon log (tail):\n" + h.daemon_log()[-3000:])
-    print(f"runtime-e2e: {passed} passed, {len(FAILED)} failed" + (f" ({' '.join(FAILED)})" if FAILED else ""))
+    if not E.get("RT_KEEP"):
+        h.stop_all()
+    print(f"runtime-e2e{CGROUP_ROOT}: {passed} passed, {len(FAILED)} failed" + (f" ({' '.join(FAILED)})" if FAILED else ""))
     return 1 if FAILED else 0
 
 

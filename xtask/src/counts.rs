@@ -42,3 +42,33 @@ mod tests {
         assert_eq!(t.to_string(), "2 passed, 1 failed");
     }
 }
+
+/// Parses a whole line `N passed, M failed[, K skipped]`, optionally after
+/// one word with a colon (`e2e: 3 passed, 0 failed`).
+pub fn parse_plain_result(line: &str) -> Option<Counts> {
+    let mut line = line.trim();
+    if let Some((word, rest)) = line.split_once(':')
+        && !word.is_empty()
+        && !word.contains(char::is_whitespace)
+    {
+        line = rest.trim();
+    }
+    let parts: Vec<_> = line.split(", ").collect();
+    let count = |part: &str, what: &str| -> Option<u64> {
+        let (n, w) = part.trim().split_once(' ')?;
+        (w == what).then(|| n.parse().ok()).flatten()
+    };
+    match parts.as_slice() {
+        [p, f] => Some(Counts {
+            passed: count(p, "passed")?,
+            failed: count(f, "failed")?,
+            skipped: 0,
+        }),
+        [p, f, s] => Some(Counts {
+            passed: count(p, "passed")?,
+            failed: count(f, "failed")?,
+            skipped: count(s, "skipped")?,
+        }),
+        _ => None,
+    }
+}

@@ -33,6 +33,8 @@ use crate::toolchain::Paths;
 pub const DAEMON_REPOSITORY: &str = "docker.io/library/egress-redirector";
 /// Where the manifests run the daemon from (`command:`).
 pub const DAEMON_PATH: &str = "/usr/local/bin/redirector";
+/// Debian's CA bundle, where rustls-native-certs looks first.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The tag of development builds (deploy/overlays/demo uses it).
 pub const DEV_TAG: &str = "dev";
 
@@ -322,6 +324,13 @@ pub fn daemon_spec(paths: &Paths, binary: &Path, tags: &[String]) -> Result<Imag
         .collect();
     let mut spec = ImageSpec::program(binary, DAEMON_PATH, references)?;
     spec.cmd = vec!["--help".to_owned()];
+    // The system roots, for an https:// proxy with a public certificate
+    // (the daemon also trusts the configuration's trustedCA); data only.
+    let bundle = Path::new(CA_BUNDLE);
+    if bundle.is_file() {
+        spec.files
+            .push((bundle.to_path_buf(), CA_BUNDLE.to_owned()));
+    }
     let labels = &mut spec.labels;
     labels.insert(
         "org.opencontainers.image.title".into(),

@@ -56,6 +56,12 @@ impl Purpose {
         matches!(self, Purpose::Bench | Purpose::All)
     }
 
+    /// The runtime harness (containerd, runc, CNI, the CRI client): a
+    /// stage of `test`.
+    fn runtime(self) -> bool {
+        matches!(self, Purpose::Test | Purpose::All)
+    }
+
     fn validators_and_fuzzer(self) -> bool {
         matches!(self, Purpose::Test | Purpose::All)
     }
@@ -171,8 +177,16 @@ pub fn setup(paths: &Paths, purpose: Purpose) -> Result<()> {
     if purpose.iperf3() {
         programs.push(("iperf3", "iperf3"));
     }
+    if purpose.runtime() {
+        programs.extend_from_slice(RUNTIME_PROGRAMS);
+    }
     for (program, package) in programs {
-        if find_program(program).is_some() {
+        let found = if program.starts_with('/') {
+            Path::new(program).exists()
+        } else {
+            find_program(program).is_some()
+        };
+        if found {
             summary.add(program, "found");
         } else {
             apt.push(package);
@@ -228,6 +242,9 @@ pub fn setup(paths: &Paths, purpose: Purpose) -> Result<()> {
         record_installs(paths, installed)?;
         summary.add("cargo-fuzz", fuzzer);
     }
+    if purpose.runtime() {
+        summary.add("CRI client", install_cri_client(paths)?);
+    }
     summary.print();
     Ok(())
 }
@@ -240,34 +257,24 @@ pub struct CriClient {
     pub stubs: std::path::PathBuf,
 }
 
-/// `cargo xtask runtime-e2e`'s set-up: the test command's, then containerd,
-/// runc, the CNI plugins and the CRI client venv with stubs generated from
-/// tests/runtime/cri/api.proto.
-pub fn setup_runtime(paths: &Paths) -> Result<CriClient> {
-    setup(paths, Purpose::Test)?;
-    let missing: Vec<&str> = RUNTIME_PROGRAMS
-        .iter()
-        .filter(|(program, _)| {
-            if program.starts_with('/') {
-                !Path::new(program).exists()
-            } else {
-                find_program(program).is_none()
-            }
-        })
-        .map(|(_, package)| *package)
-        .collect();
-    if !missing.is_empty() {
-        phase(
-            &format!("apt-get install {}", missing.join(" ")),
-            ESTIMATE_APT,
-        );
-        apt_install(&missing)?;
-        record_installs(paths, missing.iter().map(|p| format!("apt {p}")))?;
-    }
+/// Where the CRI client venv and its stubs live.
+pub fn cri_client(paths: &Paths) -> CriClient {
     let venv = paths.root.join("target/tools/cri-client");
-    let python = venv.join("bin/python");
+    CriClient {
+        python: venv.join("bin/python"),
+        stubs: venv.join("stubs"),
+    }
+}
+
+/// The CRI client venv (grpcio, grpcio-tools, PyYAML) and the stubs
+/// generated from tests/runtime/cri/api.proto. Returns a summary line.
+fn install_cri_client(paths: &Paths) -> Result<String> {
+    let client = cri_client(paths);
+    let venv = paths.root.join("target/tools/cri-client");
+    let python = &client.python;
     let works =
-        || toolchain::succeeds(Command::new(&python).args(["-c", "import grpc, grpc_tools, yaml"]));
+        || toolchain::succeeds(Command::new(python).args(["-c", "import grpc, grpc_tools, yaml"]));
+    let mut state = format!("found in {}", venv.display());
     if !works() {
         phase(
             &format!("installing the CRI client into {}", venv.display()),
@@ -283,18 +290,28 @@ pub fn setup_runtime(paths: &Paths) -> Result<CriClient> {
             .args(["install", "--disable-pip-version-check"])
             .args(CRI_CLIENT_REQUIREMENTS)
             .stdin(Stdio::null()))?;
+        if !works() {
+            bail!(
+                "the CRI client does not import after pip install into {}",
+                venv.display()
+            );
+        }
+        state = format!(
+            "installed {} in {}",
+            CRI_CLIENT_REQUIREMENTS.join(" "),
+            venv.display()
+        );
     }
-    let stubs = venv.join("stubs");
-    fs::create_dir_all(&stubs)?;
+    fs::create_dir_all(&client.stubs)?;
     let proto_dir = paths.root.join("tests/runtime/cri");
-    run(Command::new(&python)
+    run(Command::new(python)
         .args(["-m", "grpc_tools.protoc"])
         .arg(format!("-I{}", proto_dir.display()))
-        .arg(format!("--python_out={}", stubs.display()))
-        .arg(format!("--grpc_python_out={}", stubs.display()))
+        .arg(format!("--python_out={}", client.stubs.display()))
+        .arg(format!("--grpc_python_out={}", client.stubs.display()))
         .arg(proto_dir.join("api.proto")))
     .context("generating the CRI stubs")?;
-    Ok(CriClient { python, stubs })
+    Ok(state)
 }
 
 /// A pinned PyPI package in a venv of its own under target/tools, unless

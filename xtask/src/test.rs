@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::build::{self, EBPF_OBJ_ENV};
-use crate::counts::Counts;
+use crate::counts::{Counts, parse_plain_result};
 use crate::toolchain::{self, Paths, e2e_command, require_root, run, run_scanning};
-use crate::{bench, fuzz, manifests, setup};
+use crate::{bench, fuzz, manifests, runtime_e2e, setup};
 
 const STAGES: &[&str] = &[
     "setup",
@@ -23,6 +23,7 @@ const STAGES: &[&str] = &[
     "fuzz",
     "manifests",
     "e2e tests",
+    "runtime e2e",
     "bench --quick",
 ];
 
@@ -48,36 +49,6 @@ pub fn parse_libtest_result(line: &str) -> Option<Counts> {
     (passed && failed).then_some(counts)
 }
 
-/// Parses a whole line `N passed, M failed[, K skipped]`, optionally after
-/// one word with a colon (`e2e: 3 passed, 0 failed`).
-pub fn parse_plain_result(line: &str) -> Option<Counts> {
-    let mut line = line.trim();
-    if let Some((word, rest)) = line.split_once(':')
-        && !word.is_empty()
-        && !word.contains(char::is_whitespace)
-    {
-        line = rest.trim();
-    }
-    let parts: Vec<_> = line.split(", ").collect();
-    let count = |part: &str, what: &str| -> Option<u64> {
-        let (n, w) = part.trim().split_once(' ')?;
-        (w == what).then(|| n.parse().ok()).flatten()
-    };
-    match parts.as_slice() {
-        [p, f] => Some(Counts {
-            passed: count(p, "passed")?,
-            failed: count(f, "failed")?,
-            skipped: 0,
-        }),
-        [p, f, s] => Some(Counts {
-            passed: count(p, "passed")?,
-            failed: count(f, "failed")?,
-            skipped: count(s, "skipped")?,
-        }),
-        _ => None,
-    }
-}
-
 /// Stages run so far, with their durations.
 #[derive(Default)]
 struct Report {
@@ -86,6 +57,7 @@ struct Report {
     fuzz: Option<Counts>,
     manifests: Option<Counts>,
     e2e: Option<Counts>,
+    runtime: Option<Counts>,
 }
 
 impl Report {
@@ -120,12 +92,16 @@ impl Report {
         if let Some(e2e) = self.e2e {
             println!("  e2e tests: {e2e}");
         }
+        if let Some(runtime) = self.runtime {
+            println!("  runtime e2e: {runtime}");
+        }
         if self.unit.is_some() || self.manifests.is_some() || self.e2e.is_some() {
             let mut total = Counts::default();
             total.add(self.unit.unwrap_or_default());
             total.add(self.fuzz.unwrap_or_default());
             total.add(self.manifests.unwrap_or_default());
             total.add(self.e2e.unwrap_or_default());
+            total.add(self.runtime.unwrap_or_default());
             println!("{total}");
         }
     }
@@ -227,6 +203,21 @@ fn run_stages(paths: &Paths, report: &mut Report) -> Result<()> {
         println!("warning: tests/e2e/run.sh printed no `N passed, M failed` line");
     }
     report.e2e = e2e;
+    result?;
+
+    // deploy/ on containerd, runc and CNI (tests/runtime): the scenarios
+    // of both cgroup-root passes count as tests.
+    let mut runtime = None;
+    let result = report.stage("runtime e2e", || {
+        let c = runtime_e2e::run_harness(paths, &daemon)?;
+        runtime = Some(c);
+        Ok(())
+    });
+    report.runtime = Some(runtime.unwrap_or(Counts {
+        passed: 0,
+        failed: 1,
+        skipped: 0,
+    }));
     result?;
 
     // Proves the benchmark harness works (every path moves data); it never

@@ -20,8 +20,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
+use crate::counts::{Counts, parse_plain_result};
 use crate::image::{self, ImageSpec};
-use crate::toolchain::{self, Paths, run};
+use crate::toolchain::{self, Paths, run_scanning};
 use crate::{build, setup};
 
 /// The sandbox image containerd's CRI plugin is configured with
@@ -94,13 +95,22 @@ pub fn write_images(paths: &Paths, daemon: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// `cargo xtask runtime-e2e`.
+/// `cargo xtask runtime-e2e`: set-up (the test command's), build, run.
 pub fn runtime_e2e(paths: &Paths) -> Result<()> {
     toolchain::require_root("running containerd and its pods")?;
-    let tools = setup::setup_runtime(paths)?;
+    setup::setup(paths, setup::Purpose::Test)?;
     let daemon = build::build(paths, true)?;
-    let archives = write_images(paths, &daemon)?;
+    let counts = run_harness(paths, &daemon)?;
+    println!("runtime-e2e: {counts}");
+    Ok(())
+}
+
+/// Writes the images and runs tests/runtime/run.sh; returns the scenarios'
+/// counts (both passes), failing when one failed or none reported.
+pub fn run_harness(paths: &Paths, daemon: &Path) -> Result<Counts> {
+    let archives = write_images(paths, daemon)?;
     let kubectl = toolchain::kubectl(paths).context("no kubectl (cargo xtask setup --for test)")?;
+    let client = setup::cri_client(paths);
     let list = archives
         .iter()
         .map(|a| a.display().to_string())
@@ -111,9 +121,21 @@ pub fn runtime_e2e(paths: &Paths) -> Result<()> {
         .env("RT_IMAGES", list)
         .env("CLIENT_REF", CLIENT_REFERENCE)
         .env("KUBECTL", kubectl)
-        .env("CRI_PYTHON", &tools.python)
-        .env("CRI_STUBS", &tools.stubs)
-        .env("REDIRECTOR_BIN", &daemon)
+        .env("CRI_PYTHON", &client.python)
+        .env("CRI_STUBS", &client.stubs)
+        .env("REDIRECTOR_BIN", daemon)
         .env("MITMDUMP", paths.mitmdump());
-    run(&mut cmd).context("tests/runtime/run.sh")
+    let mut total = Counts::default();
+    let mut reported = false;
+    let result = run_scanning(&mut cmd, |line| {
+        if let Some(c) = parse_plain_result(line) {
+            total.add(c);
+            reported = true;
+        }
+    });
+    if !reported {
+        total.failed += 1;
+    }
+    result.context("tests/runtime/run.sh")?;
+    Ok(total)
 }
