@@ -170,8 +170,8 @@ class Harness:
                  "uid": uid, "node": NODE, "qos": kl.qos_class(pod["spec"]),
                  "annotations": {}, "hostNetwork": True})
         started = time.time()
-        sandbox, ids = self.k.run_pod(pod, "egress-redirector", uid, log=info)
         self.daemon_uid = uid
+        sandbox, ids = self.k.run_pod(pod, "egress-redirector", uid, log=info)
         self.daemon = (sandbox, ids["redirector"], pod)
         c = pod["spec"]["containers"][0]
         try:
@@ -327,7 +327,12 @@ def main():
     only = set(filter(None, E.get("RT_ONLY", "").split()))
     for t in SCENARIOS_PREFIXED if CGROUP_ROOT else SCENARIOS:
         if t == "daemon":
-            h.start_daemon()
+            try:
+                h.start_daemon()
+            except Exception as exc:  # nothing after this can run
+                FAILED.append("the DaemonSet's pod")
+                info(f"FAIL the DaemonSet's pod: {exc}")
+                break
             continue
         if only and t.__name__ not in only:
             continue
@@ -339,7 +344,7 @@ def main():
         except Exception as exc:  # one scenario's failure is reported, the rest run
             FAILED.append(t.__name__)
             info(f"FAIL {t.__name__}: {exc}")
-    if FAILED:
+    if FAILED and getattr(h, "daemon_uid", None):
         info("daemon log (tail):\n" + h.daemon_log()[-3000:])
     if not E.get("RT_KEEP"):
         h.stop_all()

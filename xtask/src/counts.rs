@@ -27,22 +27,6 @@ impl std::fmt::Display for Counts {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn totals() {
-        let mut t = Counts::default();
-        t.add(Counts {
-            passed: 2,
-            failed: 1,
-            skipped: 0,
-        });
-        assert_eq!(t.to_string(), "2 passed, 1 failed");
-    }
-}
-
 /// Parses a whole line `N passed, M failed[, K skipped]`, optionally after
 /// one word with a colon (`e2e: 3 passed, 0 failed`).
 pub fn parse_plain_result(line: &str) -> Option<Counts> {
@@ -70,5 +54,21 @@ pub fn parse_plain_result(line: &str) -> Option<Counts> {
             skipped: count(s, "skipped")?,
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals() {
+        let mut t = Counts::default();
+        t.add(Counts {
+            passed: 2,
+            failed: 1,
+            skipped: 0,
+        });
+        assert_eq!(t.to_string(), "2 passed, 1 failed");
     }
 }

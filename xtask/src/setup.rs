@@ -7,12 +7,12 @@
 //! | command | installs |
 //! | --- | --- |
 //! | `demo` | the build toolchain (Debian's rustc-web with BPF `core`, llvm-22, bpf-linker), iproute2, curl, openssl, util-linux, python3-venv, mitmproxy in `target/tools` |
-//! | `test` | the demo's, plus the quick benchmark's peers (squid, redsocks, nftables), the manifest validators in `target/tools`, g++ and cargo-fuzz |
+//! | `test` | the demo's, plus the quick benchmark's peers (squid, redsocks, nftables), the manifest validators in `target/tools`, g++ and cargo-fuzz, the runtime harness's containerd, runc, CNI plugins and CRI client (grpcio in `target/tools/cri-client`) |
 //! | `bench` | the demo's, plus squid, redsocks, nftables and iperf3 |
 //! | `setup` | all of the above |
 //!
 //! The host is left as it was, except for the packages: Debian services
-//! that come with test peers (squid, redsocks) are never started by the
+//! that come with test peers (squid, redsocks, containerd) are never started by the
 //! package scripts (a `policy-rc.d` that denies them for the duration of
 //! `apt-get`) and are disabled again when this run installed them, so no
 //! listener appears at the next boot; nothing switches a system
