@@ -127,6 +127,27 @@ rt_containerd_up() {
   return 1
 }
 
+# The kubelet-layout cgroup trees at the root of every hierarchy (v1
+# controllers and the unified one): /kubepods and kind's /kubelet.
+rt_cgroup_dirs() {
+  local d
+  for d in /sys/fs/cgroup/kubepods /sys/fs/cgroup/kubelet /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/*/kubelet; do
+    [[ -d $d ]] && echo "$d"
+  done
+}
+
+# Refuses a machine that already has kubelet-layout cgroups the harness did
+# not make (a real node: rt_down would otherwise kill its pods), then marks
+# the ones it is about to make as its own.
+rt_claim_cgroups() {
+  if [[ ! -f $RT_WORK/cgroups-ours && -n $(rt_cgroup_dirs) ]]; then
+    rt_info "this machine has kubepods cgroups of its own ($(rt_cgroup_dirs | tr '\n' ' ')): a kubelet runs here; the harness would put its pods beside them, refusing"
+    return 1
+  fi
+  mkdir -p "$RT_WORK"
+  touch "$RT_WORK/cgroups-ours"
+}
+
 # Everything rt_up made, in reverse; idempotent, never fails, and also
 # removes what a crashed earlier run left (fixed names).
 rt_down() {
@@ -143,16 +164,19 @@ rt_down() {
   fi
   # Shims outlive containerd by design: end ours (their command line names our socket).
   for pid in $(pgrep -f -- "-address $RT_SOCK" || true); do kill -9 "$pid" 2>/dev/null || true; done
-  # The pods' processes, by our cgroup trees.
-  local cg
-  for cg in /sys/fs/cgroup/unified/kubepods /sys/fs/cgroup/unified/kubelet /sys/fs/cgroup/kubepods /sys/fs/cgroup/kubelet; do
-    [[ -d $cg ]] || continue
-    find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-  done
-  sleep 0.2
-  for cg in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods /sys/fs/cgroup/*/kubelet /sys/fs/cgroup/kubelet; do
-    [[ -d $cg ]] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null
-  done
+  # The pods' processes and cgroups, only when this harness made them (a
+  # machine that is a real Kubernetes node has its own kubepods: never ours).
+  if [[ -f $RT_WORK/cgroups-ours ]]; then
+    local cg
+    for cg in $(rt_cgroup_dirs); do
+      find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    done
+    sleep 0.2
+    for cg in $(rt_cgroup_dirs); do
+      find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null
+    done
+    [[ -z $(rt_cgroup_dirs) ]] && rm -f "$RT_WORK/cgroups-ours"
+  fi
   # Mounts of the harness's root left in the host namespace (none normally:
   # containerd's mounts live in its own namespace).
   grep -o " $RT_WORK/[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null || true

@@ -42,6 +42,7 @@ cleanup() {
 exec 8>"$RT_LOCK"
 flock -n 8 || { rt_info "another runtime-e2e holds $RT_LOCK"; exit 1; }
 rt_down   # leftovers of a crashed run (fixed names)
+rt_claim_cgroups
 trap cleanup EXIT INT TERM
 rt_blackhole_add
 mkdir -p "$RT_WORK"
