@@ -127,9 +127,10 @@ class Harness:
                      "qos": qos, "annotations": {}})
             info(f"{name}: {ip}")
 
-    def curl(self, pod, *args):
+    def curl(self, pod, *args, max_time=10):
         _, cid, *_ = self.pods[pod]
-        return self.k.exec(cid, ["/usr/bin/curl", "-q", "-sS", "--max-time", "10", *args], timeout=20)
+        return self.k.exec(cid, ["/usr/bin/curl", "-q", "-sS", "--max-time", str(max_time), *args],
+                           timeout=max_time + 10)
 
     def flow_lines(self):
         with open(FLOW_LOG) as f:
@@ -140,7 +141,9 @@ class Harness:
         self.seq += 1
         path = f"/rt-{pod}-{self.seq}"
         before = len(self.flow_lines())
-        code, out, err = self.curl(pod, f"http://{ORIGIN_IP}{path}")
+        # Short: a flip is polled with fresh connections, one hung
+        # connection must not use up the budget.
+        code, out, err = self.curl(pod, f"http://{ORIGIN_IP}{path}", max_time=2)
         seen = [line for line in self.flow_lines()[before:] if f"http://{ORIGIN_IP}{path} " in line]
         ip = self.pods[pod][2]
         if code == 0 and f"client={ip} path={path}" in out and not seen:
@@ -149,15 +152,18 @@ class Harness:
             return "proxy"
         return f"unclear: exit {code} {out!r} {err!r}"
 
-    def expect_flip(self, pod, want, tag):
+    def expect_flip(self, pod, want, tag, budget=TOGGLE_S):
         start = time.time()
+        misses = []
         while True:
             got = self.route(pod)
             if got == want:
                 break
-            check(time.time() - start < TOGGLE_S, f"{pod} ({tag}): still {got} after {TOGGLE_S}s, want {want}")
+            misses.append(f"{time.time() - start:.1f}s {got[:60]}")
+            check(time.time() - start < budget, f"{pod} ({tag}): still {got} after {budget}s, want {want}")
             time.sleep(0.2)
-        info(f"  {pod}: {want} after {time.time() - start:.1f} s ({tag})")
+        info(f"  {pod}: {want} after {time.time() - start:.1f} s ({tag})"
+             + (f"; before: {'; '.join(misses)}" if misses else ""))
         check(self.route(pod) == want, f"{pod} ({tag}): not {want} on the next connection")
 
     # -------------------------------------------------------------- the daemon
