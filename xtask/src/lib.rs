@@ -6,12 +6,14 @@
 //! - shared, importing no subcommand: [`toolchain`] (pinned versions,
 //!   paths, running commands, finding tools, the eBPF toolchain),
 //!   [`build`] (the eBPF object, the daemon, the test peers, the node
-//!   image) and [`counts`] (test counts);
+//!   image with Docker), [`image`] (the node image as an OCI archive,
+//!   without Docker) and [`counts`] (test counts);
 //! - one module per subcommand: [`fuzz`], [`manifests`], [`kind`] and the
 //!   ones below. A subcommand imports another only to run it as a step:
 //!   [`setup`] installs cargo-fuzz through [`fuzz`]; [`bench`](mod@bench),
 //!   [`soak`] and [`demo`] run [`setup`] first; [`test`](mod@test) runs
-//!   [`setup`], [`fuzz`], [`manifests`] and [`bench`](mod@bench) as stages.
+//!   [`setup`], [`fuzz`], [`manifests`], [`runtime_e2e`] and
+//!   [`bench`](mod@bench) as stages; [`runtime_e2e`] runs [`setup`].
 //!
 //! Programs that the tests run live in crates of their own: the
 //! benchmark's peers in `tests/peers`, whose records `bench` reads.
