@@ -48,8 +48,11 @@ rt_blackhole_add
 mkdir -p "$RT_WORK"
 rm -rf "${RT_WORK:?}/pods" "$RT_WORK/run-egress-redirector" "$RT_WORK/host-root"
 rt_netns_up
-# The bridge exists before any pod, with the node IP the daemon listens on.
-ip -n "$RT_NS_NODE" link add rde-rt-br0 type bridge
+# The bridge exists before any pod, with the node IP the daemon listens on,
+# and a MAC address of its own: a bridge without one takes the lowest of its
+# ports', so a pod added later could change it under the other pods' ARP
+# caches (their packets to the node then go nowhere for a while).
+ip -n "$RT_NS_NODE" link add rde-rt-br0 address 02:00:0a:f9:14:01 type bridge
 ip -n "$RT_NS_NODE" addr add "$RT_NODE_IP/24" dev rde-rt-br0
 ip -n "$RT_NS_NODE" link set rde-rt-br0 up
 

@@ -278,7 +278,17 @@ def t_detach_removes_hooks(h):
     left = os.listdir(pins) if os.path.isdir(pins) else []
     check(not [p for p in left if p.startswith("link") or "connect" in p or "sock" in p],
           f"pins left after detach: {left}")
-    h.expect_flip("curl-a", "direct", "detached")
+    try:
+        h.expect_flip("curl-a", "direct", "detached")
+    except AssertionError:
+        # What is still attached, for the report (bpftool when installed).
+        for cmd in (["bpftool", "cgroup", "tree", "/sys/fs/cgroup/unified"], ["bpftool", "link", "list"]):
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+                info(f"$ {' '.join(cmd)}\n{out.stdout[-3000:]}{out.stderr[-500:]}")
+            except OSError:
+                pass
+        raise
     h.k.stop_pod(sandbox)
     info(f"  pins left in {pins}: {left or 'none'}")
 
