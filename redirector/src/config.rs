@@ -20,7 +20,9 @@
 //! the kernel beside `--cluster-cidr`) and `serverFirstPorts` (default
 //! [`DEFAULT_SERVER_FIRST_PORTS`]: destination ports whose clients wait for
 //! the server to speak, routed by address at once instead of after the
-//! peek timeout). Files without them are plain AKS files.
+//! peek timeout) and `identity` (default off: headers naming the calling
+//! pod on requests to the proxy, see [`Identity`]). Files without them are
+//! plain AKS files.
 //!
 //! Unknown keys are rejected rather than ignored: a typo such as
 //! `httpsProxyy` would otherwise silently send traffic direct.
@@ -33,6 +35,9 @@ use thiserror::Error;
 use url::Url;
 
 use crate::noproxy::{NoProxy, NoProxyError};
+
+mod identity;
+pub use identity::Identity;
 
 /// Why a proxy configuration file was refused.
 #[derive(Debug, Error)]
@@ -95,6 +100,8 @@ struct RawConfig {
     /// kernel.
     #[serde(rename = "serviceCidrs")]
     service_cidrs: Option<Vec<String>>,
+    /// Redirector extension: headers that tell the proxy who is calling.
+    identity: Option<identity::RawIdentity>,
 }
 
 /// `exemptNamespaces` when the file has none: the control plane's own
@@ -325,6 +332,9 @@ pub struct ProxyConfig {
     pub exempt_host_network_pods: bool,
     /// `serviceCidrs`: the cluster's Service ranges, bypassed in the kernel.
     pub service_cidrs: Vec<IpNet>,
+    /// `identity`: the caller's headers on requests to the proxy (off by
+    /// default).
+    pub identity: Identity,
 }
 
 impl ProxyConfig {
@@ -406,6 +416,11 @@ impl ProxyConfig {
         };
         let service_cidrs = parse_service_cidrs(raw.service_cidrs.as_deref().unwrap_or_default())
             .map_err(|m| field_error("serviceCidrs", m))?;
+        let identity = raw
+            .identity
+            .unwrap_or_default()
+            .validate()
+            .map_err(|m| field_error("identity", m))?;
         if missing_proxy == MissingProxy::UseOther && http_proxy.is_none() && https_proxy.is_none()
         {
             return Err(field_error(
@@ -427,6 +442,7 @@ impl ProxyConfig {
             exempt_host_network_pods: raw.exempt_host_network_pods.unwrap_or(true),
             service_cidrs,
             server_first_ports,
+            identity,
         })
     }
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
+    caller::{self, Caller, IdentityHeaders, PodDirectory},
     classify::{self, Classification, Opaque, PeekLimits},
     config::FailMode,
     dial::{DialError, Dialer, LinkLocal, Tunnel, Upstream},
@@ -48,6 +49,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The node's resolver, for `noProxy` name rules.
     pub names: NameResolver,
+    /// This node's pods by address (filled with `--kube`).
+    pub pods: PodDirectory,
 }
 
 /// How a connection ended.
@@ -144,6 +147,7 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         protocol: class.protocol,
     });
     let fail_mode = policy.config().fail_mode;
+    let identity = identity_headers(&shared, &policy, peer);
     drop(policy);
     let decision = match verdict {
         Verdict::Final(decision) => decision,
@@ -158,7 +162,8 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     shared.metrics.record_route(route(&decision));
     // Opening is boxed: its future is large and short-lived, and the task
     // then keeps only the relay's state for the connection's life.
-    let outcome = match Box::pin(open(&shared, client, dst, &class, &decision, fail_mode)).await {
+    let opening = open(&shared, client, dst, &class, &decision, fail_mode, identity);
+    let outcome = match Box::pin(opening).await {
         Opened::Relay(client, Tunnel { upstream, early }) => {
             relay_to(client, upstream, early).await
         }
@@ -170,6 +175,21 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     };
     record(&shared.metrics, &outcome, peek_timed_out);
     log_outcome(peer, dst, &class, &decision, &outcome, started.elapsed());
+}
+
+/// The `identity` headers for this connection's requests to the proxy
+/// (none when it is off: no lookup is made then).
+fn identity_headers(shared: &Shared, policy: &Policy, peer: SocketAddr) -> IdentityHeaders {
+    let identity = &policy.config().identity;
+    if !identity.enabled() {
+        return IdentityHeaders::default();
+    }
+    let named = identity.namespace_header.is_some() || identity.pod_header.is_some();
+    let caller = Caller {
+        addr: peer.ip().to_canonical(),
+        pod: named.then(|| shared.pods.pod(peer.ip())).flatten(),
+    };
+    caller::headers(identity, &caller)
 }
 
 /// Where opening the upstream side led.
@@ -190,6 +210,7 @@ async fn open(
     class: &Classification,
     decision: &Decision,
     fail_mode: FailMode,
+    identity: IdentityHeaders,
 ) -> Opened {
     let dialing = Instant::now();
     let tunnel: Result<Tunnel, DialError> = match decision {
@@ -235,9 +256,13 @@ async fn open(
                     Err(_) => None,
                 },
             };
-            let forwarded =
-                http_forward::serve(client, proxy.clone(), dst, shared.dialer.clone(), preopened)
-                    .await;
+            let to = http_forward::ProxySide {
+                proxy: proxy.clone(),
+                dialer: shared.dialer.clone(),
+                preopened,
+                identity,
+            };
+            let forwarded = http_forward::serve(client, dst, to).await;
             return match forwarded {
                 Ok(Forwarded::Closed(served)) => Opened::Done(Outcome::HttpServed { served }),
                 Ok(Forwarded::Switched(served, switched)) => Opened::Switched(served, switched),
@@ -255,7 +280,7 @@ async fn open(
                 Some(host) => format!("{host}:{}", dst.port()),
                 None => dst.to_string(),
             };
-            match shared.dialer.tunnel(proxy, &authority).await {
+            match shared.dialer.tunnel(proxy, &authority, &identity).await {
                 Err(e) if fail_mode == FailMode::Open && e.is_unreachable() => {
                     fail_open(shared, dst, &e).await.map(|s| Tunnel {
                         upstream: Upstream::Tcp(s),
@@ -578,6 +603,7 @@ mod tests {
                 Duration::from_secs(1),
                 crate::resolve::CacheLimits::default(),
             ),
+            pods: PodDirectory::default(),
         });
         tokio::spawn(async move {
             while let Ok((s, peer)) = l.accept().await {

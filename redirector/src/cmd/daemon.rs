@@ -22,6 +22,7 @@ use crate::{
     bypass::{
         self, Automatic, BypassSet, Entry, Source, Sources, from_config, published::Publisher,
     },
+    caller::PodDirectory,
     classify::PeekLimits,
     cli::{DEFAULT_PORT, RunArgs},
     config::ProxyConfig,
@@ -158,6 +159,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         },
         metrics: metrics.clone(),
         names,
+        pods: PodDirectory::default(),
     });
     // The API client before anything is attached: a bad kubeconfig stops
     // the start, not the watcher later.
@@ -292,7 +294,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         );
         supervisor.spawn_forever(
             "kubernetes watcher",
-            exemption::watcher::run(client, node, reconciler),
+            exemption::watcher::run(client, node, reconciler, shared.pods.clone()),
         );
     }
     if let (Some(key), Some(node), Some(client)) =

@@ -22,7 +22,10 @@ use thiserror::Error;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 
-use crate::{config::ProxyUrl, relay, socket_options::SocketOptions, swappable::Swappable};
+use crate::{
+    caller::IdentityHeaders, config::ProxyUrl, relay, socket_options::SocketOptions,
+    swappable::Swappable,
+};
 pub use connect::ConnectError;
 pub use guard::{LinkLocal, NodeLocal};
 
@@ -155,20 +158,32 @@ impl Dialer {
             .map_err(|source| DialError::Direct { dst, source })
     }
 
-    /// Opens a tunnel to `authority` (`host:port`) through `proxy`.
-    pub async fn tunnel(&self, proxy: &ProxyUrl, authority: &str) -> Result<Tunnel, DialError> {
-        tokio::time::timeout(self.timeout, self.tunnel_inner(proxy, authority))
+    /// Opens a tunnel to `authority` (`host:port`) through `proxy`, the
+    /// caller's `identity` headers on the `CONNECT`.
+    pub async fn tunnel(
+        &self,
+        proxy: &ProxyUrl,
+        authority: &str,
+        identity: &IdentityHeaders,
+    ) -> Result<Tunnel, DialError> {
+        tokio::time::timeout(self.timeout, self.tunnel_inner(proxy, authority, identity))
             .await
             .map_err(|_| DialError::Timeout(self.timeout))?
     }
 
-    async fn tunnel_inner(&self, proxy: &ProxyUrl, authority: &str) -> Result<Tunnel, DialError> {
+    async fn tunnel_inner(
+        &self,
+        proxy: &ProxyUrl,
+        authority: &str,
+        identity: &IdentityHeaders,
+    ) -> Result<Tunnel, DialError> {
         let mut upstream = self.proxy_stream(proxy).await?;
         let authorization = proxy_authorization(proxy);
         let authorization = authorization.as_ref().and_then(|v| v.to_str().ok());
+        let add = &identity.add;
         let exchanged = match &mut upstream {
-            Upstream::Tcp(s) => connect::exchange(s, authority, authorization).await,
-            Upstream::Tls(s) => connect::exchange(s.as_mut(), authority, authorization).await,
+            Upstream::Tcp(s) => connect::exchange(s, authority, authorization, add).await,
+            Upstream::Tls(s) => connect::exchange(s.as_mut(), authority, authorization, add).await,
         };
         let (response, early) = exchanged.map_err(|source| DialError::Connect {
             proxy: proxy.clone(),
@@ -356,7 +371,11 @@ mod tests {
             let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
         });
         let proxy = ProxyUrl::parse(&format!("https://user:secret@{addr}")).unwrap();
-        let err = dialer().tunnel(&proxy, "10.0.0.1:443").await.err().unwrap();
+        let err = dialer()
+            .tunnel(&proxy, "10.0.0.1:443", &IdentityHeaders::default())
+            .await
+            .err()
+            .unwrap();
         assert!(
             matches!(err, DialError::ProxySpeaksPlainHttp { .. }),
             "{err}"
@@ -372,7 +391,11 @@ mod tests {
             fake_proxy("HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n")
                 .await;
         let proxy = ProxyUrl::parse(&format!("http://user:secret@{addr}")).unwrap();
-        let err = dialer().tunnel(&proxy, "10.0.0.1:443").await.err().unwrap();
+        let err = dialer()
+            .tunnel(&proxy, "10.0.0.1:443", &IdentityHeaders::default())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, DialError::AuthFailed { .. }), "{err}");
         assert!(err.to_string().contains("auth failed"));
         assert!(!err.to_string().contains("secret"));
@@ -382,7 +405,10 @@ mod tests {
     async fn tunnel_sends_connect_with_auth_and_carries_bytes() {
         let (addr, head) = fake_proxy("HTTP/1.0 200 Connection established\r\n\r\n").await;
         let proxy = ProxyUrl::parse(&format!("http://us%3Aer:p%40ss@{addr}")).unwrap();
-        let tunnel = dialer().tunnel(&proxy, "[fd00::1]:443").await.unwrap();
+        let tunnel = dialer()
+            .tunnel(&proxy, "[fd00::1]:443", &IdentityHeaders::default())
+            .await
+            .unwrap();
         let Upstream::Tcp(mut io) = tunnel.upstream else {
             panic!("a plain-HTTP proxy gives a TCP tunnel")
         };
@@ -417,7 +443,11 @@ mod tests {
     async fn refused_connect_reports_status() {
         let (addr, _head) = fake_proxy("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n").await;
         let proxy = ProxyUrl::parse(&format!("http://{addr}")).unwrap();
-        let err = dialer().tunnel(&proxy, "10.0.0.1:443").await.err().unwrap();
+        let err = dialer()
+            .tunnel(&proxy, "10.0.0.1:443", &IdentityHeaders::default())
+            .await
+            .err()
+            .unwrap();
         assert!(
             matches!(err, DialError::Refused { status, .. } if status == 403),
             "{err}"
@@ -476,7 +506,11 @@ mod tests {
             .port();
         let proxy = ProxyUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
         let start = std::time::Instant::now();
-        let err = dialer().tunnel(&proxy, "10.0.0.1:443").await.err().unwrap();
+        let err = dialer()
+            .tunnel(&proxy, "10.0.0.1:443", &IdentityHeaders::default())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, DialError::ProxyUnreachable { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(1));
     }
