@@ -20,8 +20,9 @@
 //! the kernel beside `--cluster-cidr`) and `serverFirstPorts` (default
 //! [`DEFAULT_SERVER_FIRST_PORTS`]: destination ports whose clients wait for
 //! the server to speak, routed by address at once instead of after the
-//! peek timeout) and `identity` (default off: headers naming the calling
-//! pod on requests to the proxy, see [`Identity`]). Files without them are
+//! peek timeout), `identity` (default off: headers naming the calling
+//! pod on requests to the proxy, see [`Identity`]) and `profiles` (proxy
+//! settings selected per namespace, see [`Profile`]). Files without them are
 //! plain AKS files.
 //!
 //! Unknown keys are rejected rather than ignored: a typo such as
@@ -37,7 +38,9 @@ use url::Url;
 use crate::noproxy::{NoProxy, NoProxyError};
 
 mod identity;
+mod profiles;
 pub use identity::Identity;
+pub use profiles::Profile;
 
 /// Why a proxy configuration file was refused.
 #[derive(Debug, Error)]
@@ -102,6 +105,8 @@ struct RawConfig {
     service_cidrs: Option<Vec<String>>,
     /// Redirector extension: headers that tell the proxy who is calling.
     identity: Option<identity::RawIdentity>,
+    /// Redirector extension: named proxy settings namespaces select.
+    profiles: Option<std::collections::BTreeMap<String, profiles::RawProfile>>,
 }
 
 /// `exemptNamespaces` when the file has none: the control plane's own
@@ -335,6 +340,9 @@ pub struct ProxyConfig {
     /// `identity`: the caller's headers on requests to the proxy (off by
     /// default).
     pub identity: Identity,
+    /// `profiles`: proxy settings by name, selected per namespace by the
+    /// label `egress-redirector/profile`.
+    pub profiles: std::collections::BTreeMap<String, Profile>,
 }
 
 impl ProxyConfig {
@@ -421,6 +429,8 @@ impl ProxyConfig {
             .unwrap_or_default()
             .validate()
             .map_err(|m| field_error("identity", m))?;
+        let profiles = profiles::parse(raw.profiles.unwrap_or_default())
+            .map_err(|m| field_error("profiles", m))?;
         if missing_proxy == MissingProxy::UseOther && http_proxy.is_none() && https_proxy.is_none()
         {
             return Err(field_error(
@@ -443,7 +453,15 @@ impl ProxyConfig {
             service_cidrs,
             server_first_ports,
             identity,
+            profiles,
         })
+    }
+
+    /// Every certificate the proxies may present: `trustedCA` and every
+    /// profile's (one TLS client setting serves all proxies).
+    pub fn all_trusted_ca(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        let profiles = self.profiles.values().flat_map(|p| p.trusted_ca.iter());
+        self.trusted_ca.iter().chain(profiles).cloned().collect()
     }
 
     /// Whether connections to `port` are routed by address at once

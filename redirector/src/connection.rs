@@ -33,6 +33,7 @@ static PROXY_AUTH_FAILED: RateLog = RateLog::default_budget("proxy_auth_failed")
 static FAIL_OPEN: RateLog = RateLog::default_budget("fail_open");
 static NAME_NOT_VERIFIED: RateLog = RateLog::default_budget("name_not_verified");
 static MISSING_PROXY_REFUSED: RateLog = RateLog::default_budget("missing_proxy_refused");
+static UNKNOWN_PROFILE: RateLog = RateLog::default_budget("unknown_profile");
 
 /// What every connection handler shares.
 pub struct Shared {
@@ -132,7 +133,18 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         );
         return;
     };
-    let policy = shared.policy.load();
+    let top = shared.policy.load();
+    // The profile of the pod's namespace (issue 18), chosen per connection.
+    let policy = match top.select(shared.pods.profile_label(peer.ip()).as_deref()) {
+        Ok(policy) => policy,
+        Err(unknown) => {
+            reset(client);
+            shared.metrics.record_route(Route::Refused);
+            shared.metrics.record_outcome(OutcomeKind::PolicyRefused);
+            ratelog::warn!(UNKNOWN_PROFILE, client = %peer, %dst, error = %unknown, "client reset");
+            return;
+        }
+    };
     let (class, peek_timed_out) = if policy.config().is_server_first(dst.port()) {
         // The client waits for the server's banner: a peek would only make
         // it wait the whole timeout first.
@@ -147,8 +159,8 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         protocol: class.protocol,
     });
     let fail_mode = policy.config().fail_mode;
-    let identity = identity_headers(&shared, &policy, peer);
-    drop(policy);
+    let identity = identity_headers(&shared, policy, peer);
+    drop(top);
     let decision = match verdict {
         Verdict::Final(decision) => decision,
         Verdict::CheckName(rule) => {

@@ -8,6 +8,7 @@
 //! would add is first removed from what it sent: a pod cannot name
 //! another pod's address to the proxy.
 pub mod pods;
+pub mod published;
 
 use std::net::IpAddr;
 

@@ -49,6 +49,15 @@ impl PodDirectory {
         self.0.load().profiles.get(namespace).cloned()
     }
 
+    /// The profile label of the namespace of the pod with address `addr`:
+    /// `None` for an unlabelled namespace and for an address no known pod
+    /// has (both decide on the top level).
+    pub fn profile_label(&self, addr: IpAddr) -> Option<String> {
+        let index = self.0.load();
+        let pod = index.by_addr.get(&addr.to_canonical())?;
+        index.profiles.get(&pod.namespace).cloned()
+    }
+
     /// The whole snapshot, for a caller that asks several things at once.
     pub fn snapshot(&self) -> Arc<PodIndex> {
         self.0.load()
@@ -83,5 +92,10 @@ mod tests {
         assert_eq!(reader.pod("::ffff:10.0.0.5".parse().unwrap()), Some(web));
         assert_eq!(reader.profile_of("shop").as_deref(), Some("team-a"));
         assert_eq!(reader.profile_of("other"), None);
+        assert_eq!(
+            reader.profile_label("10.0.0.5".parse().unwrap()).as_deref(),
+            Some("team-a")
+        );
+        assert_eq!(reader.profile_label("10.0.0.6".parse().unwrap()), None);
     }
 }

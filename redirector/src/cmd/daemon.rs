@@ -22,7 +22,7 @@ use crate::{
     bypass::{
         self, Automatic, BypassSet, Entry, Source, Sources, from_config, published::Publisher,
     },
-    caller::PodDirectory,
+    caller::{self, PodDirectory},
     classify::PeekLimits,
     cli::{DEFAULT_PORT, RunArgs},
     config::ProxyConfig,
@@ -102,7 +102,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (config, config_digest) = ProxyConfig::load_with_digest(&args.proxy_config)?;
     config_loaded.mark_ready();
     let listen = listen_addrs(&args.listen)?;
-    let tls = dial::proxy_tls_config(&config.trusted_ca)?;
+    let tls = dial::proxy_tls_config(&config.all_trusted_ca())?;
     let policy = Policy::new(config, &args.policy.builtins());
     let automatic = args.policy.automatic();
     let earlier_pins = PinDir::new(&args.pins.bpffs);
@@ -296,6 +296,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
             "kubernetes watcher",
             exemption::watcher::run(client, node, reconciler, shared.pods.clone()),
         );
+        // For `explain --namespace` and `status`: which profile each
+        // namespace selects.
+        tokio::spawn(caller::published::publish(
+            shared.pods.clone(),
+            args.upgrade.handover_dir.clone(),
+        ));
     }
     if let (Some(key), Some(node), Some(client)) =
         (&args.kube.remove_taint, &args.kube.node_name, api)
