@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
+    audit::{AuditLog, Entry},
     caller::{self, Caller, IdentityHeaders, PodDirectory},
     classify::{self, Classification, Opaque, PeekLimits},
     config::FailMode,
@@ -52,6 +53,8 @@ pub struct Shared {
     pub names: NameResolver,
     /// This node's pods by address (filled with `--kube`).
     pub pods: PodDirectory,
+    /// The audit log, when the configuration asks for one.
+    pub audit: Option<AuditLog>,
 }
 
 /// How a connection ended.
@@ -160,6 +163,7 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     });
     let fail_mode = policy.config().fail_mode;
     let identity = identity_headers(&shared, policy, peer);
+    let profile = policy.profile().map(str::to_owned);
     drop(top);
     let decision = match verdict {
         Verdict::Final(decision) => decision,
@@ -186,7 +190,62 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         Opened::Done(outcome) => outcome,
     };
     record(&shared.metrics, &outcome, peek_timed_out);
+    if let Some(audit) = &shared.audit {
+        let kind = outcome.kind(peek_timed_out);
+        audit_line(
+            audit,
+            &shared,
+            peer,
+            dst,
+            &class,
+            &decision,
+            profile.as_deref(),
+            &outcome,
+            kind,
+            started.elapsed(),
+        );
+    }
     log_outcome(peer, dst, &class, &decision, &outcome, started.elapsed());
+}
+
+/// The connection's audit line (`audit`).
+#[allow(clippy::too_many_arguments)]
+fn audit_line(
+    audit: &AuditLog,
+    shared: &Shared,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    class: &Classification,
+    decision: &Decision,
+    profile: Option<&str>,
+    outcome: &Outcome,
+    kind: OutcomeKind,
+    elapsed: Duration,
+) {
+    let pod = shared.pods.pod(peer.ip());
+    let moved = match outcome {
+        Outcome::Relayed { transferred } => *transferred,
+        Outcome::HttpServed { served } => served.transferred,
+        _ => Transferred::default(),
+    };
+    audit.record(&Entry {
+        namespace: pod.as_ref().map(|p| p.namespace.as_str()),
+        pod: pod.as_ref().map(|p| p.name.as_str()),
+        pod_addr: peer.ip(),
+        dst,
+        name: class.hostname.as_deref(),
+        decision: decision.kind(),
+        rule: decision.rule(),
+        profile,
+        proxy: match decision {
+            Decision::Proxy { proxy, .. } => Some(proxy.to_string()),
+            _ => None,
+        },
+        outcome: kind.name(),
+        bytes_up: moved.client_to_upstream,
+        bytes_down: moved.upstream_to_client,
+        duration: elapsed,
+    });
 }
 
 /// The `identity` headers for this connection's requests to the proxy
@@ -240,6 +299,7 @@ async fn open(
         }
         Decision::Proxy {
             proxy,
+            fallbacks,
             mode: Mode::AbsoluteForm,
             ..
         } => {
@@ -247,29 +307,32 @@ async fn open(
             // connection opened to find out serves the first request.
             let preopened = match fail_mode {
                 FailMode::Closed => None,
-                FailMode::Open => match shared.dialer.proxy_connection(proxy).await {
-                    Ok(io) => Some(io),
-                    Err(e) if e.is_unreachable() => {
-                        // The client's request goes to the origin as it was sent.
-                        return match fail_open(shared, dst, &e).await {
-                            Ok(upstream) => Opened::Relay(
-                                client,
-                                Tunnel {
-                                    upstream: Upstream::Tcp(upstream),
-                                    early: Bytes::new(),
-                                },
-                            ),
-                            Err(e) => {
-                                reset(client);
-                                Opened::Done(Outcome::DialFailed(e))
-                            }
-                        };
+                FailMode::Open => {
+                    match shared.dialer.proxy_connection_any(proxy, fallbacks).await {
+                        Ok(opened) => Some(opened),
+                        Err(e) if e.is_unreachable() => {
+                            // The client's request goes to the origin as it was sent.
+                            return match fail_open(shared, dst, &e).await {
+                                Ok(upstream) => Opened::Relay(
+                                    client,
+                                    Tunnel {
+                                        upstream: Upstream::Tcp(upstream),
+                                        early: Bytes::new(),
+                                    },
+                                ),
+                                Err(e) => {
+                                    reset(client);
+                                    Opened::Done(Outcome::DialFailed(e))
+                                }
+                            };
+                        }
+                        Err(_) => None,
                     }
-                    Err(_) => None,
-                },
+                }
             };
             let to = http_forward::ProxySide {
                 proxy: proxy.clone(),
+                fallbacks: fallbacks.clone(),
                 dialer: shared.dialer.clone(),
                 preopened,
                 identity,
@@ -283,6 +346,7 @@ async fn open(
         }
         Decision::Proxy {
             proxy,
+            fallbacks,
             mode: Mode::Connect,
             ..
         } => {
@@ -292,7 +356,10 @@ async fn open(
                 Some(host) => format!("{host}:{}", dst.port()),
                 None => dst.to_string(),
             };
-            match shared.dialer.tunnel(proxy, &authority, &identity).await {
+            let tunnel = shared
+                .dialer
+                .tunnel_any(proxy, fallbacks, &authority, &identity);
+            match tunnel.await {
                 Err(e) if fail_mode == FailMode::Open && e.is_unreachable() => {
                     fail_open(shared, dst, &e).await.map(|s| Tunnel {
                         upstream: Upstream::Tcp(s),
@@ -604,6 +671,7 @@ mod tests {
                 sockets: Default::default(),
                 timeout: Duration::from_secs(2),
                 tls: Swappable::new(tls),
+                health: Default::default(),
             },
             peek: PeekLimits {
                 max_bytes: 1024,
@@ -616,6 +684,7 @@ mod tests {
                 crate::resolve::CacheLimits::default(),
             ),
             pods: PodDirectory::default(),
+            audit: None,
         });
         tokio::spawn(async move {
             while let Ok((s, peer)) = l.accept().await {

@@ -104,10 +104,12 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The proxy a client's requests go to, and how.
 pub struct ProxySide {
     pub proxy: ProxyUrl,
+    /// Proxies to fail over to when `proxy` cannot be reached.
+    pub fallbacks: Vec<ProxyUrl>,
     pub dialer: Dialer,
-    /// A connection to the proxy already open (else the first request opens
-    /// one).
-    pub preopened: Option<Upstream>,
+    /// A connection to a proxy already open, and which (else the first
+    /// request opens one).
+    pub preopened: Option<(Upstream, ProxyUrl)>,
     /// The caller's identity headers, put on every request in place of any
     /// the client sent under their names.
     pub identity: IdentityHeaders,
@@ -122,12 +124,14 @@ pub async fn serve(
 ) -> Result<Forwarded, ForwardError> {
     let ProxySide {
         proxy,
+        fallbacks,
         dialer,
         preopened,
         identity,
     } = to;
     let forwarder = Arc::new(Forwarder {
         proxy,
+        fallbacks,
         dst,
         dialer,
         identity,
@@ -135,10 +139,10 @@ pub async fn serve(
         served: std::sync::Mutex::new(Served::default()),
         switching: std::sync::Mutex::new(None),
     });
-    if let Some(io) = preopened {
+    if let Some((io, proxy)) = preopened {
         // A failed handshake just leaves the first request to dial again.
-        if let Ok(sender) = forwarder.handshake(io).await {
-            *forwarder.upstream.lock().await = Some(sender);
+        if let Ok(sender) = forwarder.handshake(io, &proxy).await {
+            *forwarder.upstream.lock().await = Some((sender, proxy));
         }
     }
     let service = {
@@ -310,12 +314,14 @@ impl AsyncWrite for Counted {
 
 struct Forwarder {
     proxy: ProxyUrl,
+    fallbacks: Vec<ProxyUrl>,
     /// The original destination: names the origin when a request has no Host.
     dst: SocketAddr,
     dialer: Dialer,
     identity: IdentityHeaders,
-    /// The proxy connection, shared by the client's successive requests.
-    upstream: Mutex<Option<SendRequest<Incoming>>>,
+    /// The proxy connection, shared by the client's successive requests,
+    /// and the proxy it goes to (the first listed one that was up).
+    upstream: Mutex<Option<(SendRequest<Incoming>, ProxyUrl)>>,
     served: std::sync::Mutex<Served>,
     /// Set when the proxy answered `101`: the connection ends there.
     switching: std::sync::Mutex<Option<Switching>>,
@@ -340,22 +346,27 @@ impl Forwarder {
             Some(uri) => *req.uri_mut() = uri,
             None => return error_response(StatusCode::BAD_REQUEST, "cannot form an absolute URL"),
         }
-        if let Some(value) = proxy_authorization(&self.proxy) {
-            req.headers_mut().insert(header::PROXY_AUTHORIZATION, value);
-        }
         // After the pod's headers are final: its copies of ours go.
         self.identity.apply(req.headers_mut());
         let mut upstream = self.upstream.lock().await;
-        let sender = match upstream.as_mut() {
-            Some(s) if s.is_ready() => s,
+        let (sender, proxy) = match upstream.as_mut() {
+            Some((s, p)) if s.is_ready() => (s, p),
             _ => match self.connect().await {
-                Ok(s) => upstream.insert(s),
+                Ok(s) => {
+                    let (s, p) = upstream.insert(s);
+                    (s, p)
+                }
                 Err(e) => {
                     ratelog::warn!(PROXY_FAILED, error = %e, "plain HTTP: proxy connection failed");
                     return error_response(StatusCode::BAD_GATEWAY, &e.to_string());
                 }
             },
         };
+        // The credentials of the proxy this connection reached.
+        if let Some(value) = proxy_authorization(proxy) {
+            req.headers_mut().insert(header::PROXY_AUTHORIZATION, value);
+        }
+        let proxy = proxy.clone();
         match sender.send_request(req).await {
             Ok(mut response) => {
                 let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -381,7 +392,7 @@ impl Forwarder {
                     served.auth_failures += 1;
                     ratelog::warn!(
                         PROXY_AUTH_FAILED,
-                        proxy = %self.proxy,
+                        proxy = %proxy,
                         "proxy answered 407 Proxy Authentication Required (auth failed: \
                          check the credentials in the proxy URL); passed to the client"
                     );
@@ -390,18 +401,25 @@ impl Forwarder {
             }
             Err(e) => {
                 *upstream = None;
-                ratelog::warn!(PROXY_FAILED, proxy = %self.proxy, error = %e, "plain HTTP: request to the proxy failed");
+                ratelog::warn!(PROXY_FAILED, proxy = %proxy, error = %e, "plain HTTP: request to the proxy failed");
                 error_response(StatusCode::BAD_GATEWAY, "the proxy connection failed")
             }
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, DialError> {
-        let io = self.dialer.proxy_connection(&self.proxy).await?;
-        self.handshake(io).await
+    async fn connect(&self) -> Result<(SendRequest<Incoming>, ProxyUrl), DialError> {
+        let (io, proxy) = self
+            .dialer
+            .proxy_connection_any(&self.proxy, &self.fallbacks)
+            .await?;
+        Ok((self.handshake(io, &proxy).await?, proxy))
     }
 
-    async fn handshake(&self, io: Upstream) -> Result<SendRequest<Incoming>, DialError> {
+    async fn handshake(
+        &self,
+        io: Upstream,
+        proxy: &ProxyUrl,
+    ) -> Result<SendRequest<Incoming>, DialError> {
         // The proxy's answers are buffered within the same bound as the
         // client's requests: a response head or body a client does not
         // read costs a bounded amount per connection.
@@ -410,7 +428,7 @@ impl Forwarder {
             .handshake(TokioIo::new(ProxyIo(io)))
             .await
             .map_err(|source| DialError::Protocol {
-                proxy: self.proxy.clone(),
+                proxy: proxy.clone(),
                 authority: self.dst.to_string(),
                 source,
             })?;
@@ -550,6 +568,7 @@ mod tests {
             sockets: Default::default(),
             timeout: Duration::from_secs(2),
             tls: crate::swappable::Swappable::new(crate::dial::proxy_tls_config(&[]).unwrap()),
+            health: Default::default(),
         }
     }
 
@@ -568,6 +587,7 @@ mod tests {
             let (s, _) = listener.accept().await.unwrap();
             let to = ProxySide {
                 proxy,
+                fallbacks: Vec::new(),
                 dialer: dialer(),
                 preopened: None,
                 identity,

@@ -106,9 +106,11 @@ pub enum Decision {
         /// dialed (`dial::guard`).
         address_rule: bool,
     },
-    /// Through `proxy`; `rule` says which key chose it.
+    /// Through `proxy`, or the first of `fallbacks` that is up when it is
+    /// down (never direct); `rule` says which key chose it.
     Proxy {
         proxy: ProxyUrl,
+        fallbacks: Vec<ProxyUrl>,
         mode: Mode,
         rule: &'static str,
     },
@@ -389,6 +391,8 @@ impl Policy {
                 let mut own = config.clone();
                 own.http_proxy = profile.http_proxy.clone();
                 own.https_proxy = profile.https_proxy.clone();
+                own.http_proxy_fallbacks = profile.http_proxy_fallbacks.clone();
+                own.https_proxy_fallbacks = profile.https_proxy_fallbacks.clone();
                 own.no_proxy = profile.no_proxy.clone();
                 own.trusted_ca = profile.trusted_ca.clone();
                 own.profiles = BTreeMap::new();
@@ -494,27 +498,29 @@ impl Policy {
         let config = &self.config;
         let (own, own_key, mode, other, other_rule) = match protocol {
             Protocol::Http => (
-                &config.http_proxy,
+                (&config.http_proxy, &config.http_proxy_fallbacks),
                 "httpProxy",
                 Mode::AbsoluteForm,
-                &config.https_proxy,
+                (&config.https_proxy, &config.https_proxy_fallbacks),
                 "httpsProxy for plain HTTP (missingProxy: useOther)",
             ),
             Protocol::Tls | Protocol::Other => (
-                &config.https_proxy,
+                (&config.https_proxy, &config.https_proxy_fallbacks),
                 "httpsProxy",
                 Mode::Connect,
-                &config.http_proxy,
+                (&config.http_proxy, &config.http_proxy_fallbacks),
                 "httpProxy for TLS and other TCP (missingProxy: useOther)",
             ),
         };
-        if let Some(proxy) = own {
+        if let (Some(proxy), fallbacks) = own {
             return Decision::Proxy {
                 proxy: proxy.clone(),
+                fallbacks: fallbacks.clone(),
                 mode,
                 rule: own_key,
             };
         }
+        let (other, other_fallbacks) = other;
         match (config.missing_proxy, other) {
             (MissingProxy::Direct, _) => Decision::Direct {
                 rule: format!("no {own_key} configured"),
@@ -524,6 +530,7 @@ impl Policy {
             // through an https-only proxy just as it carries TLS.
             (MissingProxy::UseOther, Some(proxy)) => Decision::Proxy {
                 proxy: proxy.clone(),
+                fallbacks: other_fallbacks.clone(),
                 mode: Mode::Connect,
                 rule: other_rule,
             },

@@ -15,6 +15,7 @@ PROF_PASS=pr0f-b-s3cret   # must never show up in a log
 PROF_FLOW_LOG=$WORK/flow-profile-b.log
 PROF_CONFIG=$WORK/profiles-config.json
 PROF_SECRET_DIR=$WORK/profile-b-secret
+PROF_AUDIT=$WORK/audit.log
 PROF_MITM_PID=""
 PROF_SEQ=0
 
@@ -27,6 +28,7 @@ prof_write_config() {
   printf '%s\n' "$PROF_PASS" >"$PROF_SECRET_DIR/password"
   printf '%s\n' "{\"httpProxy\":\"http://$INET_IP4:$PROXY_PORT/\",\"httpsProxy\":\"http://$INET_IP4:$PROXY_PORT/\",
  \"noProxy\":[\"localhost\"],\"trustedCA\":\"$CA_B64\",
+ \"audit\":{\"output\":\"$PROF_AUDIT\"},
  \"profiles\":{
   \"a\":{\"httpProxy\":\"$a\",\"httpsProxy\":\"$a\"},
   \"b\":{\"httpProxy\":\"$b\",\"httpsProxy\":\"$b\",
@@ -48,6 +50,7 @@ prof_up() {
   kube_api "{\"op\":\"pod\",\"namespace\":\"team-a\",\"name\":\"p1\",\"uid\":\"0a0a0a0a-4040-4222-8333-444444444444\",\"node\":\"$KUBE_NODE\",\"podIPs\":[\"$POD_I1_IP4\"]}" || return 1
   kube_api "{\"op\":\"pod\",\"namespace\":\"team-b\",\"name\":\"p2\",\"uid\":\"0b0b0b0b-4141-4222-8333-444444444444\",\"node\":\"$KUBE_NODE\",\"podIPs\":[\"$POD_I2_IP4\"]}" || return 1
   prof_write_config
+  rm -f "$PROF_AUDIT"
   use_daemon "$PROF_CONFIG" --kube --node-name "$KUBE_NODE" || return 1
   wait_for 10 "the daemon's first reconcile" grep -q "exempt pods:" "$DAEMON_LOG"
 }
@@ -101,6 +104,27 @@ prof_switch() {
   ((ms <= TOGGLE_MS + 500)) || why "$3: took $ms ms (bound $TOGGLE_MS ms)"
 }
 
+# prof_audit_check PATH NS POD ADDR PROFILE PROXY-PORT: the audit line of
+# the connection that fetched PATH (found by its request's time order: the
+# daemon writes the line when the connection ends) says all that.
+prof_audit_check() {
+  "$PYTHON" - "$PROF_AUDIT" "$@" <<'PY' || why "audit log for $1:" "$(tail -n 3 "$PROF_AUDIT")"
+import json, sys
+log, path, ns, pod, addr, profile, port = sys.argv[1:]
+lines = [json.loads(l) for l in open(log)]
+mine = [l for l in lines if l["pod"] == pod and l["profile"] == profile]
+assert mine, "no line for pod %s with profile %s in %d lines" % (pod, profile, len(lines))
+l = mine[0]
+want = {"namespace": ns, "pod_addr": addr, "dst": "10.249.0.2:80", "name": None,  # an IP literal is no name
+        "decision": "proxy", "rule": "httpProxy", "proxy": "http://10.249.0.2:%s" % port,
+        "outcome": "ok"}
+bad = {k: (l.get(k), v) for k, v in want.items() if l.get(k) != v}
+assert not bad, "fields (got, want): %s in %s" % (bad, l)
+assert l["bytes_up"] > 50 and l["bytes_down"] > 50 and l["duration_ms"] >= 0, l
+assert l["time"].endswith("Z") and l["node"] == "rde-node", l
+PY
+}
+
 t_profiles() {
   local rc=0
   prof_up && prof_body || rc=1
@@ -131,6 +155,9 @@ prof_body() {
     [[ $via == b ]] || why "team-b's $path went via '$via', expected profile b's proxy" || return 1
   done
   expect_match "$(grep -F "/prof-b-" "$PROF_FLOW_LOG")" "user=$PROF_USER" "profile b's proxy saw its own user" || return 1
+  # The audit log: one line per connection, naming pod, profile and proxy.
+  prof_audit_check "${p1[0]}" team-a p1 "$POD_I1_IP4" a "$AUTH_PROXY_PORT" || return 1
+  prof_audit_check "${p2[0]}" team-b p2 "$POD_I2_IP4" b "$PROF_PORT" || return 1
   # TLS too: CONNECT through profile b's proxy with its credentials.
   pod_curl pod-i2 -k -o /dev/null "https://$INET_IP4/prof-tls" || why "team-b's HTTPS failed" || return 1
   expect_match "$(cat "$PROF_FLOW_LOG")" "^CONNECT $INET_IP4:443 .*user=$PROF_USER" "profile b's CONNECT" || return 1
@@ -173,6 +200,8 @@ prof_body() {
   logs=$(all_daemon_logs)
   expect_not_contains "$logs" "$PROF_PASS" "the daemon's log" || return 1
   expect_not_contains "$logs" "$AUTH_PASS" "the daemon's log" || return 1
+  expect_not_contains "$(cat "$PROF_AUDIT")" "$PROF_PASS" "the audit log" || return 1
+  expect_not_contains "$(cat "$PROF_AUDIT")" "$AUTH_PASS" "the audit log" || return 1
 }
 
 PROFILES_TESTS=(profiles:t_profiles)

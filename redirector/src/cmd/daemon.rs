@@ -144,6 +144,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
         PinDir::new(&args.pins.bpffs),
     )))));
     metrics.set_connection_limits(max_connections, max_connections_per_pod);
+    // The audit log is set up at start (a change needs a restart).
+    let audit = match &policy.config().audit {
+        Some(config) => Some(
+            crate::audit::AuditLog::start(config, args.kube.node_name.clone())
+                .context("opening the audit log (audit.output)")?,
+        ),
+        None => None,
+    };
+    // Failover between listed proxies: probed while marked down.
+    let health = {
+        let metrics = metrics.clone();
+        Arc::new(dial::ProxyHealth::with_observer(Box::new(
+            move |proxy, up| metrics.record_proxy(proxy, up),
+        )))
+    };
+    tokio::spawn(health.clone().probe_forever(args.socket_mark));
     let shared = Arc::new(Shared {
         policy: Swappable::new(policy),
         original_dst,
@@ -152,6 +168,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             sockets,
             timeout: Duration::from_secs_f64(args.connect_timeout),
             tls: Swappable::new(tls),
+            health: health.clone(),
         },
         peek: PeekLimits {
             timeout: Duration::from_secs_f64(args.peek_timeout),
@@ -160,6 +177,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         metrics: metrics.clone(),
         names,
         pods: PodDirectory::default(),
+        audit,
     });
     // The API client before anything is attached: a bad kubeconfig stops
     // the start, not the watcher later.

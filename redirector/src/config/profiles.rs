@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, fmt, path::Path};
 
 use serde::Deserialize;
 
-use super::{NoProxyField, ProxyUrl, parse_trusted_ca};
+use super::{NoProxyField, ProxyField, ProxyUrl, parse_trusted_ca};
 use crate::noproxy::NoProxy;
 
 /// One profile as written.
@@ -26,9 +26,9 @@ use crate::noproxy::NoProxy;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProfile {
     #[serde(rename = "httpProxy")]
-    http_proxy: Option<String>,
+    http_proxy: Option<ProxyField>,
     #[serde(rename = "httpsProxy")]
-    https_proxy: Option<String>,
+    https_proxy: Option<ProxyField>,
     #[serde(rename = "noProxy")]
     no_proxy: Option<NoProxyField>,
     #[serde(rename = "trustedCA", alias = "trustedCa")]
@@ -64,6 +64,8 @@ impl fmt::Debug for RawCredentials {
 pub struct Profile {
     pub http_proxy: Option<ProxyUrl>,
     pub https_proxy: Option<ProxyUrl>,
+    pub http_proxy_fallbacks: Vec<ProxyUrl>,
+    pub https_proxy_fallbacks: Vec<ProxyUrl>,
     pub no_proxy: NoProxy,
     pub trusted_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
@@ -99,10 +101,10 @@ pub(super) fn parse(
 
 impl RawProfile {
     fn validate(self) -> Result<Profile, String> {
-        let mut http_proxy = ProxyUrl::parse_optional(self.http_proxy.as_deref())
-            .map_err(|m| format!("httpProxy: {m}"))?;
-        let mut https_proxy = ProxyUrl::parse_optional(self.https_proxy.as_deref())
-            .map_err(|m| format!("httpsProxy: {m}"))?;
+        let (mut http_proxy, mut http_proxy_fallbacks) =
+            ProxyField::parse(self.http_proxy).map_err(|m| format!("httpProxy: {m}"))?;
+        let (mut https_proxy, mut https_proxy_fallbacks) =
+            ProxyField::parse(self.https_proxy).map_err(|m| format!("httpsProxy: {m}"))?;
         let entries = self.no_proxy.map(NoProxyField::entries).unwrap_or_default();
         let no_proxy = NoProxy::parse(&entries).map_err(|e| format!("noProxy: {e}"))?;
         let trusted_ca = match self.trusted_ca.as_deref().map(str::trim) {
@@ -116,13 +118,19 @@ impl RawProfile {
             if http_proxy.is_none() && https_proxy.is_none() {
                 return Err("credentials: no httpProxy or httpsProxy to use them with".into());
             }
-            for proxy in [&mut http_proxy, &mut https_proxy].into_iter().flatten() {
+            let firsts = [&mut http_proxy, &mut https_proxy].into_iter().flatten();
+            let others = http_proxy_fallbacks
+                .iter_mut()
+                .chain(&mut https_proxy_fallbacks);
+            for proxy in firsts.chain(others) {
                 proxy.credentials = Some(pair.clone());
             }
         }
         Ok(Profile {
             http_proxy,
             https_proxy,
+            http_proxy_fallbacks,
+            https_proxy_fallbacks,
             no_proxy,
             trusted_ca,
         })

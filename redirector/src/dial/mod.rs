@@ -12,6 +12,7 @@
 //! refuses the node's own addresses first (`guard`).
 pub mod connect;
 pub mod guard;
+pub mod health;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -28,6 +29,7 @@ use crate::{
 };
 pub use connect::ConnectError;
 pub use guard::{LinkLocal, NodeLocal};
+pub use health::ProxyHealth;
 
 /// The upstream side of a relayed connection.
 pub enum Upstream {
@@ -114,6 +116,8 @@ pub struct Dialer {
     pub timeout: Duration,
     /// TLS settings for `https://` proxies (`trustedCA` follows a reload).
     pub tls: Swappable<rustls::ClientConfig>,
+    /// Which proxies are up, for failover between listed ones.
+    pub health: Arc<ProxyHealth>,
 }
 
 /// TLS client settings for `https://` proxies: `trustedCA` plus the
@@ -205,6 +209,68 @@ impl Dialer {
             });
         }
         Ok(Tunnel { upstream, early })
+    }
+
+    /// A tunnel through the first of `first` and `fallbacks` that can be
+    /// reached, up ones first ([`health`]). A proxy that answers, even
+    /// with a refusal, ends the search: only an unreachable one fails over.
+    pub async fn tunnel_any(
+        &self,
+        first: &ProxyUrl,
+        fallbacks: &[ProxyUrl],
+        authority: &str,
+        identity: &IdentityHeaders,
+    ) -> Result<Tunnel, DialError> {
+        if fallbacks.is_empty() {
+            return self.tunnel(first, authority, identity).await;
+        }
+        let candidates: Vec<&ProxyUrl> = std::iter::once(first).chain(fallbacks).collect();
+        let mut last = None;
+        for proxy in self.health.order(&candidates) {
+            match self.tunnel(proxy, authority, identity).await {
+                Err(e) if e.is_unreachable() => {
+                    self.health.mark(proxy, false);
+                    last = Some(e);
+                }
+                Ok(tunnel) => {
+                    self.health.mark(proxy, true);
+                    return Ok(tunnel);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(DialError::Timeout(self.timeout)))
+    }
+
+    /// A connection to the first of `first` and `fallbacks` that can be
+    /// reached, as [`Dialer::tunnel_any`] chooses, with the proxy chosen.
+    pub async fn proxy_connection_any(
+        &self,
+        first: &ProxyUrl,
+        fallbacks: &[ProxyUrl],
+    ) -> Result<(Upstream, ProxyUrl), DialError> {
+        if fallbacks.is_empty() {
+            return Ok((self.proxy_connection(first).await?, first.clone()));
+        }
+        let candidates: Vec<&ProxyUrl> = std::iter::once(first).chain(fallbacks).collect();
+        let mut last = None;
+        for proxy in self.health.order(&candidates) {
+            let connected = tokio::time::timeout(self.timeout, self.proxy_stream(proxy))
+                .await
+                .unwrap_or(Err(DialError::Timeout(self.timeout)));
+            match connected {
+                Err(e) if e.is_unreachable() => {
+                    self.health.mark(proxy, false);
+                    last = Some(e);
+                }
+                Ok(io) => {
+                    self.health.mark(proxy, true);
+                    return Ok((io, proxy.clone()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(DialError::Timeout(self.timeout)))
     }
 
     /// A connection to the proxy itself (for plain HTTP forwarding).
@@ -356,7 +422,44 @@ mod tests {
             sockets: SocketOptions::default(),
             timeout: Duration::from_secs(5),
             tls: Swappable::new(proxy_tls_config(&[]).unwrap()),
+            health: Default::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_proxy_fails_over_to_the_next_and_is_skipped_after() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dead = ProxyUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let dialer = dialer();
+        for _ in 0..2 {
+            let (addr, head) = fake_proxy("HTTP/1.1 200 OK\r\n\r\n").await;
+            let live = ProxyUrl::parse(&format!("http://{addr}")).unwrap();
+            let tunnel = dialer
+                .tunnel_any(&dead, &[live], "10.0.0.1:443", &IdentityHeaders::default())
+                .await;
+            assert!(tunnel.is_ok(), "failed over");
+            assert!(head.await.unwrap().starts_with("CONNECT 10.0.0.1:443"));
+            assert!(dialer.health.is_down(&dead));
+        }
+        // A refusal is obeyed: no failover past a proxy that answered.
+        let (refusing, _) = fake_proxy("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n").await;
+        let refusing = ProxyUrl::parse(&format!("http://{refusing}")).unwrap();
+        let err = dialer
+            .tunnel_any(
+                &refusing,
+                std::slice::from_ref(&dead),
+                "10.0.0.1:443",
+                &IdentityHeaders::default(),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, DialError::Refused { .. }), "{err}");
     }
 
     #[tokio::test]
