@@ -149,6 +149,11 @@ pub struct ExplainArgs {
     /// the name's addresses. Without it, any of them.
     #[arg(long, value_name = "IP")]
     pub destination: Option<std::net::IpAddr>,
+    /// The client pod's namespace: decide on the profile its
+    /// `egress-redirector/profile` label selects, as the daemon last
+    /// published it (`profiles.json` in --handover-dir).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

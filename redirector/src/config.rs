@@ -20,7 +20,10 @@
 //! the kernel beside `--cluster-cidr`) and `serverFirstPorts` (default
 //! [`DEFAULT_SERVER_FIRST_PORTS`]: destination ports whose clients wait for
 //! the server to speak, routed by address at once instead of after the
-//! peek timeout). Files without them are plain AKS files.
+//! peek timeout), `identity` (default off: headers naming the calling
+//! pod on requests to the proxy, see [`Identity`]) and `profiles` (proxy
+//! settings selected per namespace, see [`Profile`]). Files without them are
+//! plain AKS files.
 //!
 //! Unknown keys are rejected rather than ignored: a typo such as
 //! `httpsProxyy` would otherwise silently send traffic direct.
@@ -33,6 +36,13 @@ use thiserror::Error;
 use url::Url;
 
 use crate::noproxy::{NoProxy, NoProxyError};
+
+mod audit;
+mod identity;
+mod profiles;
+pub use audit::{Audit, AuditOutput};
+pub use identity::Identity;
+pub use profiles::Profile;
 
 /// Why a proxy configuration file was refused.
 #[derive(Debug, Error)]
@@ -55,10 +65,12 @@ pub enum ConfigError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// One URL as AKS writes it, or (redirector extension) a list: the
+    /// first healthy one is used.
     #[serde(rename = "httpProxy")]
-    http_proxy: Option<String>,
+    http_proxy: Option<ProxyField>,
     #[serde(rename = "httpsProxy")]
-    https_proxy: Option<String>,
+    https_proxy: Option<ProxyField>,
     #[serde(rename = "noProxy")]
     no_proxy: Option<NoProxyField>,
     /// AKS's CLI file says `trustedCA`; its ARM API says `trustedCa`.
@@ -95,6 +107,12 @@ struct RawConfig {
     /// kernel.
     #[serde(rename = "serviceCidrs")]
     service_cidrs: Option<Vec<String>>,
+    /// Redirector extension: headers that tell the proxy who is calling.
+    identity: Option<identity::RawIdentity>,
+    /// Redirector extension: one JSON line per connection.
+    audit: Option<audit::RawAudit>,
+    /// Redirector extension: named proxy settings namespaces select.
+    profiles: Option<std::collections::BTreeMap<String, profiles::RawProfile>>,
 }
 
 /// `exemptNamespaces` when the file has none: the control plane's own
@@ -270,6 +288,56 @@ impl fmt::Display for MissingProxy {
     }
 }
 
+/// Most proxies one key may list.
+const PROXIES_MAX: usize = 8;
+
+/// `httpProxy`/`httpsProxy`: one URL (AKS) or a list of them, for failover.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a proxy URL or a list of proxy URLs")]
+enum ProxyField {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ProxyField {
+    /// The first proxy and the others, in order. An empty string or list
+    /// means none (direct), as AKS's empty value does.
+    fn parse(field: Option<Self>) -> Result<(Option<ProxyUrl>, Vec<ProxyUrl>), String> {
+        let values = match field {
+            None => return Ok((None, Vec::new())),
+            Some(Self::One(one)) => vec![one],
+            Some(Self::Many(many)) => many,
+        };
+        let values: Vec<&str> = values
+            .iter()
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .collect();
+        if values.len() > PROXIES_MAX {
+            return Err(format!("{} proxies; at most {PROXIES_MAX}", values.len()));
+        }
+        let mut out: Vec<ProxyUrl> = Vec::with_capacity(values.len());
+        for (n, value) in (1..).zip(&values) {
+            let url = ProxyUrl::parse(value).map_err(|m| {
+                if values.len() > 1 {
+                    format!("entry {n}: {m}")
+                } else {
+                    m
+                }
+            })?;
+            if out
+                .iter()
+                .any(|o| o.authority() == url.authority() && o.tls == url.tls)
+            {
+                return Err(format!("entry {n}: {url} is listed twice"));
+            }
+            out.push(url);
+        }
+        let mut all = out.into_iter();
+        Ok((all.next(), all.collect()))
+    }
+}
+
 /// `noProxy` as AKS writes it (an array) or as a `NO_PROXY` value copied
 /// from a pod (one comma-separated string).
 #[derive(Debug, Deserialize)]
@@ -298,6 +366,11 @@ pub struct ProxyConfig {
     pub http_proxy: Option<ProxyUrl>,
     /// Proxy for TLS and all other TCP, reached with CONNECT; `None` means direct.
     pub https_proxy: Option<ProxyUrl>,
+    /// More proxies for plain HTTP, tried in order when those before are
+    /// down (`httpProxy` as a list).
+    pub http_proxy_fallbacks: Vec<ProxyUrl>,
+    /// More proxies for TLS and other TCP (`httpsProxy` as a list).
+    pub https_proxy_fallbacks: Vec<ProxyUrl>,
     /// The `noProxy` rules.
     pub no_proxy: NoProxy,
     /// DER certificates from `trustedCA` (the MITM proxy's CA).
@@ -325,6 +398,14 @@ pub struct ProxyConfig {
     pub exempt_host_network_pods: bool,
     /// `serviceCidrs`: the cluster's Service ranges, bypassed in the kernel.
     pub service_cidrs: Vec<IpNet>,
+    /// `identity`: the caller's headers on requests to the proxy (off by
+    /// default).
+    pub identity: Identity,
+    /// `audit`: one JSON line per connection, when set.
+    pub audit: Option<Audit>,
+    /// `profiles`: proxy settings by name, selected per namespace by the
+    /// label `egress-redirector/profile`.
+    pub profiles: std::collections::BTreeMap<String, Profile>,
 }
 
 impl ProxyConfig {
@@ -366,10 +447,10 @@ impl ProxyConfig {
             field,
             message,
         };
-        let http_proxy = ProxyUrl::parse_optional(raw.http_proxy.as_deref())
-            .map_err(|m| field_error("httpProxy", m))?;
-        let https_proxy = ProxyUrl::parse_optional(raw.https_proxy.as_deref())
-            .map_err(|m| field_error("httpsProxy", m))?;
+        let (http_proxy, http_proxy_fallbacks) =
+            ProxyField::parse(raw.http_proxy).map_err(|m| field_error("httpProxy", m))?;
+        let (https_proxy, https_proxy_fallbacks) =
+            ProxyField::parse(raw.https_proxy).map_err(|m| field_error("httpsProxy", m))?;
         let no_proxy_entries = raw.no_proxy.map(NoProxyField::entries).unwrap_or_default();
         let no_proxy = NoProxy::parse(&no_proxy_entries)
             .map_err(|e: NoProxyError| field_error("noProxy", e.to_string()))?;
@@ -406,6 +487,18 @@ impl ProxyConfig {
         };
         let service_cidrs = parse_service_cidrs(raw.service_cidrs.as_deref().unwrap_or_default())
             .map_err(|m| field_error("serviceCidrs", m))?;
+        let identity = raw
+            .identity
+            .unwrap_or_default()
+            .validate()
+            .map_err(|m| field_error("identity", m))?;
+        let audit = raw
+            .audit
+            .map(audit::RawAudit::validate)
+            .transpose()
+            .map_err(|m| field_error("audit", m))?;
+        let profiles = profiles::parse(raw.profiles.unwrap_or_default())
+            .map_err(|m| field_error("profiles", m))?;
         if missing_proxy == MissingProxy::UseOther && http_proxy.is_none() && https_proxy.is_none()
         {
             return Err(field_error(
@@ -415,7 +508,9 @@ impl ProxyConfig {
         }
         Ok(Self {
             http_proxy,
+            http_proxy_fallbacks,
             https_proxy,
+            https_proxy_fallbacks,
             no_proxy,
             trusted_ca,
             fail_mode,
@@ -427,7 +522,34 @@ impl ProxyConfig {
             exempt_host_network_pods: raw.exempt_host_network_pods.unwrap_or(true),
             service_cidrs,
             server_first_ports,
+            identity,
+            audit,
+            profiles,
         })
+    }
+
+    /// Every proxy the file names: each class's, in order, then each
+    /// profile's.
+    pub fn all_proxies(&self) -> impl Iterator<Item = &ProxyUrl> {
+        let top = [&self.https_proxy, &self.http_proxy].into_iter().flatten();
+        let top = top
+            .chain(&self.https_proxy_fallbacks)
+            .chain(&self.http_proxy_fallbacks);
+        let profiles = self.profiles.values().flat_map(|p| {
+            [&p.https_proxy, &p.http_proxy]
+                .into_iter()
+                .flatten()
+                .chain(&p.https_proxy_fallbacks)
+                .chain(&p.http_proxy_fallbacks)
+        });
+        top.chain(profiles)
+    }
+
+    /// Every certificate the proxies may present: `trustedCA` and every
+    /// profile's (one TLS client setting serves all proxies).
+    pub fn all_trusted_ca(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        let profiles = self.profiles.values().flat_map(|p| p.trusted_ca.iter());
+        self.trusted_ca.iter().chain(profiles).cloned().collect()
     }
 
     /// Whether connections to `port` are routed by address at once
@@ -525,13 +647,6 @@ pub struct ProxyUrl {
 }
 
 impl ProxyUrl {
-    fn parse_optional(value: Option<&str>) -> Result<Option<Self>, String> {
-        match value.map(str::trim) {
-            None | Some("") => Ok(None),
-            Some(v) => Self::parse(v).map(Some),
-        }
-    }
-
     /// Parses a proxy URL as Go's `httpproxy` does: no scheme means `http://`,
     /// and a missing port is the scheme's default.
     pub fn parse(value: &str) -> Result<Self, String> {
@@ -912,6 +1027,52 @@ mod tests {
             ProxyUrl::parse("http://u:p@proxy:8080/x/").unwrap().port,
             8080
         );
+    }
+
+    /// Issue 18: a list of proxies for one class, for failover.
+    #[test]
+    fn a_proxy_key_may_list_several_proxies() {
+        let cfg = parse(
+            r#"{"httpsProxy": ["http://a:3128", "http://b:3128"], "httpProxy": "http://c:1"}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.https_proxy.unwrap().host, "a");
+        let hosts: Vec<&str> = cfg
+            .https_proxy_fallbacks
+            .iter()
+            .map(|p| p.host.as_str())
+            .collect();
+        assert_eq!(hosts, ["b"]);
+        assert!(cfg.http_proxy_fallbacks.is_empty());
+        assert!(
+            parse(r#"{"httpsProxy": []}"#)
+                .unwrap()
+                .https_proxy
+                .is_none()
+        );
+        for (text, needle) in [
+            (
+                r#"{"httpsProxy": ["http://a:1", "http://a:1/"]}"#,
+                "entry 2: http://a:1 is listed twice",
+            ),
+            (
+                r#"{"httpsProxy": ["http://a:1", "socks5://b:1"]}"#,
+                "entry 2: ",
+            ),
+            (
+                r#"{"httpsProxy": [1]}"#,
+                "a proxy URL or a list of proxy URLs",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains("httpsProxy") && err.contains(needle),
+                "{text}: no {needle:?} in {err}"
+            );
+        }
+        let nine: Vec<String> = (1..=9).map(|i| format!("\"http://p{i}:1\"")).collect();
+        let err = parse(&format!(r#"{{"httpsProxy": [{}]}}"#, nine.join(","))).unwrap_err();
+        assert!(err.to_string().contains("9 proxies; at most 8"), "{err}");
     }
 
     #[test]

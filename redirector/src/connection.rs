@@ -11,6 +11,8 @@ use bytes::Bytes;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use crate::{
+    audit::{AuditLog, Entry},
+    caller::{self, Caller, IdentityHeaders, PodDirectory},
     classify::{self, Classification, Opaque, PeekLimits},
     config::FailMode,
     dial::{DialError, Dialer, LinkLocal, Tunnel, Upstream},
@@ -32,6 +34,7 @@ static PROXY_AUTH_FAILED: RateLog = RateLog::default_budget("proxy_auth_failed")
 static FAIL_OPEN: RateLog = RateLog::default_budget("fail_open");
 static NAME_NOT_VERIFIED: RateLog = RateLog::default_budget("name_not_verified");
 static MISSING_PROXY_REFUSED: RateLog = RateLog::default_budget("missing_proxy_refused");
+static UNKNOWN_PROFILE: RateLog = RateLog::default_budget("unknown_profile");
 
 /// What every connection handler shares.
 pub struct Shared {
@@ -48,6 +51,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The node's resolver, for `noProxy` name rules.
     pub names: NameResolver,
+    /// This node's pods by address (filled with `--kube`).
+    pub pods: PodDirectory,
+    /// The audit log, when the configuration asks for one.
+    pub audit: Option<AuditLog>,
 }
 
 /// How a connection ended.
@@ -129,7 +136,18 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         );
         return;
     };
-    let policy = shared.policy.load();
+    let top = shared.policy.load();
+    // The profile of the pod's namespace (issue 18), chosen per connection.
+    let policy = match top.select(shared.pods.profile_label(peer.ip()).as_deref()) {
+        Ok(policy) => policy,
+        Err(unknown) => {
+            reset(client);
+            shared.metrics.record_route(Route::Refused);
+            shared.metrics.record_outcome(OutcomeKind::PolicyRefused);
+            ratelog::warn!(UNKNOWN_PROFILE, client = %peer, %dst, error = %unknown, "client reset");
+            return;
+        }
+    };
     let (class, peek_timed_out) = if policy.config().is_server_first(dst.port()) {
         // The client waits for the server's banner: a peek would only make
         // it wait the whole timeout first.
@@ -144,7 +162,9 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         protocol: class.protocol,
     });
     let fail_mode = policy.config().fail_mode;
-    drop(policy);
+    let identity = identity_headers(&shared, policy, peer);
+    let profile = policy.profile().map(str::to_owned);
+    drop(top);
     let decision = match verdict {
         Verdict::Final(decision) => decision,
         Verdict::CheckName(rule) => {
@@ -158,7 +178,8 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     shared.metrics.record_route(route(&decision));
     // Opening is boxed: its future is large and short-lived, and the task
     // then keeps only the relay's state for the connection's life.
-    let outcome = match Box::pin(open(&shared, client, dst, &class, &decision, fail_mode)).await {
+    let opening = open(&shared, client, dst, &class, &decision, fail_mode, identity);
+    let outcome = match Box::pin(opening).await {
         Opened::Relay(client, Tunnel { upstream, early }) => {
             relay_to(client, upstream, early).await
         }
@@ -169,7 +190,77 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
         Opened::Done(outcome) => outcome,
     };
     record(&shared.metrics, &outcome, peek_timed_out);
+    if let Some(audit) = &shared.audit {
+        let kind = outcome.kind(peek_timed_out);
+        audit_line(
+            audit,
+            &shared,
+            peer,
+            dst,
+            &class,
+            &decision,
+            profile.as_deref(),
+            &outcome,
+            kind,
+            started.elapsed(),
+        );
+    }
     log_outcome(peer, dst, &class, &decision, &outcome, started.elapsed());
+}
+
+/// The connection's audit line (`audit`).
+#[allow(clippy::too_many_arguments)]
+fn audit_line(
+    audit: &AuditLog,
+    shared: &Shared,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    class: &Classification,
+    decision: &Decision,
+    profile: Option<&str>,
+    outcome: &Outcome,
+    kind: OutcomeKind,
+    elapsed: Duration,
+) {
+    let pod = shared.pods.pod(peer.ip());
+    let moved = match outcome {
+        Outcome::Relayed { transferred } => *transferred,
+        Outcome::HttpServed { served } => served.transferred,
+        _ => Transferred::default(),
+    };
+    audit.record(&Entry {
+        namespace: pod.as_ref().map(|p| p.namespace.as_str()),
+        pod: pod.as_ref().map(|p| p.name.as_str()),
+        pod_addr: peer.ip(),
+        dst,
+        name: class.hostname.as_deref(),
+        decision: decision.kind(),
+        rule: decision.rule(),
+        profile,
+        proxy: match decision {
+            Decision::Proxy { proxy, .. } => Some(proxy.to_string()),
+            _ => None,
+        },
+        outcome: kind.name(),
+        bytes_up: moved.client_to_upstream,
+        bytes_down: moved.upstream_to_client,
+        duration: elapsed,
+    });
+}
+
+/// The `identity` headers for this connection's requests to the proxy
+/// (none when it is off: no lookup is made then).
+fn identity_headers(shared: &Shared, policy: &Policy, peer: SocketAddr) -> IdentityHeaders {
+    let identity = &policy.config().identity;
+    if !identity.enabled() {
+        return IdentityHeaders::default();
+    }
+    let named = identity.namespace_header.is_some() || identity.pod_header.is_some();
+    let caller = Caller {
+        addr: peer.ip().to_canonical(),
+        pod: named.then(|| shared.pods.pod(peer.ip())).flatten(),
+    };
+    caller::headers(identity, &caller)
 }
 
 /// Where opening the upstream side led.
@@ -190,6 +281,7 @@ async fn open(
     class: &Classification,
     decision: &Decision,
     fail_mode: FailMode,
+    identity: IdentityHeaders,
 ) -> Opened {
     let dialing = Instant::now();
     let tunnel: Result<Tunnel, DialError> = match decision {
@@ -207,6 +299,7 @@ async fn open(
         }
         Decision::Proxy {
             proxy,
+            fallbacks,
             mode: Mode::AbsoluteForm,
             ..
         } => {
@@ -214,30 +307,37 @@ async fn open(
             // connection opened to find out serves the first request.
             let preopened = match fail_mode {
                 FailMode::Closed => None,
-                FailMode::Open => match shared.dialer.proxy_connection(proxy).await {
-                    Ok(io) => Some(io),
-                    Err(e) if e.is_unreachable() => {
-                        // The client's request goes to the origin as it was sent.
-                        return match fail_open(shared, dst, &e).await {
-                            Ok(upstream) => Opened::Relay(
-                                client,
-                                Tunnel {
-                                    upstream: Upstream::Tcp(upstream),
-                                    early: Bytes::new(),
-                                },
-                            ),
-                            Err(e) => {
-                                reset(client);
-                                Opened::Done(Outcome::DialFailed(e))
-                            }
-                        };
+                FailMode::Open => {
+                    match shared.dialer.proxy_connection_any(proxy, fallbacks).await {
+                        Ok(opened) => Some(opened),
+                        Err(e) if e.is_unreachable() => {
+                            // The client's request goes to the origin as it was sent.
+                            return match fail_open(shared, dst, &e).await {
+                                Ok(upstream) => Opened::Relay(
+                                    client,
+                                    Tunnel {
+                                        upstream: Upstream::Tcp(upstream),
+                                        early: Bytes::new(),
+                                    },
+                                ),
+                                Err(e) => {
+                                    reset(client);
+                                    Opened::Done(Outcome::DialFailed(e))
+                                }
+                            };
+                        }
+                        Err(_) => None,
                     }
-                    Err(_) => None,
-                },
+                }
             };
-            let forwarded =
-                http_forward::serve(client, proxy.clone(), dst, shared.dialer.clone(), preopened)
-                    .await;
+            let to = http_forward::ProxySide {
+                proxy: proxy.clone(),
+                fallbacks: fallbacks.clone(),
+                dialer: shared.dialer.clone(),
+                preopened,
+                identity,
+            };
+            let forwarded = http_forward::serve(client, dst, to).await;
             return match forwarded {
                 Ok(Forwarded::Closed(served)) => Opened::Done(Outcome::HttpServed { served }),
                 Ok(Forwarded::Switched(served, switched)) => Opened::Switched(served, switched),
@@ -246,6 +346,7 @@ async fn open(
         }
         Decision::Proxy {
             proxy,
+            fallbacks,
             mode: Mode::Connect,
             ..
         } => {
@@ -255,7 +356,10 @@ async fn open(
                 Some(host) => format!("{host}:{}", dst.port()),
                 None => dst.to_string(),
             };
-            match shared.dialer.tunnel(proxy, &authority).await {
+            let tunnel = shared
+                .dialer
+                .tunnel_any(proxy, fallbacks, &authority, &identity);
+            match tunnel.await {
                 Err(e) if fail_mode == FailMode::Open && e.is_unreachable() => {
                     fail_open(shared, dst, &e).await.map(|s| Tunnel {
                         upstream: Upstream::Tcp(s),
@@ -567,6 +671,7 @@ mod tests {
                 sockets: Default::default(),
                 timeout: Duration::from_secs(2),
                 tls: Swappable::new(tls),
+                health: Default::default(),
             },
             peek: PeekLimits {
                 max_bytes: 1024,
@@ -578,6 +683,8 @@ mod tests {
                 Duration::from_secs(1),
                 crate::resolve::CacheLimits::default(),
             ),
+            pods: PodDirectory::default(),
+            audit: None,
         });
         tokio::spawn(async move {
             while let Ok((s, peer)) = l.accept().await {

@@ -44,6 +44,7 @@ use tokio::{
 };
 
 use crate::{
+    caller::IdentityHeaders,
     config::ProxyUrl,
     dial::{DialError, Dialer, Tunnel, Upstream, proxy_authorization},
     ratelog::{self, RateLog},
@@ -100,28 +101,48 @@ const MAX_HEAD: usize = 64 * 1024;
 /// How long a client may take to send a request head (slowloris bound).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The proxy a client's requests go to, and how.
+pub struct ProxySide {
+    pub proxy: ProxyUrl,
+    /// Proxies to fail over to when `proxy` cannot be reached.
+    pub fallbacks: Vec<ProxyUrl>,
+    pub dialer: Dialer,
+    /// A connection to a proxy already open, and which (else the first
+    /// request opens one).
+    pub preopened: Option<(Upstream, ProxyUrl)>,
+    /// The caller's identity headers, put on every request in place of any
+    /// the client sent under their names.
+    pub identity: IdentityHeaders,
+}
+
 /// Serves the client's requests until it closes the connection or the
-/// proxy switches protocols. `preopened`: a connection to the proxy already
-/// open (else the first request opens one).
+/// proxy switches protocols.
 pub async fn serve(
     client: TcpStream,
-    proxy: ProxyUrl,
     dst: SocketAddr,
-    dialer: Dialer,
-    preopened: Option<Upstream>,
+    to: ProxySide,
 ) -> Result<Forwarded, ForwardError> {
+    let ProxySide {
+        proxy,
+        fallbacks,
+        dialer,
+        preopened,
+        identity,
+    } = to;
     let forwarder = Arc::new(Forwarder {
         proxy,
+        fallbacks,
         dst,
         dialer,
+        identity,
         upstream: Mutex::new(None),
         served: std::sync::Mutex::new(Served::default()),
         switching: std::sync::Mutex::new(None),
     });
-    if let Some(io) = preopened {
+    if let Some((io, proxy)) = preopened {
         // A failed handshake just leaves the first request to dial again.
-        if let Ok(sender) = forwarder.handshake(io).await {
-            *forwarder.upstream.lock().await = Some(sender);
+        if let Ok(sender) = forwarder.handshake(io, &proxy).await {
+            *forwarder.upstream.lock().await = Some((sender, proxy));
         }
     }
     let service = {
@@ -293,11 +314,14 @@ impl AsyncWrite for Counted {
 
 struct Forwarder {
     proxy: ProxyUrl,
+    fallbacks: Vec<ProxyUrl>,
     /// The original destination: names the origin when a request has no Host.
     dst: SocketAddr,
     dialer: Dialer,
-    /// The proxy connection, shared by the client's successive requests.
-    upstream: Mutex<Option<SendRequest<Incoming>>>,
+    identity: IdentityHeaders,
+    /// The proxy connection, shared by the client's successive requests,
+    /// and the proxy it goes to (the first listed one that was up).
+    upstream: Mutex<Option<(SendRequest<Incoming>, ProxyUrl)>>,
     served: std::sync::Mutex<Served>,
     /// Set when the proxy answered `101`: the connection ends there.
     switching: std::sync::Mutex<Option<Switching>>,
@@ -322,20 +346,27 @@ impl Forwarder {
             Some(uri) => *req.uri_mut() = uri,
             None => return error_response(StatusCode::BAD_REQUEST, "cannot form an absolute URL"),
         }
-        if let Some(value) = proxy_authorization(&self.proxy) {
-            req.headers_mut().insert(header::PROXY_AUTHORIZATION, value);
-        }
+        // After the pod's headers are final: its copies of ours go.
+        self.identity.apply(req.headers_mut());
         let mut upstream = self.upstream.lock().await;
-        let sender = match upstream.as_mut() {
-            Some(s) if s.is_ready() => s,
+        let (sender, proxy) = match upstream.as_mut() {
+            Some((s, p)) if s.is_ready() => (s, p),
             _ => match self.connect().await {
-                Ok(s) => upstream.insert(s),
+                Ok(s) => {
+                    let (s, p) = upstream.insert(s);
+                    (s, p)
+                }
                 Err(e) => {
                     ratelog::warn!(PROXY_FAILED, error = %e, "plain HTTP: proxy connection failed");
                     return error_response(StatusCode::BAD_GATEWAY, &e.to_string());
                 }
             },
         };
+        // The credentials of the proxy this connection reached.
+        if let Some(value) = proxy_authorization(proxy) {
+            req.headers_mut().insert(header::PROXY_AUTHORIZATION, value);
+        }
+        let proxy = proxy.clone();
         match sender.send_request(req).await {
             Ok(mut response) => {
                 let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -361,7 +392,7 @@ impl Forwarder {
                     served.auth_failures += 1;
                     ratelog::warn!(
                         PROXY_AUTH_FAILED,
-                        proxy = %self.proxy,
+                        proxy = %proxy,
                         "proxy answered 407 Proxy Authentication Required (auth failed: \
                          check the credentials in the proxy URL); passed to the client"
                     );
@@ -370,18 +401,25 @@ impl Forwarder {
             }
             Err(e) => {
                 *upstream = None;
-                ratelog::warn!(PROXY_FAILED, proxy = %self.proxy, error = %e, "plain HTTP: request to the proxy failed");
+                ratelog::warn!(PROXY_FAILED, proxy = %proxy, error = %e, "plain HTTP: request to the proxy failed");
                 error_response(StatusCode::BAD_GATEWAY, "the proxy connection failed")
             }
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, DialError> {
-        let io = self.dialer.proxy_connection(&self.proxy).await?;
-        self.handshake(io).await
+    async fn connect(&self) -> Result<(SendRequest<Incoming>, ProxyUrl), DialError> {
+        let (io, proxy) = self
+            .dialer
+            .proxy_connection_any(&self.proxy, &self.fallbacks)
+            .await?;
+        Ok((self.handshake(io, &proxy).await?, proxy))
     }
 
-    async fn handshake(&self, io: Upstream) -> Result<SendRequest<Incoming>, DialError> {
+    async fn handshake(
+        &self,
+        io: Upstream,
+        proxy: &ProxyUrl,
+    ) -> Result<SendRequest<Incoming>, DialError> {
         // The proxy's answers are buffered within the same bound as the
         // client's requests: a response head or body a client does not
         // read costs a bounded amount per connection.
@@ -390,7 +428,7 @@ impl Forwarder {
             .handshake(TokioIo::new(ProxyIo(io)))
             .await
             .map_err(|source| DialError::Protocol {
-                proxy: self.proxy.clone(),
+                proxy: proxy.clone(),
                 authority: self.dst.to_string(),
                 source,
             })?;
@@ -530,16 +568,31 @@ mod tests {
             sockets: Default::default(),
             timeout: Duration::from_secs(2),
             tls: crate::swappable::Swappable::new(crate::dial::proxy_tls_config(&[]).unwrap()),
+            health: Default::default(),
         }
     }
 
     /// Runs `serve` on one accepted connection and returns the client end.
     async fn serve_one(proxy: ProxyUrl) -> (TcpStream, tokio::task::JoinHandle<Served>) {
+        serve_one_as(proxy, IdentityHeaders::default()).await
+    }
+
+    async fn serve_one_as(
+        proxy: ProxyUrl,
+        identity: IdentityHeaders,
+    ) -> (TcpStream, tokio::task::JoinHandle<Served>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
-            match serve(s, proxy, "10.0.0.1:80".parse().unwrap(), dialer(), None).await {
+            let to = ProxySide {
+                proxy,
+                fallbacks: Vec::new(),
+                dialer: dialer(),
+                preopened: None,
+                identity,
+            };
+            match serve(s, "10.0.0.1:80".parse().unwrap(), to).await {
                 Ok(Forwarded::Closed(served)) => served,
                 Ok(Forwarded::Switched(..)) => panic!("switched protocols"),
                 Err(e) => panic!("{e}"),
@@ -588,6 +641,60 @@ mod tests {
         // Both request heads in, both answers out.
         assert!(served.transferred.client_to_upstream > 60, "{served:?}");
         assert!(served.transferred.upstream_to_client > 30, "{served:?}");
+    }
+
+    /// Issue 18: every request carries the caller's identity, and what the
+    /// pod sent under those names never reaches the proxy.
+    #[tokio::test]
+    async fn identity_headers_replace_the_pod_s_own() {
+        let (proxy_addr, heads) = fake_http_proxy(200).await;
+        let proxy = ProxyUrl::parse(&format!("http://{proxy_addr}")).unwrap();
+        let identity = crate::config::Identity {
+            forwarded_for: true,
+            forwarded: true,
+            namespace_header: None,
+            pod_header: Some(http::HeaderName::from_static("x-egress-pod")),
+        };
+        let caller = crate::caller::Caller {
+            addr: "10.249.40.2".parse().unwrap(),
+            pod: Some(crate::caller::PodRef {
+                namespace: "shop".into(),
+                name: "web-0".into(),
+            }),
+        };
+        let (mut client, task) =
+            serve_one_as(proxy, crate::caller::headers(&identity, &caller)).await;
+        client
+            .write_all(
+                b"GET /one HTTP/1.1\r\nHost: a.example\r\nX-Forwarded-For: 10.0.0.66\r\n\
+                  Forwarded: for=10.0.0.66\r\nX-Egress-Pod: admin\r\n\r\n\
+                  GET /two HTTP/1.1\r\nHost: a.example\r\nx-forwarded-for: 10.0.0.66\r\n\
+                  Connection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 2, "{heads:?}");
+        for head in &heads {
+            let head = head.to_ascii_lowercase();
+            assert!(!head.contains("10.0.0.66"), "{head}");
+            assert!(!head.contains("admin"), "{head}");
+            assert_eq!(
+                head.matches("x-forwarded-for: 10.249.40.2\r\n").count(),
+                1,
+                "{head}"
+            );
+            assert_eq!(
+                head.matches("forwarded: for=10.249.40.2\r\n").count(),
+                1,
+                "{head}"
+            );
+            assert_eq!(head.matches("x-egress-pod: web-0\r\n").count(), 1, "{head}");
+        }
+        task.await.unwrap();
     }
 
     /// Issue 13: an `Upgrade` the proxy does not take (no `101`) is plain

@@ -19,7 +19,10 @@
 //! Around it:
 //! - `config`: the proxy configuration file; `reload`: watched and
 //!   re-applied (hot reload, SIGHUP), swapping `swappable` values;
+//! - `audit`: one JSON line per connection (the `audit` key), bounded;
 //! - `exemption`: with `--kube`, pods exempted live from the Kubernetes API;
+//!   `caller`: the pod behind a connection (address, namespace, name, the
+//!   namespace's profile label) and the identity headers naming it;
 //! - `bypass`: the kernel's bypass set by source (configuration, the node's
 //!   and the proxies' addresses, pod CIDRs and the API server from the
 //!   Kubernetes API), published for `status` and `explain`;
@@ -36,6 +39,8 @@
 //!   arguments; nothing on the data path imports them;
 //! - `endpoint`: socket addresses as the kernel maps hold them; `ca`: CA
 //!   generation for tests and `gen-ca`.
+pub mod audit;
+pub mod caller;
 pub mod classify;
 pub mod connection;
 pub mod dial;

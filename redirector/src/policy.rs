@@ -21,7 +21,7 @@
 //!    `httpsProxy` with `CONNECT`; a class whose proxy is not set goes as
 //!    `missingProxy` says: direct (as an env-var client would), through
 //!    the other proxy, or refused.
-use std::{fmt, net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 
@@ -106,9 +106,11 @@ pub enum Decision {
         /// dialed (`dial::guard`).
         address_rule: bool,
     },
-    /// Through `proxy`; `rule` says which key chose it.
+    /// Through `proxy`, or the first of `fallbacks` that is up when it is
+    /// down (never direct); `rule` says which key chose it.
     Proxy {
         proxy: ProxyUrl,
+        fallbacks: Vec<ProxyUrl>,
         mode: Mode,
         rule: &'static str,
     },
@@ -359,7 +361,19 @@ fn join(addrs: &Arc<[IpAddr]>) -> String {
 pub struct Policy {
     config: ProxyConfig,
     builtin_prefixes: Vec<(IpNet, String)>,
+    /// The profile this policy is (`None`: the top level).
+    profile: Option<String>,
+    /// The top level's profiles, each a policy of its own.
+    profiles: BTreeMap<String, Arc<Policy>>,
 }
+
+/// A namespace's label names a profile the configuration does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "profile `{0}` (the namespace's label egress-redirector/profile) is not in the \
+     configuration's profiles; connections refused"
+)]
+pub struct UnknownProfile(pub String);
 
 impl Policy {
     pub fn new(config: ProxyConfig, builtins: &Builtins) -> Self {
@@ -367,14 +381,60 @@ impl Policy {
         // `serviceCidrs` is `--cluster-cidr` written in the file.
         let services = config.service_cidrs.iter();
         builtin_prefixes.extend(services.map(|net| (*net, format!("serviceCidrs {net}"))));
+        // A profile is the top level with its own proxy keys: everything
+        // else (failMode, missingProxy, serverFirstPorts, identity, the
+        // built-ins) is the node's.
+        let profiles = config
+            .profiles
+            .iter()
+            .map(|(name, profile)| {
+                let mut own = config.clone();
+                own.http_proxy = profile.http_proxy.clone();
+                own.https_proxy = profile.https_proxy.clone();
+                own.http_proxy_fallbacks = profile.http_proxy_fallbacks.clone();
+                own.https_proxy_fallbacks = profile.https_proxy_fallbacks.clone();
+                own.no_proxy = profile.no_proxy.clone();
+                own.trusted_ca = profile.trusted_ca.clone();
+                own.profiles = BTreeMap::new();
+                let policy = Policy {
+                    config: own,
+                    builtin_prefixes: builtin_prefixes.clone(),
+                    profile: Some(name.clone()),
+                    profiles: BTreeMap::new(),
+                };
+                (name.clone(), Arc::new(policy))
+            })
+            .collect();
         Self {
             config,
             builtin_prefixes,
+            profile: None,
+            profiles,
         }
     }
 
     pub fn config(&self) -> &ProxyConfig {
         &self.config
+    }
+
+    /// The profile this policy is, `None` for the top level.
+    pub fn profile(&self) -> Option<&str> {
+        self.profile.as_deref()
+    }
+
+    /// The policy for a namespace whose profile label is `label` (`None`:
+    /// unlabelled, the top level). An unknown name is an error, never the
+    /// top level: the namespace's owner asked for another proxy, and the
+    /// top level may be direct.
+    pub fn select(&self, label: Option<&str>) -> Result<&Policy, UnknownProfile> {
+        match label {
+            None => Ok(self),
+            Some(name) => self
+                .profiles
+                .get(name)
+                .map(|p| p.as_ref())
+                .ok_or_else(|| UnknownProfile(name.to_owned())),
+        }
     }
 
     /// Every prefix the configuration and flags bypass in the kernel:
@@ -438,27 +498,29 @@ impl Policy {
         let config = &self.config;
         let (own, own_key, mode, other, other_rule) = match protocol {
             Protocol::Http => (
-                &config.http_proxy,
+                (&config.http_proxy, &config.http_proxy_fallbacks),
                 "httpProxy",
                 Mode::AbsoluteForm,
-                &config.https_proxy,
+                (&config.https_proxy, &config.https_proxy_fallbacks),
                 "httpsProxy for plain HTTP (missingProxy: useOther)",
             ),
             Protocol::Tls | Protocol::Other => (
-                &config.https_proxy,
+                (&config.https_proxy, &config.https_proxy_fallbacks),
                 "httpsProxy",
                 Mode::Connect,
-                &config.http_proxy,
+                (&config.http_proxy, &config.http_proxy_fallbacks),
                 "httpProxy for TLS and other TCP (missingProxy: useOther)",
             ),
         };
-        if let Some(proxy) = own {
+        if let (Some(proxy), fallbacks) = own {
             return Decision::Proxy {
                 proxy: proxy.clone(),
+                fallbacks: fallbacks.clone(),
                 mode,
                 rule: own_key,
             };
         }
+        let (other, other_fallbacks) = other;
         match (config.missing_proxy, other) {
             (MissingProxy::Direct, _) => Decision::Direct {
                 rule: format!("no {own_key} configured"),
@@ -468,6 +530,7 @@ impl Policy {
             // through an https-only proxy just as it carries TLS.
             (MissingProxy::UseOther, Some(proxy)) => Decision::Proxy {
                 proxy: proxy.clone(),
+                fallbacks: other_fallbacks.clone(),
                 mode: Mode::Connect,
                 rule: other_rule,
             },
@@ -520,6 +583,46 @@ mod tests {
             protocol,
         })
         .decide_with(|_| resolution)
+    }
+
+    /// Issue 18: a labelled namespace decides on its profile's keys, an
+    /// unlabelled one on the top level's, an unknown label on nothing.
+    #[test]
+    fn profiles_decide_for_their_namespaces() {
+        let p = policy(
+            r#"{"httpsProxy": "http://top:3128", "noProxy": ["top.example"], "failMode": "open",
+                "profiles": {
+                  "team-a": {"httpsProxy": "http://a:3128", "noProxy": ["a.example"],
+                             "credentials": {"username": "ua", "password": "pa"}},
+                  "empty": {}}}"#,
+            &Builtins::default(),
+        );
+        let tls =
+            |p: &Policy, host: &str| decide(p, Some("203.0.113.7"), Some(host), 443, Protocol::Tls);
+        let top = p.select(None).unwrap();
+        assert_eq!(top.profile(), None);
+        assert_eq!(tls(top, "x.example").to_string(), "proxy http://top:3128");
+        assert_eq!(tls(top, "top.example").kind(), "direct");
+        let a = p.select(Some("team-a")).unwrap();
+        assert_eq!(a.profile(), Some("team-a"));
+        let Decision::Proxy { proxy, .. } = tls(a, "x.example") else {
+            panic!("team-a goes through its proxy")
+        };
+        assert_eq!((proxy.host.as_str(), proxy.port), ("a", 3128));
+        assert_eq!(proxy.credentials, Some(("ua".into(), "pa".into())));
+        // The top level's noProxy names are not the profile's.
+        assert_eq!(tls(a, "top.example").kind(), "proxy");
+        assert_eq!(tls(a, "a.example").kind(), "direct");
+        // The node's own keys stay.
+        assert_eq!(a.config().fail_mode, crate::config::FailMode::Open);
+        // A profile without proxies is direct, as the top level would be.
+        assert_eq!(
+            tls(p.select(Some("empty")).unwrap(), "x.example").kind(),
+            "direct"
+        );
+        let err = p.select(Some("team-z")).unwrap_err();
+        assert_eq!(err, UnknownProfile("team-z".into()));
+        assert!(err.to_string().contains("connections refused"), "{err}");
     }
 
     const CFG: &str = r#"{"httpProxy": "http://hp:3128", "httpsProxy": "http://user:pw@sp:3129",

@@ -132,7 +132,7 @@ impl Reloader {
 
     fn apply(&self, file: &str, text: &str) -> Result<(), String> {
         let config = ProxyConfig::parse(file, text).map_err(|e| e.to_string())?;
-        let tls = dial::proxy_tls_config(&config.trusted_ca)
+        let tls = dial::proxy_tls_config(&config.all_trusted_ca())
             .map_err(|e| format!("{file}: field `trustedCA`: {e:#}"))?;
         let policy = Policy::new(config, &self.builtins);
         let bypass = self

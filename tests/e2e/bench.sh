@@ -25,6 +25,11 @@
 #   env-var-fast     as env-var, to the fast upstream
 #   redirector-fast  as redirector; the daemon's config is switched to the
 #                    fast upstream (hot reload, SIGHUP) before it runs
+#   redirector-identity  as redirector-fast, with `identity` headers on
+#                    (X-Forwarded-For, Forwarded, namespace and pod headers)
+#                    and a `profiles` entry: the cost of issue 18 per
+#                    connection (without --kube no namespace selects the
+#                    profile, so the lookup runs and finds none)
 #   redsocks-fast    rde-pod-r -> 10.249.3.2:7100, REDIRECTed to a second
 #                    redsocks whose upstream is the fast one
 #
@@ -55,7 +60,7 @@ REDSOCKS_FAST_PORT=12346
 ALL_NS+=("$NS_POD_R")
 BENCH_CONFIG=$WORK/bench-config.json
 
-ALL_PATHS=(direct env-var redirector redsocks kernel-bypass env-var-fast redirector-fast redsocks-fast)
+ALL_PATHS=(direct env-var redirector redsocks kernel-bypass env-var-fast redirector-fast redsocks-fast redirector-identity)
 if [[ $QUICK == 1 ]]; then
   ROUNDS=${BENCH_ROUNDS:-1} BULK_MIB=${BENCH_BULK_MIB:-64} RATE_SECONDS=1 LAT_RATE=100 LAT_COUNT=50
   IDLE_CONNS=${BENCH_IDLE_CONNS:-200}
@@ -217,7 +222,7 @@ tune_netns() {
 # Which upstream each path goes through, and the relay process it has.
 upstream_of() {
   case $1 in
-    *-fast) echo fast ;;
+    *-fast | redirector-identity) echo fast ;;
     env-var | redirector | redsocks) echo squid ;;
     *) echo none ;;
   esac
@@ -251,10 +256,22 @@ printf '{"kind":"paths","paths":[%s],"workloads":[%s],"rounds":%s,"bulk_bytes":%
 
 # The daemon's upstream: squid or the fast one, switched by hot reload.
 DAEMON_UPSTREAM=""
-daemon_config() { # daemon_config squid|fast: write the config for that upstream
+daemon_config() { # daemon_config squid|fast|identity: write the config for that upstream
   local port=$SQUID_PORT
-  [[ $1 == fast ]] && port=$FAST_PORT
+  [[ $1 == fast || $1 == identity ]] && port=$FAST_PORT
   write_config "$BENCH_CONFIG" "http://$INET_IP4:$port/" "http://$INET_IP4:$port/" '["10.249.3.0/24"]'
+  if [[ $1 == identity ]]; then
+    # The fast upstream with identity headers and a profile (issue 18).
+    "$PYTHON" - "$BENCH_CONFIG" "http://$INET_IP4:$port/" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["identity"] = {"forwardedFor": True, "forwarded": True,
+                 "namespaceHeader": "X-Egress-Namespace", "podHeader": "X-Egress-Pod"}
+c["profiles"] = {"bench": {"httpProxy": sys.argv[2], "httpsProxy": sys.argv[2],
+                           "noProxy": ["10.249.3.0/24"]}}
+json.dump(c, open(sys.argv[1], "w"))
+PY
+  fi
 }
 reloads() { grep -c "config reloaded" "$DAEMON_LOG" || true; }
 reloaded_since() { (($(reloads) > $1)); }
@@ -294,7 +311,7 @@ path_args() {
     direct) POD=pod-b TARGET_ARGS=(--server "$INET_IP4:$port") ;;
     env-var) POD=pod-b TARGET_ARGS=(--server "$INET_IP4:$port" --proxy "$INET_IP4:$SQUID_PORT") ;;
     env-var-fast) POD=pod-b TARGET_ARGS=(--server "$INET_IP4:$port" --proxy "$INET_IP4:$FAST_PORT") ;;
-    redirector | redirector-fast) POD=pod-a TARGET_ARGS=(--server "$INET_IP4:$port") ;;
+    redirector | redirector-fast | redirector-identity) POD=pod-a TARGET_ARGS=(--server "$INET_IP4:$port") ;;
     redsocks) POD=redsocks TARGET_ARGS=(--server "$INET_IP4:$port") ;;
     redsocks-fast) POD=redsocks TARGET_ARGS=(--server "$NOPROXY_IP4:$port") ;;
     kernel-bypass) POD=pod-a TARGET_ARGS=(--server "$NOPROXY_IP4:$port") ;;
@@ -306,7 +323,7 @@ path_args() {
 # the path costs (empty if none).
 relay_pid() {
   case $1 in
-    redirector | redirector-fast) echo "$DAEMON_PID" ;;
+    redirector | redirector-fast | redirector-identity) echo "$DAEMON_PID" ;;
     redsocks) echo "$REDSOCKS_SQUID_PID" ;;
     redsocks-fast) echo "$REDSOCKS_FAST_PID" ;;
   esac
@@ -329,6 +346,7 @@ load() { # load PATH ROUND WORKLOAD [--port PORT] ARGS...
   path_args "$path" "$port"
   if [[ $path == redirector ]]; then use_upstream squid; fi
   if [[ $path == redirector-fast ]]; then use_upstream fast; fi
+  if [[ $path == redirector-identity ]]; then use_upstream identity; fi
   if [[ $POD == redsocks ]]; then
     timeout 300 nsenter --net="/run/netns/$NS_POD_R" -- \
       "$BENCH_PEERS" load --label "$path" --round "$round" --workload "$workload" \
@@ -355,6 +373,7 @@ for round in $(seq 1 "$ROUNDS"); do
       # CPU window.
       [[ $path == redirector ]] && use_upstream squid
       [[ $path == redirector-fast ]] && use_upstream fast
+      [[ $path == redirector-identity ]] && use_upstream identity
       [[ -n $relay ]] && cpu0=$(cpu_ticks "$relay") rss0=$(rss_kib "$relay")
       [[ -n $upstream ]] && ucpu0=$(cpu_ticks "$upstream")
       load "$path" "$round" bulk --bytes "$BULK_BYTES" || { info "bulk failed on $path"; failures=$((failures + 1)); }

@@ -29,7 +29,8 @@ A control endpoint lets the test change the cluster (one JSON object per POST):
 
   POST /control {"op": "ns", "name": N, "labels": {...}}        create or relabel
   POST /control {"op": "pod", "namespace": NS, "name": N, "uid": U, "node": NODE,
-                 "qos": "Burstable", "annotations": {...}, "hostNetwork": false}
+                 "qos": "Burstable", "annotations": {...}, "hostNetwork": false,
+                 "podIPs": ["10.249.40.2"]}
                                                           create or modify
   POST /control {"op": "delete-pod", "namespace": NS, "name": N}
   POST /control {"op": "gone"}           forget the history and end every watch
@@ -107,7 +108,8 @@ def pod_object(c):
                      "annotations": c.get("annotations") or {}},
         "spec": {"nodeName": c["node"], "containers": [{"name": "c", "image": "none"}],
                  "hostNetwork": bool(c.get("hostNetwork"))},
-        "status": {"phase": "Running", "qosClass": c.get("qos", "Burstable")},
+        "status": {"phase": "Running", "qosClass": c.get("qos", "Burstable"),
+                   "podIPs": [{"ip": ip} for ip in c.get("podIPs") or []]},
     }
 
 

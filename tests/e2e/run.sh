@@ -37,6 +37,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/protocols.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/layouts.sh"
 # shellcheck source-path=SCRIPTDIR source=upgrade.sh
 source "$(dirname "${BASH_SOURCE[0]}")/upgrade.sh"
+# shellcheck source-path=SCRIPTDIR source=identity.sh
+source "$(dirname "${BASH_SOURCE[0]}")/identity.sh"
+# shellcheck source-path=SCRIPTDIR source=profiles.sh
+source "$(dirname "${BASH_SOURCE[0]}")/profiles.sh"
+# shellcheck source-path=SCRIPTDIR source=failover.sh
+source "$(dirname "${BASH_SOURCE[0]}")/failover.sh"
 
 PASSED=0
 FAILED=0
@@ -1068,7 +1074,7 @@ DAEMON_TESTS=(https:t_https http:t_http tcp_echo:t_tcp_echo ipv6:t_ipv6
   proxy_auth:t_proxy_auth proxy_tls:t_proxy_tls
   "${KUBE_TESTS[@]}" "${NODETRAFFIC_TESTS[@]}" "${SECURITY_TESTS[@]}" "${HOSTILE_TESTS[@]}" "${BOUNDS_TESTS[@]}"
   "${SWITCHES_TESTS[@]}" "${NAMES_TESTS[@]}" "${ESCAPE_TESTS[@]}" "${PROTOCOLS_TESTS[@]}"
-  "${LAYOUT_TESTS[@]}"
+  "${LAYOUT_TESTS[@]}" "${IDENTITY_TESTS[@]}" "${PROFILES_TESTS[@]}" "${FAILOVER_TESTS[@]}"
   reload:t_reload
   metrics:t_metrics
   restart_under_load:t_restart_under_load

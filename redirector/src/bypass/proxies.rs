@@ -28,13 +28,10 @@ pub const REFRESH: Duration = Duration::from_secs(30);
 /// slower; the bypassed addresses stay meanwhile).
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The proxies' hosts, each once, as written.
+/// The proxies' hosts (listed ones and profiles' too), each once, as written.
 pub fn hosts(config: &ProxyConfig) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for proxy in [&config.https_proxy, &config.http_proxy]
-        .into_iter()
-        .flatten()
-    {
+    for proxy in config.all_proxies() {
         if !out.contains(&proxy.host) {
             out.push(proxy.host.clone());
         }

@@ -22,6 +22,7 @@ use crate::{
     bypass::{
         self, Automatic, BypassSet, Entry, Source, Sources, from_config, published::Publisher,
     },
+    caller::{self, PodDirectory},
     classify::PeekLimits,
     cli::{DEFAULT_PORT, RunArgs},
     config::ProxyConfig,
@@ -101,7 +102,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (config, config_digest) = ProxyConfig::load_with_digest(&args.proxy_config)?;
     config_loaded.mark_ready();
     let listen = listen_addrs(&args.listen)?;
-    let tls = dial::proxy_tls_config(&config.trusted_ca)?;
+    let tls = dial::proxy_tls_config(&config.all_trusted_ca())?;
     let policy = Policy::new(config, &args.policy.builtins());
     let automatic = args.policy.automatic();
     let earlier_pins = PinDir::new(&args.pins.bpffs);
@@ -143,6 +144,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
         PinDir::new(&args.pins.bpffs),
     )))));
     metrics.set_connection_limits(max_connections, max_connections_per_pod);
+    // The audit log is set up at start (a change needs a restart).
+    let audit = match &policy.config().audit {
+        Some(config) => Some(
+            crate::audit::AuditLog::start(config, args.kube.node_name.clone())
+                .context("opening the audit log (audit.output)")?,
+        ),
+        None => None,
+    };
+    // Failover between listed proxies: probed while marked down.
+    let health = {
+        let metrics = metrics.clone();
+        Arc::new(dial::ProxyHealth::with_observer(Box::new(
+            move |proxy, up| metrics.record_proxy(proxy, up),
+        )))
+    };
+    tokio::spawn(health.clone().probe_forever(args.socket_mark));
     let shared = Arc::new(Shared {
         policy: Swappable::new(policy),
         original_dst,
@@ -151,6 +168,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             sockets,
             timeout: Duration::from_secs_f64(args.connect_timeout),
             tls: Swappable::new(tls),
+            health: health.clone(),
         },
         peek: PeekLimits {
             timeout: Duration::from_secs_f64(args.peek_timeout),
@@ -158,6 +176,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         },
         metrics: metrics.clone(),
         names,
+        pods: PodDirectory::default(),
+        audit,
     });
     // The API client before anything is attached: a bad kubeconfig stops
     // the start, not the watcher later.
@@ -292,8 +312,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         );
         supervisor.spawn_forever(
             "kubernetes watcher",
-            exemption::watcher::run(client, node, reconciler),
+            exemption::watcher::run(client, node, reconciler, shared.pods.clone()),
         );
+        // For `explain --namespace` and `status`: which profile each
+        // namespace selects.
+        tokio::spawn(caller::published::publish(
+            shared.pods.clone(),
+            args.upgrade.handover_dir.clone(),
+        ));
     }
     if let (Some(key), Some(node), Some(client)) =
         (&args.kube.remove_taint, &args.kube.node_name, api)

@@ -36,6 +36,7 @@ use crate::{
         self, Automatic, Source, Sources,
         published::{FILE_NAME, Published},
     },
+    caller,
     classify::Protocol,
     cli::ExplainArgs,
     config::ProxyConfig,
@@ -172,7 +173,32 @@ impl BypassView {
 
 pub fn run(args: &ExplainArgs) -> Result<()> {
     let config = ProxyConfig::load(&args.proxy_config)?;
-    let policy = Policy::new(config, &args.policy.builtins());
+    let top = Policy::new(config, &args.policy.builtins());
+    let profile = match &args.namespace {
+        None => None,
+        Some(namespace) => Some(namespace_profile(
+            namespace,
+            &args
+                .published
+                .handover_dir
+                .join(caller::published::FILE_NAME),
+        )?),
+    };
+    let label = profile.as_ref().and_then(|p| p.label.as_deref());
+    let policy = match top.select(label) {
+        Ok(policy) => policy,
+        Err(unknown) => {
+            let profile = profile.as_ref().map(|p| p.text()).unwrap_or_default();
+            if args.json {
+                let v = json!({"target": args.target, "kind": "refuse",
+                    "rule": unknown.to_string(), "profile": label});
+                println!("{v}");
+            } else {
+                print!("{profile}decision: refuse\nrule: {unknown}\n");
+            }
+            return Ok(());
+        }
+    };
     let mut target = parse_target(&args.target, &args.protocol)?;
     if let Some(destination) = args.destination {
         match target.ip {
@@ -234,7 +260,7 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     let file = args.published.handover_dir.join(FILE_NAME);
     let (mut found, mut note) = (None, None);
     if let (false, Some(ip)) = (matches!(decision, Decision::KernelBypass { .. }), target.ip) {
-        let view = BypassView::gather(&policy, args.policy.automatic(), &file);
+        let view = BypassView::gather(policy, args.policy.automatic(), &file);
         found = view.find(ip);
         note = if found.is_none() {
             view.unknown()
@@ -259,19 +285,64 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     if args.json {
         let mut v = to_json(&args.target, &target, &decision, check.as_ref());
         v["name_not_seen"] = json!(name_note);
+        if let Some(profile) = &profile {
+            v["profile"] = json!(profile.label);
+            v["namespace"] = json!(profile.namespace);
+        }
         extra.add_json(&mut v);
         println!("{v}");
     } else {
         let name = name_note
             .map(|n| format!("name: {n}\n"))
             .unwrap_or_default();
+        let profile = profile.map(|p| p.text()).unwrap_or_default();
         print!(
-            "{}{name}{}",
+            "{profile}{}{name}{}",
             to_text(&args.target, &target, &decision, check.as_ref()),
             extra.text()
         );
     }
     Ok(())
+}
+
+/// The profile a namespace selects, as the daemon published it.
+struct NamespaceProfile {
+    namespace: String,
+    /// The label's value; `None`: unlabelled (the top level).
+    label: Option<String>,
+    pid: u32,
+}
+
+impl NamespaceProfile {
+    fn text(&self) -> String {
+        match &self.label {
+            Some(label) => format!(
+                "profile: {label} (namespace {}'s label, published by the daemon, pid {})\n",
+                self.namespace, self.pid
+            ),
+            None => format!(
+                "profile: none, the top level (namespace {} has no egress-redirector/profile \
+                 label, published by the daemon, pid {})\n",
+                self.namespace, self.pid
+            ),
+        }
+    }
+}
+
+/// Reads the daemon's `profiles.json`: without it the label is unknown
+/// here, and a guess could explain another proxy than the daemon uses.
+fn namespace_profile(namespace: &str, file: &Path) -> Result<NamespaceProfile> {
+    let published = caller::published::PublishedProfiles::read(file).with_context(|| {
+        format!(
+            "--namespace needs the daemon's published labels (run with --kube; \
+             --handover-dir names where): namespace {namespace}"
+        )
+    })?;
+    Ok(NamespaceProfile {
+        namespace: namespace.to_owned(),
+        label: published.namespaces.get(namespace).cloned(),
+        pid: published.pid,
+    })
 }
 
 /// What `explain` adds about the kernel's sources beyond the configuration.

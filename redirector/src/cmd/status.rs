@@ -32,6 +32,7 @@ use serde_json::json;
 
 use crate::{
     bypass::published::{FILE_NAME, Published},
+    caller::{self, published::PublishedProfiles},
     hook::{self, PinDir},
 };
 
@@ -178,6 +179,9 @@ pub struct Status {
     /// The bypass prefixes and their sources; `None` when nothing is
     /// attached.
     pub bypass: Option<BypassStatus>,
+    /// The profile each labelled namespace selects, as the daemon
+    /// published it (`None`: no file, e.g. without `--kube`).
+    pub profiles: Option<PublishedProfiles>,
 }
 
 impl Status {
@@ -218,6 +222,7 @@ impl Status {
             }),
             None => None,
         };
+        status.profiles = PublishedProfiles::read(&run_dir.join(caller::published::FILE_NAME)).ok();
         let file = run_dir.join(FILE_NAME);
         status.bypass = Some(BypassStatus {
             published: Published::read(&file).map_err(|e| format!("{e:#}")),
@@ -334,6 +339,11 @@ impl Status {
         if let Some(bypass) = &self.bypass {
             bypass.text(&mut out);
         }
+        if let Some(profiles) = &self.profiles {
+            for (namespace, profile) in &profiles.namespaces {
+                out.push(format!("profile {namespace}: {profile}"));
+            }
+        }
         for (name, value) in &self.counters {
             out.push(format!("{name}: {value}"));
         }
@@ -371,6 +381,7 @@ impl Status {
                 "digest": d,
             })),
             "bypass": self.bypass.as_ref().map(BypassStatus::json),
+            "profiles": self.profiles.as_ref().map(|p| &p.namespaces),
         })
     }
 }
@@ -606,6 +617,11 @@ mod tests {
             cgroup_id: Some(4242),
         };
         Status {
+            profiles: Some(PublishedProfiles {
+                pid: 1,
+                written_unix_secs: 0,
+                namespaces: [("shop".to_owned(), "team-a".to_owned())].into(),
+            }),
             links: hook::PROGRAMS
                 .iter()
                 .zip(1..)
@@ -757,6 +773,7 @@ mod tests {
                 "exempt_cgroup 7: /sys/fs/cgroup/system.slice",
                 "refuse_udp_ports: 443, 8443",
                 "allow_other_stream_protocols: false",
+                "profile shop: team-a",
                 "redirected: 5",
                 "skipped_mark: 0",
             ]

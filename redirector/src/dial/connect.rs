@@ -8,6 +8,9 @@ use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// A header line to add to the request.
+pub type Header = (http::HeaderName, http::HeaderValue);
+
 /// The longest answer head we read before giving up on the proxy.
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Enough for any proxy's usual `200 Connection established` in one read.
@@ -53,16 +56,23 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<Response>, ConnectError> {
     }
 }
 
-/// The `CONNECT` request head, with `Proxy-Authorization` when given.
-pub fn request(authority: &str, authorization: Option<&str>) -> Vec<u8> {
-    let mut head = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+/// The `CONNECT` request head, with `Proxy-Authorization` when given and
+/// the `identity` headers (`caller`) after it.
+pub fn request(authority: &str, authorization: Option<&str>, identity: &[Header]) -> Vec<u8> {
+    let mut head = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n").into_bytes();
     if let Some(value) = authorization {
-        head.push_str("Proxy-Authorization: ");
-        head.push_str(value);
-        head.push_str("\r\n");
+        head.extend_from_slice(b"Proxy-Authorization: ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
     }
-    head.push_str("\r\n");
-    head.into_bytes()
+    for (name, value) in identity {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
 /// Sends `CONNECT` and reads the answer's head. Returns the answer and any
@@ -71,11 +81,14 @@ pub async fn exchange<S>(
     stream: &mut S,
     authority: &str,
     authorization: Option<&str>,
+    identity: &[Header],
 ) -> Result<(Response, Bytes), ConnectError>
 where
     S: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    stream.write_all(&request(authority, authorization)).await?;
+    stream
+        .write_all(&request(authority, authorization, identity))
+        .await?;
     stream.flush().await?;
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
@@ -148,9 +161,29 @@ mod tests {
     #[test]
     fn request_carries_authority_and_credentials() {
         assert_eq!(
-            request("[fd00::1]:443", Some("Basic dTpw")),
+            request("[fd00::1]:443", Some("Basic dTpw"), &[]),
             b"CONNECT [fd00::1]:443 HTTP/1.1\r\nHost: [fd00::1]:443\r\n\
               Proxy-Authorization: Basic dTpw\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_carries_identity_headers_after_credentials() {
+        let identity = [
+            (
+                crate::caller::X_FORWARDED_FOR,
+                http::HeaderValue::from_static("fd00::5"),
+            ),
+            (
+                http::header::FORWARDED,
+                http::HeaderValue::from_static("for=\"[fd00::5]\""),
+            ),
+        ];
+        assert_eq!(
+            String::from_utf8(request("a.example:443", Some("Basic dTpw"), &identity)).unwrap(),
+            "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\
+             Proxy-Authorization: Basic dTpw\r\nx-forwarded-for: fd00::5\r\n\
+             forwarded: for=\"[fd00::5]\"\r\n\r\n"
         );
     }
 
@@ -165,7 +198,7 @@ mod tests {
             proxy.write_all(b"\n\r\nbanner").await.unwrap();
             String::from_utf8(head[..n].to_vec()).unwrap()
         });
-        let (response, early) = exchange(&mut ours, "10.0.0.1:22", None).await.unwrap();
+        let (response, early) = exchange(&mut ours, "10.0.0.1:22", None, &[]).await.unwrap();
         assert_eq!(response.status, 200);
         // Either the banner came with the head or it is still in the stream.
         let mut rest = early.to_vec();
@@ -186,7 +219,9 @@ mod tests {
     async fn proxy_closing_early_is_an_error() {
         let (mut ours, proxy) = tokio::io::duplex(4096);
         drop(proxy);
-        let err = exchange(&mut ours, "10.0.0.1:22", None).await.unwrap_err();
+        let err = exchange(&mut ours, "10.0.0.1:22", None, &[])
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, ConnectError::Io(_) | ConnectError::Closed),
             "{err}"

@@ -12,6 +12,7 @@
 //! refuses the node's own addresses first (`guard`).
 pub mod connect;
 pub mod guard;
+pub mod health;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -22,9 +23,13 @@ use thiserror::Error;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 
-use crate::{config::ProxyUrl, relay, socket_options::SocketOptions, swappable::Swappable};
+use crate::{
+    caller::IdentityHeaders, config::ProxyUrl, relay, socket_options::SocketOptions,
+    swappable::Swappable,
+};
 pub use connect::ConnectError;
 pub use guard::{LinkLocal, NodeLocal};
+pub use health::ProxyHealth;
 
 /// The upstream side of a relayed connection.
 pub enum Upstream {
@@ -111,6 +116,8 @@ pub struct Dialer {
     pub timeout: Duration,
     /// TLS settings for `https://` proxies (`trustedCA` follows a reload).
     pub tls: Swappable<rustls::ClientConfig>,
+    /// Which proxies are up, for failover between listed ones.
+    pub health: Arc<ProxyHealth>,
 }
 
 /// TLS client settings for `https://` proxies: `trustedCA` plus the
@@ -155,20 +162,32 @@ impl Dialer {
             .map_err(|source| DialError::Direct { dst, source })
     }
 
-    /// Opens a tunnel to `authority` (`host:port`) through `proxy`.
-    pub async fn tunnel(&self, proxy: &ProxyUrl, authority: &str) -> Result<Tunnel, DialError> {
-        tokio::time::timeout(self.timeout, self.tunnel_inner(proxy, authority))
+    /// Opens a tunnel to `authority` (`host:port`) through `proxy`, the
+    /// caller's `identity` headers on the `CONNECT`.
+    pub async fn tunnel(
+        &self,
+        proxy: &ProxyUrl,
+        authority: &str,
+        identity: &IdentityHeaders,
+    ) -> Result<Tunnel, DialError> {
+        tokio::time::timeout(self.timeout, self.tunnel_inner(proxy, authority, identity))
             .await
             .map_err(|_| DialError::Timeout(self.timeout))?
     }
 
-    async fn tunnel_inner(&self, proxy: &ProxyUrl, authority: &str) -> Result<Tunnel, DialError> {
+    async fn tunnel_inner(
+        &self,
+        proxy: &ProxyUrl,
+        authority: &str,
+        identity: &IdentityHeaders,
+    ) -> Result<Tunnel, DialError> {
         let mut upstream = self.proxy_stream(proxy).await?;
         let authorization = proxy_authorization(proxy);
         let authorization = authorization.as_ref().and_then(|v| v.to_str().ok());
+        let add = &identity.add;
         let exchanged = match &mut upstream {
-            Upstream::Tcp(s) => connect::exchange(s, authority, authorization).await,
-            Upstream::Tls(s) => connect::exchange(s.as_mut(), authority, authorization).await,
+            Upstream::Tcp(s) => connect::exchange(s, authority, authorization, add).await,
+            Upstream::Tls(s) => connect::exchange(s.as_mut(), authority, authorization, add).await,
         };
         let (response, early) = exchanged.map_err(|source| DialError::Connect {
             proxy: proxy.clone(),
@@ -190,6 +209,68 @@ impl Dialer {
             });
         }
         Ok(Tunnel { upstream, early })
+    }
+
+    /// A tunnel through the first of `first` and `fallbacks` that can be
+    /// reached, up ones first ([`health`]). A proxy that answers, even
+    /// with a refusal, ends the search: only an unreachable one fails over.
+    pub async fn tunnel_any(
+        &self,
+        first: &ProxyUrl,
+        fallbacks: &[ProxyUrl],
+        authority: &str,
+        identity: &IdentityHeaders,
+    ) -> Result<Tunnel, DialError> {
+        if fallbacks.is_empty() {
+            return self.tunnel(first, authority, identity).await;
+        }
+        let candidates: Vec<&ProxyUrl> = std::iter::once(first).chain(fallbacks).collect();
+        let mut last = None;
+        for proxy in self.health.order(&candidates) {
+            match self.tunnel(proxy, authority, identity).await {
+                Err(e) if e.is_unreachable() => {
+                    self.health.mark(proxy, false);
+                    last = Some(e);
+                }
+                Ok(tunnel) => {
+                    self.health.mark(proxy, true);
+                    return Ok(tunnel);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(DialError::Timeout(self.timeout)))
+    }
+
+    /// A connection to the first of `first` and `fallbacks` that can be
+    /// reached, as [`Dialer::tunnel_any`] chooses, with the proxy chosen.
+    pub async fn proxy_connection_any(
+        &self,
+        first: &ProxyUrl,
+        fallbacks: &[ProxyUrl],
+    ) -> Result<(Upstream, ProxyUrl), DialError> {
+        if fallbacks.is_empty() {
+            return Ok((self.proxy_connection(first).await?, first.clone()));
+        }
+        let candidates: Vec<&ProxyUrl> = std::iter::once(first).chain(fallbacks).collect();
+        let mut last = None;
+        for proxy in self.health.order(&candidates) {
+            let connected = tokio::time::timeout(self.timeout, self.proxy_stream(proxy))
+                .await
+                .unwrap_or(Err(DialError::Timeout(self.timeout)));
+            match connected {
+                Err(e) if e.is_unreachable() => {
+                    self.health.mark(proxy, false);
+                    last = Some(e);
+                }
+                Ok(io) => {
+                    self.health.mark(proxy, true);
+                    return Ok((io, proxy.clone()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(DialError::Timeout(self.timeout)))
     }
 
     /// A connection to the proxy itself (for plain HTTP forwarding).
@@ -341,7 +422,44 @@ mod tests {
             sockets: SocketOptions::default(),
             timeout: Duration::from_secs(5),
             tls: Swappable::new(proxy_tls_config(&[]).unwrap()),
+            health: Default::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_proxy_fails_over_to_the_next_and_is_skipped_after() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dead = ProxyUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let dialer = dialer();
+        for _ in 0..2 {
+            let (addr, head) = fake_proxy("HTTP/1.1 200 OK\r\n\r\n").await;
+            let live = ProxyUrl::parse(&format!("http://{addr}")).unwrap();
+            let tunnel = dialer
+                .tunnel_any(&dead, &[live], "10.0.0.1:443", &IdentityHeaders::default())
+                .await;
+            assert!(tunnel.is_ok(), "failed over");
+            assert!(head.await.unwrap().starts_with("CONNECT 10.0.0.1:443"));
+            assert!(dialer.health.is_down(&dead));
+        }
+        // A refusal is obeyed: no failover past a proxy that answered.
+        let (refusing, _) = fake_proxy("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n").await;
+        let refusing = ProxyUrl::parse(&format!("http://{refusing}")).unwrap();
+        let err = dialer
+            .tunnel_any(
+                &refusing,
+                std::slice::from_ref(&dead),
+                "10.0.0.1:443",
+                &IdentityHeaders::default(),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, DialError::Refused { .. }), "{err}");
     }
 
     #[tokio::test]
@@ -356,7 +474,11 @@ mod tests {
             let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
         });
         let proxy = ProxyUrl::parse(&format!("https://user:secret@{addr}")).unwrap();
-        let err = dialer().tunnel(&proxy, "10.0.0.1:443").await.err().unwrap();
+        let err = dialer()
+            .tunnel(&proxy, "10.0.0.1:443", &IdentityHeaders::default())
+            .await
+            .err()
+            .unwrap();
         assert!(
             matches!(err, DialError::ProxySpeaksPlainHttp { .. }),
             "{err}"
@@ -372,7 +494,11 @@ mod tests {
             fake_proxy("HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n")
                 .await;
         let proxy = ProxyUrl::parse(&format!("http://user:secret@{addr}")).unwrap();
-        let err = dialer().tunnel(&proxy, "10.0.0.1:443").await.err().unwrap();
+        let err = dialer()
+            .tunnel(&proxy, "10.0.0.1:443", &IdentityHeaders::default())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, DialError::AuthFailed { .. }), "{err}");
         assert!(err.to_string().contains("auth failed"));
         assert!(!err.to_string().contains("secret"));
@@ -382,7 +508,10 @@ mod tests {
     async fn tunnel_sends_connect_with_auth_and_carries_bytes() {
         let (addr, head) = fake_proxy("HTTP/1.0 200 Connection established\r\n\r\n").await;
         let proxy = ProxyUrl::parse(&format!("http://us%3Aer:p%40ss@{addr}")).unwrap();
-        let tunnel = dialer().tunnel(&proxy, "[fd00::1]:443").await.unwrap();
+        let tunnel = dialer()
+            .tunnel(&proxy, "[fd00::1]:443", &IdentityHeaders::default())
+            .await
+            .unwrap();
         let Upstream::Tcp(mut io) = tunnel.upstream else {
             panic!("a plain-HTTP proxy gives a TCP tunnel")
         };
@@ -417,7 +546,11 @@ mod tests {
     async fn refused_connect_reports_status() {
         let (addr, _head) = fake_proxy("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n").await;
         let proxy = ProxyUrl::parse(&format!("http://{addr}")).unwrap();
-        let err = dialer().tunnel(&proxy, "10.0.0.1:443").await.err().unwrap();
+        let err = dialer()
+            .tunnel(&proxy, "10.0.0.1:443", &IdentityHeaders::default())
+            .await
+            .err()
+            .unwrap();
         assert!(
             matches!(err, DialError::Refused { status, .. } if status == 403),
             "{err}"
@@ -476,7 +609,11 @@ mod tests {
             .port();
         let proxy = ProxyUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
         let start = std::time::Instant::now();
-        let err = dialer().tunnel(&proxy, "10.0.0.1:443").await.err().unwrap();
+        let err = dialer()
+            .tunnel(&proxy, "10.0.0.1:443", &IdentityHeaders::default())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, DialError::ProxyUnreachable { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(1));
     }

@@ -34,6 +34,8 @@ pub struct PodInfo {
     pub annotations: BTreeMap<String, String>,
     /// `spec.hostNetwork`.
     pub host_network: bool,
+    /// `status.podIPs`: who the pod is on a connection (`caller`).
+    pub addrs: Vec<std::net::IpAddr>,
 }
 
 /// Objects of one kind as last listed and watched, by key. A relist fills a
@@ -414,6 +416,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             host_network: false,
+            addrs: Vec::new(),
         }
     }
 

@@ -11,6 +11,8 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 
+use crate::caller::{PodDirectory, PodRef, pods::PROFILE_LABEL, pods::PodIndex};
+
 use super::{
     cgroups::Qos,
     reconcile::{PodInfo, Reconciler, View},
@@ -36,6 +38,14 @@ fn pod_info(pod: Pod) -> Option<(String, PodInfo)> {
         _ => uid.clone(),
     };
     let annotations = keep_keys(meta.annotations, &[EXEMPT_KEY, AKS_NO_PROXY_KEY]);
+    let addrs = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip.ip.parse().ok())
+        .collect();
     let info = PodInfo {
         name: format!("{namespace}/{}", meta.name.unwrap_or_default()),
         namespace,
@@ -46,6 +56,7 @@ fn pod_info(pod: Pod) -> Option<(String, PodInfo)> {
             .and_then(|q| Qos::parse(&q)),
         annotations,
         host_network: pod.spec.and_then(|s| s.host_network) == Some(true),
+        addrs,
     };
     Some((uid, info))
 }
@@ -60,7 +71,10 @@ fn is_config_hash(s: &str) -> bool {
 /// What we keep of a namespace: its name and our label.
 fn namespace_info(ns: Namespace) -> Option<(String, BTreeMap<String, String>)> {
     let name = ns.metadata.name?;
-    Some((name, keep_keys(ns.metadata.labels, &[EXEMPT_KEY])))
+    Some((
+        name,
+        keep_keys(ns.metadata.labels, &[EXEMPT_KEY, PROFILE_LABEL]),
+    ))
 }
 
 fn keep_keys(map: Option<BTreeMap<String, String>>, keys: &[&str]) -> BTreeMap<String, String> {
@@ -70,9 +84,39 @@ fn keep_keys(map: Option<BTreeMap<String, String>>, keys: &[&str]) -> BTreeMap<S
         .collect()
 }
 
+/// Who has which address and which namespace selects which profile, from
+/// the mirror. hostNetwork pods share the node's address: not theirs.
+fn pod_index(view: &View) -> PodIndex {
+    let mut index = PodIndex::default();
+    for pod in view.pods.values().filter(|p| !p.host_network) {
+        let name = pod.name.rsplit('/').next().unwrap_or_default().to_owned();
+        for addr in &pod.addrs {
+            index.by_addr.insert(
+                *addr,
+                PodRef {
+                    namespace: pod.namespace.clone(),
+                    name: name.clone(),
+                },
+            );
+        }
+    }
+    for (namespace, labels) in view.namespaces.iter() {
+        if let Some(profile) = labels.get(PROFILE_LABEL) {
+            index.profiles.insert(namespace.clone(), profile.clone());
+        }
+    }
+    index
+}
+
 /// Follows the API until the process ends. Watch failures are logged and
 /// retried with backoff; the exemptions in force stay while they last.
-pub async fn run(client: Client, node_name: String, mut reconciler: Reconciler) {
+/// `directory` gets a fresh [`PodIndex`] after every event.
+pub async fn run(
+    client: Client,
+    node_name: String,
+    mut reconciler: Reconciler,
+    directory: PodDirectory,
+) {
     let pods = watcher(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
@@ -85,23 +129,35 @@ pub async fn run(client: Client, node_name: String, mut reconciler: Reconciler) 
     let mut rescan = tokio::time::interval(RESCAN);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut view = View::default();
+    let mut changed = false;
     loop {
         tokio::select! {
             Some(event) = pods.next() => match event {
-                Ok(event) => view.pods.handle(event, pod_info),
+                Ok(event) => {
+                    view.pods.handle(event, pod_info);
+                    changed = true;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "watching pods failed; retrying, exemptions stay as they are");
                     continue;
                 }
             },
             Some(event) = namespaces.next() => match event {
-                Ok(event) => view.namespaces.handle(event, namespace_info),
+                Ok(event) => {
+                    view.namespaces.handle(event, namespace_info);
+                    changed = true;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "watching namespaces failed; retrying, exemptions stay as they are");
                     continue;
                 }
             },
             _ = rescan.tick() => {}
+        }
+        // Partial lists too: a pod known is better than none, and a
+        // namespace's profile label not yet seen leaves it on the top level.
+        if std::mem::take(&mut changed) {
+            directory.publish(pod_index(&view));
         }
         // Decide only from complete lists of both kinds: before them, a pod
         // would look un-exempt for lack of its namespace, and what an
@@ -127,6 +183,40 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use kube::runtime::watcher::Event;
+
+    #[test]
+    fn pod_index_has_pods_by_address_and_namespace_profiles() {
+        let pod = |name: &str, ip: &str, host_network: bool| {
+            serde_json::from_value::<Pod>(json!({
+                "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}")},
+                "spec": {"hostNetwork": host_network, "containers": []},
+                "status": {"podIPs": [{"ip": ip}]}
+            }))
+            .unwrap()
+        };
+        let mut view = View::default();
+        view.pods
+            .handle(Event::Apply(pod("web-0", "10.0.0.5", false)), pod_info);
+        view.pods
+            .handle(Event::Apply(pod("agent", "10.9.0.1", true)), pod_info);
+        let ns = serde_json::from_value::<Namespace>(json!({
+            "metadata": {"name": "shop", "labels": {PROFILE_LABEL: "team-a", "other": "x"}}
+        }))
+        .unwrap();
+        view.namespaces.handle(Event::Apply(ns), namespace_info);
+        let index = pod_index(&view);
+        let web = &index.by_addr[&"10.0.0.5".parse().unwrap()];
+        assert_eq!(
+            (web.namespace.as_str(), web.name.as_str()),
+            ("shop", "web-0")
+        );
+        assert!(
+            !index.by_addr.contains_key(&"10.9.0.1".parse().unwrap()),
+            "a hostNetwork pod's address is the node's"
+        );
+        assert_eq!(index.profiles["shop"], "team-a");
+    }
     use crate::{exemption::reconcile::fake::FakeMap, hook::cgroup_id};
 
     /// tests/e2e/fake_apiserver.py on a free loopback port.
@@ -239,7 +329,12 @@ mod tests {
         let reconciler = Reconciler::new(map.clone(), &root, HashSet::new());
         let config = kube::Config::new(format!("http://{}", api.addr).parse().unwrap());
         let client = Client::try_from(config).unwrap();
-        let task = tokio::spawn(run(client, "n1".into(), reconciler));
+        let task = tokio::spawn(run(
+            client,
+            "n1".into(),
+            reconciler,
+            PodDirectory::default(),
+        ));
 
         api.control(json!({"op": "ns", "name": "shop", "labels": {EXEMPT_KEY: "true"}}))
             .await;

@@ -155,7 +155,15 @@ pub struct Metrics {
     metrics_refused: Counter,
     /// The connection caps in force, by cap (`global`, `pod`).
     connection_limits: Family<Label, Gauge>,
+    /// Per upstream proxy (its URL without credentials): up (1) or down
+    /// (0), dials that reached it, dials that could not.
+    proxy_up: Family<ProxyLabel, Gauge>,
+    proxy_connections: Family<ProxyLabel, Counter>,
+    proxy_failures: Family<ProxyLabel, Counter>,
 }
+
+/// A proxy's URL as a label.
+type ProxyLabel = [(&'static str, String); 1];
 
 /// Connections routed by the daemon, read by [`ScrapeCollector`] so that
 /// one `redirector_connections_total` family holds all three decisions.
@@ -327,7 +335,28 @@ impl Metrics {
         for result in [ReloadResult::Ok, ReloadResult::Failed] {
             let _ = reloads.get_or_create(&[("result", result.label())]);
         }
+        let proxy_up = Family::<ProxyLabel, Gauge>::default();
+        registry.register(
+            "upstream_proxy_up",
+            "Whether the daemon counts an upstream proxy as up (failover between listed proxies)",
+            proxy_up.clone(),
+        );
+        let proxy_connections = Family::<ProxyLabel, Counter>::default();
+        registry.register(
+            "upstream_proxy_connections",
+            "Dials that reached an upstream proxy",
+            proxy_connections.clone(),
+        );
+        let proxy_failures = Family::<ProxyLabel, Counter>::default();
+        registry.register(
+            "upstream_proxy_failures",
+            "Dials that could not reach an upstream proxy (the next listed one was tried)",
+            proxy_failures.clone(),
+        );
         Self {
+            proxy_up,
+            proxy_connections,
+            proxy_failures,
             registry,
             routed,
             outcomes,
@@ -343,6 +372,17 @@ impl Metrics {
             exempt_write_failures,
             metrics_refused,
             connection_limits,
+        }
+    }
+
+    /// A dial through `proxy` reached it (`up`) or not.
+    pub fn record_proxy(&self, proxy: &str, up: bool) {
+        let label = [("proxy", proxy.to_owned())];
+        self.proxy_up.get_or_create(&label).set(i64::from(up));
+        if up {
+            self.proxy_connections.get_or_create(&label).inc();
+        } else {
+            self.proxy_failures.get_or_create(&label).inc();
         }
     }
 
