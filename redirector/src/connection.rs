@@ -14,7 +14,7 @@ use crate::{
     audit::{AuditLog, Entry},
     caller::{self, Caller, IdentityHeaders, PodDirectory},
     classify::{self, Classification, Opaque, PeekLimits},
-    config::FailMode,
+    config::{FailMode, ProxyUrl},
     dial::{DialError, Dialer, LinkLocal, Tunnel, Upstream},
     http_forward::{self, Forwarded, Served, Switched},
     lookup::OriginalDst,
@@ -179,11 +179,15 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     // Opening is boxed: its future is large and short-lived, and the task
     // then keeps only the relay's state for the connection's life.
     let opening = open(&shared, client, dst, &class, &decision, fail_mode, identity);
+    // The proxy actually used (with failover, maybe not the first listed).
+    let mut via = None;
     let outcome = match Box::pin(opening).await {
-        Opened::Relay(client, Tunnel { upstream, early }) => {
-            relay_to(client, upstream, early).await
+        Opened::Relay(client, tunnel) => {
+            via = tunnel.proxy;
+            relay_to(client, tunnel.upstream, tunnel.early).await
         }
         Opened::Switched(served, Switched { client, tunnel }) => {
+            via = served.proxy.clone();
             let relayed = relay_to(client, tunnel.upstream, tunnel.early).await;
             after_switch(served, relayed)
         }
@@ -200,6 +204,7 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             &class,
             &decision,
             profile.as_deref(),
+            via.as_ref(),
             &outcome,
             kind,
             started.elapsed(),
@@ -218,6 +223,7 @@ fn audit_line(
     class: &Classification,
     decision: &Decision,
     profile: Option<&str>,
+    via: Option<&ProxyUrl>,
     outcome: &Outcome,
     kind: OutcomeKind,
     elapsed: Duration,
@@ -237,8 +243,14 @@ fn audit_line(
         decision: decision.kind(),
         rule: decision.rule(),
         profile,
-        proxy: match decision {
-            Decision::Proxy { proxy, .. } => Some(proxy.to_string()),
+        // The proxy used; for a plain HTTP connection, the last request's;
+        // when none was reached (a dial failure), the one chosen first.
+        proxy: match (via, outcome, decision) {
+            (Some(proxy), ..) => Some(proxy.to_string()),
+            (None, Outcome::HttpServed { served }, _) if served.proxy.is_some() => {
+                served.proxy.as_ref().map(ToString::to_string)
+            }
+            (None, _, Decision::Proxy { proxy, .. }) => Some(proxy.to_string()),
             _ => None,
         },
         outcome: kind.name(),
@@ -313,13 +325,7 @@ async fn open(
                         Err(e) if e.is_unreachable() => {
                             // The client's request goes to the origin as it was sent.
                             return match fail_open(shared, dst, &e).await {
-                                Ok(upstream) => Opened::Relay(
-                                    client,
-                                    Tunnel {
-                                        upstream: Upstream::Tcp(upstream),
-                                        early: Bytes::new(),
-                                    },
-                                ),
+                                Ok(upstream) => Opened::Relay(client, Tunnel::direct(upstream)),
                                 Err(e) => {
                                     reset(client);
                                     Opened::Done(Outcome::DialFailed(e))
@@ -361,10 +367,7 @@ async fn open(
                 .tunnel_any(proxy, fallbacks, &authority, &identity);
             match tunnel.await {
                 Err(e) if fail_mode == FailMode::Open && e.is_unreachable() => {
-                    fail_open(shared, dst, &e).await.map(|s| Tunnel {
-                        upstream: Upstream::Tcp(s),
-                        early: Bytes::new(),
-                    })
+                    fail_open(shared, dst, &e).await.map(Tunnel::direct)
                 }
                 tunnel => tunnel,
             }
@@ -403,10 +406,11 @@ async fn direct(
     dst: SocketAddr,
     link_local: LinkLocal,
 ) -> Result<Tunnel, DialError> {
-    shared.dialer.direct(dst, link_local).await.map(|s| Tunnel {
-        upstream: Upstream::Tcp(s),
-        early: Bytes::new(),
-    })
+    shared
+        .dialer
+        .direct(dst, link_local)
+        .await
+        .map(Tunnel::direct)
 }
 
 /// Counts a name rule's check, and says (rate-limited) when it sent the

@@ -54,7 +54,7 @@ use crate::{
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// What one forwarded client connection did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Served {
     /// Requests answered by the proxy (any status).
     pub requests: u64,
@@ -64,6 +64,9 @@ pub struct Served {
     pub switched_protocols: bool,
     /// Bytes read from and written to the client, as it sent and got them.
     pub transferred: Transferred,
+    /// The proxy that answered the last request (with failover, not
+    /// necessarily the first one listed).
+    pub proxy: Option<ProxyUrl>,
 }
 
 /// How a forwarded client connection ended.
@@ -167,7 +170,11 @@ pub async fn serve(
         .serve_connection(TokioIo::new(client), service)
         .with_upgrades()
         .await?;
-    let mut served = *forwarder.served.lock().unwrap_or_else(|p| p.into_inner());
+    let mut served = forwarder
+        .served
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     served.transferred = Transferred {
         client_to_upstream: counts.read.load(Ordering::Relaxed),
         upstream_to_client: counts.written.load(Ordering::Relaxed),
@@ -214,6 +221,8 @@ impl Switching {
             tunnel: Tunnel {
                 upstream: proxy,
                 early: upstream.read_buf,
+                // The forwarder's `Served` names the proxy.
+                proxy: None,
             },
         })
     }
@@ -388,6 +397,7 @@ impl Forwarder {
                 let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
                 served.requests += 1;
                 served.switched_protocols = switched;
+                served.proxy = Some(proxy.clone());
                 if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
                     served.auth_failures += 1;
                     ratelog::warn!(

@@ -6,11 +6,13 @@
 # first proxy is killed mid-run. No connection may fail after the switch
 # (none at all: the dial that finds the proxy gone goes on to the next
 # one), later ones reach the second proxy, nothing goes direct, and the
-# metrics say which proxy is down. Sourced by run.sh.
+# metrics say which proxy is down, and the audit log names the proxy each
+# connection actually used. Sourced by run.sh.
 
 FO_PORT=3143
 FO_FLOW_LOG=$WORK/flow-failover.log
 FO_CONFIG=$WORK/failover-config.json
+FO_AUDIT=$WORK/failover-audit.log
 FO_MITM_PID=""
 
 fo_down() {
@@ -19,6 +21,8 @@ fo_down() {
   FO_MITM_PID=""
   return 0
 }
+
+fo_audit_has() { [[ -f $FO_AUDIT ]] && (($(wc -l <"$FO_AUDIT") >= $1)); }
 
 t_failover() {
   local rc=0
@@ -34,8 +38,9 @@ fo_body() {
   FO_MITM_PID=${BG_PIDS[-1]}
   wait_for 30 "mitmdump (failover) on :$FO_PORT" port_listening "$NS_INET" "$FO_PORT" \
     || why "the first proxy did not start:" "$(tail -n 5 "$WORK/mitmdump-failover.out")" || return 1
-  printf '{"httpProxy":["%s","%s"],"httpsProxy":["%s","%s"],"noProxy":["localhost"],"trustedCA":"%s"}\n' \
-    "$first" "$second" "$first" "$second" "$CA_B64" >"$FO_CONFIG"
+  printf '{"httpProxy":["%s","%s"],"httpsProxy":["%s","%s"],"noProxy":["localhost"],"trustedCA":"%s","audit":{"output":"%s"}}\n' \
+    "$first" "$second" "$first" "$second" "$CA_B64" "$FO_AUDIT" >"$FO_CONFIG"
+  rm -f "$FO_AUDIT"
   use_daemon "$FO_CONFIG" || why "the daemon did not start with $FO_CONFIG" || return 1
   : >"$log"
   start=$(now_ms)
@@ -67,6 +72,17 @@ fo_body() {
       || why "request $i after the kill did not reach the second proxy" || return 1
   done
   info "  $(wc -w <<<"$after") requests after the kill, all through the second proxy; the first saw $seen"
+  # The audit log names the proxy used, not the first listed: the last
+  # connections went through the second. Lines are written as connections
+  # end, by the daemon's writer task.
+  wait_for 5 "60 audit lines" fo_audit_has 60 || why "audit lines: $(wc -l <"$FO_AUDIT" 2>/dev/null)" || return 1
+  "$PYTHON" - "$FO_AUDIT" "${first%/}" "${second%/}" <<'PY' || why "audit log:" "$(tail -n 3 "$FO_AUDIT")" || return 1
+import json, sys
+path, first, second = sys.argv[1:]
+used = [json.loads(l).get("proxy") for l in open(path) if l.strip()]
+assert first in used, f"no audit line names the first proxy {first}: {set(used)}"
+assert used[-10:] == [second] * 10, f"the last lines name {used[-10:]}, not {second}"
+PY
   metrics=$(scrape /metrics) || why "scraping /metrics failed" || return 1
   expect_contains "$metrics" "redirector_upstream_proxy_up{proxy=\"http://$INET_IP4:$FO_PORT\"} 0" "metrics: the first proxy down" || return 1
   expect_contains "$metrics" "redirector_upstream_proxy_up{proxy=\"http://$INET_IP4:$PROXY_PORT\"} 1" "metrics: the second proxy up" || return 1

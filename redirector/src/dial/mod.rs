@@ -46,6 +46,20 @@ pub struct Tunnel {
     /// Tunnel bytes that arrived with the proxy's answer (an origin that
     /// speaks first); the client gets them before anything else.
     pub early: Bytes,
+    /// The proxy it goes through (none: direct), for the audit log: with
+    /// failover it may not be the first one listed.
+    pub proxy: Option<ProxyUrl>,
+}
+
+impl Tunnel {
+    /// A direct connection to the origin, as the relay takes a tunnel.
+    pub fn direct(origin: TcpStream) -> Self {
+        Tunnel {
+            upstream: Upstream::Tcp(origin),
+            early: Bytes::new(),
+            proxy: None,
+        }
+    }
 }
 
 /// Why the upstream side could not be opened. Never carries credentials.
@@ -208,7 +222,11 @@ impl Dialer {
                 status,
             });
         }
-        Ok(Tunnel { upstream, early })
+        Ok(Tunnel {
+            upstream,
+            early,
+            proxy: Some(proxy.clone()),
+        })
     }
 
     /// A tunnel through the first of `first` and `fallbacks` that can be
