@@ -145,6 +145,24 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             shared.metrics.record_route(Route::Refused);
             shared.metrics.record_outcome(OutcomeKind::PolicyRefused);
             ratelog::warn!(UNKNOWN_PROFILE, client = %peer, %dst, error = %unknown, "client reset");
+            if let Some(audit) = &shared.audit {
+                let pod = shared.pods.pod(peer.ip());
+                audit.record(&Entry {
+                    namespace: pod.as_ref().map(|p| p.namespace.as_str()),
+                    pod: pod.as_ref().map(|p| p.name.as_str()),
+                    pod_addr: peer.ip(),
+                    dst,
+                    name: None,
+                    decision: "refuse",
+                    rule: "unknown profile",
+                    profile: Some(&unknown.0),
+                    proxy: None,
+                    outcome: OutcomeKind::PolicyRefused.name(),
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    duration: started.elapsed(),
+                });
+            }
             return;
         }
     };

@@ -189,6 +189,13 @@ prof_body() {
   [[ $via == none ]] || why "unknown profile: $path went via '$via'" || return 1
   [[ $(origin_count) == "$origin_before" ]] || why "unknown profile: the origin saw a request" || return 1
   expect_contains "$(cat "$DAEMON_LOG")" 'profile `nope`' "the daemon's warning for the unknown profile" || return 1
+  # The refusal is audited too, naming the profile asked for.
+  "$PYTHON" - "$PROF_AUDIT" <<'PY' || why "no audit line for the refusal:" "$(tail -n 3 "$PROF_AUDIT")" || return 1
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert any(l["namespace"] == "team-b" and l["profile"] == "nope" and l["decision"] == "refuse"
+           and l["outcome"] == "policy_refused" and l["proxy"] is None for l in lines), lines[-3:]
+PY
   # The daemon publishes labels within a second: wait for this one.
   wait_for 5 "explain refusing team-b (unknown profile)" eval \
     'explain --proxy-config "$PROF_CONFIG" --namespace team-b "http://$INET_IP4/x" | grep -qx "decision: refuse"' \
