@@ -66,6 +66,7 @@ pub fn mutate(pod: &Pod) -> Answer {
             warnings: vec!["egress-redirector: the pod has no spec; CA not injected".into()],
         };
     };
+    let mut injected = false;
     if let Some(volume) = spec
         .volumes
         .iter()
@@ -76,18 +77,19 @@ pub fn mutate(pod: &Pod) -> Answer {
             .config_map
             .as_ref()
             .is_some_and(|c| c.name == BUNDLE_NAME);
-        if ours {
-            // Already injected (a re-invocation): nothing more to do.
-            return Answer::default();
+        if !ours {
+            let why = format!(
+                "skipped: the pod already has a volume named {BUNDLE_NAME} that is not the bundle"
+            );
+            let mut answer = status_only(&annotations, &why);
+            answer
+                .warnings
+                .push(format!("egress-redirector: CA not injected: {why}"));
+            return answer;
         }
-        let why = format!(
-            "skipped: the pod already has a volume named {BUNDLE_NAME} that is not the bundle"
-        );
-        let mut answer = status_only(&annotations, &why);
-        answer
-            .warnings
-            .push(format!("egress-redirector: CA not injected: {why}"));
-        return answer;
+        // A re-invocation (another webhook changed the pod after us): only
+        // containers added since lack our mounts.
+        injected = true;
     }
 
     let mut ops = Vec::new();
@@ -100,6 +102,14 @@ pub fn mutate(pod: &Pod) -> Answer {
         ("containers", &spec.containers[..]),
     ] {
         for (i, c) in containers.iter().enumerate() {
+            let has_ours = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == BUNDLE_NAME);
+            if has_ours {
+                continue;
+            }
             container_ops(&format!("/spec/{list}/{i}"), c, &mut ops, &mut kept);
         }
     }
@@ -110,6 +120,12 @@ pub fn mutate(pod: &Pod) -> Answer {
     {
         // Not in a create request from the API; if ever there, not ours to change.
         kept.push("ephemeral containers: left as they are".to_owned());
+    }
+    if injected {
+        return Answer {
+            patch: (!ops.is_empty()).then_some(ops),
+            warnings: Vec::new(),
+        };
     }
     let mut status = "injected".to_owned();
     if !kept.is_empty() {
@@ -467,9 +483,21 @@ mod tests {
         assert_eq!(answer.warnings.len(), 1, "{answer:?}");
         assert_eq!(answer.patch.as_ref().unwrap().len(), 1, "only the status");
 
-        // Already injected (reinvocationPolicy): unchanged, no patch.
-        let once = apply(PLAIN, &answer_for(PLAIN)).to_string();
-        assert_eq!(answer_for(&once), Answer::default());
+        // Already injected (reinvocationPolicy): unchanged, no patch; a
+        // container added since by another webhook gets its mounts alone.
+        let mut once = apply(PLAIN, &answer_for(PLAIN));
+        assert_eq!(answer_for(&once.to_string()), Answer::default());
+        once["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "sidecar"}));
+        let again = apply(&once.to_string(), &answer_for(&once.to_string()));
+        assert_eq!(again["spec"]["volumes"].as_array().unwrap().len(), 1);
+        assert_eq!(mount_paths(&again["spec"]["containers"][1]).len(), 4);
+        assert_eq!(
+            again["spec"]["containers"][0],
+            once["spec"]["containers"][0]
+        );
 
         // A mount of "/" or of our own directory's parent blocks everything
         // below it; variables are not set without the directory.
