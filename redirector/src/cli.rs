@@ -103,9 +103,12 @@ pub struct WebhookArgs {
     /// The MutatingWebhookConfiguration whose `caBundle` is kept equal to
     /// the generated certificate's CA; `""` leaves it to someone else
     /// (cert-manager's CA injector).
-    #[arg(long, value_name = "NAME", default_value = "egress-redirector-ca-injector",
-          value_parser = parse_optional_name)]
-    pub webhook_config: Option<String>,
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "egress-redirector-ca-injector"
+    )]
+    pub webhook_config: String,
     /// Keep no ConfigMaps: the bundle comes from elsewhere (a trust-manager
     /// `Bundle` named egress-redirector-ca-bundle).
     #[arg(long)]
@@ -142,10 +145,6 @@ impl WebhookArgs {
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|| format!("pid-{}", std::process::id()))
     }
-}
-
-fn parse_optional_name(s: &str) -> Result<Option<String>, String> {
-    Ok((!s.is_empty()).then(|| s.to_owned()))
 }
 
 /// Built-in bypasses, shared by `run` and `explain` so both decide alike.

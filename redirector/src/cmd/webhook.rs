@@ -29,7 +29,7 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         (None, None, Some(client)) => {
             let serving =
                 certs::shared(client.clone(), &args.namespace, &args.tls_secret, &dns).await?;
-            if let Some(config) = &args.webhook_config {
+            if let Some(config) = Some(&args.webhook_config).filter(|c| !c.is_empty()) {
                 // Written before serving, so the first review finds it.
                 match certs::apply_ca_bundle(client.clone(), config, &serving.ca_pem).await {
                     Ok(n) => tracing::info!(config = %config, changed = n, "caBundle checked"),
@@ -69,4 +69,37 @@ pub async fn run(args: WebhookArgs) -> Result<()> {
         ));
     }
     crate::webhook::serve::run(args.listen, Arc::new(resolver)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn the_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "redirector",
+            "webhook",
+            "--proxy-config=/p.json",
+            "--webhook-config=",
+            "--namespace=ns",
+        ])
+        .unwrap();
+        let Command::Webhook(args) = cli.command else {
+            panic!("not webhook")
+        };
+        assert!(args.webhook_config.is_empty());
+        assert_eq!(args.dns_names()[0], "egress-redirector-ca-injector.ns.svc");
+        assert!(
+            Cli::try_parse_from([
+                "redirector",
+                "webhook",
+                "--proxy-config=/p",
+                "--tls-cert=/c"
+            ])
+            .is_err()
+        );
+    }
 }

@@ -58,16 +58,29 @@ pub fn config_map(namespace: &str, bundle: &bundle::Bundle) -> ConfigMap {
     }
 }
 
+/// The namespace's name if it carries our label (the API's label selector
+/// says so too; checked again so that a server ignoring it cannot widen
+/// what we write).
+fn labelled(ns: &Namespace) -> Option<String> {
+    let on = ns
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(NAMESPACE_LABEL))
+        .is_some_and(|v| v == "true");
+    on.then(|| ns.metadata.name.clone()).flatten()
+}
+
 /// Runs until the process ends.
 pub async fn run(client: Client, config: PathBuf, elector: Option<Elector>) {
     let namespaces = watcher(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default().labels(&format!("{NAMESPACE_LABEL}=true")),
     )
-    .default_backoff()
-    .applied_objects();
+    .default_backoff();
     let mut namespaces = pin!(namespaces);
     let mut wanted: BTreeSet<String> = BTreeSet::new();
+    let mut relisting: Option<BTreeSet<String>> = None;
     // namespace -> the digest of the bundle last applied there
     let mut applied: BTreeMap<String, String> = BTreeMap::new();
     let mut current: Option<(String, bundle::Bundle)> = None;
@@ -79,12 +92,23 @@ pub async fn run(client: Client, config: PathBuf, elector: Option<Elector>) {
     loop {
         tokio::select! {
             Some(event) = namespaces.next() => match event {
-                Ok(ns) => {
-                    let labelled = ns.metadata.labels.as_ref()
-                        .and_then(|l| l.get(NAMESPACE_LABEL)).is_some_and(|v| v == "true");
-                    if let Some(name) = ns.metadata.name {
-                        if labelled { wanted.insert(name); } else { wanted.remove(&name); }
+                Ok(watcher::Event::Init) => relisting = Some(BTreeSet::new()),
+                Ok(watcher::Event::InitApply(ns)) => {
+                    if let (Some(next), Some(name)) = (&mut relisting, labelled(&ns)) {
+                        next.insert(name);
                     }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(next) = relisting.take() {
+                        wanted = next;
+                    }
+                }
+                Ok(watcher::Event::Apply(ns)) => match labelled(&ns) {
+                    Some(name) => { wanted.insert(name); }
+                    None => { wanted.remove(ns.metadata.name.as_deref().unwrap_or_default()); }
+                },
+                Ok(watcher::Event::Delete(ns)) => {
+                    wanted.remove(ns.metadata.name.as_deref().unwrap_or_default());
                 }
                 Err(e) => tracing::warn!(error = %e, "watching namespaces failed; retrying"),
             },
