@@ -238,10 +238,10 @@ fn container_ops(at: &str, c: &Container, ops: &mut Vec<Value>, kept: &mut Vec<S
                 } else {
                     format!("{v} {}", java_options())
                 };
-                ops.push(
-                    json!({"op": "replace", "path": format!("{at}/env/{i}/value"),
-                                "value": merged}),
-                );
+                // "add", not "replace": an entry may have no value at all
+                // (an empty variable), and "add" on a member sets it either way.
+                ops.push(json!({"op": "add", "path": format!("{at}/env/{i}/value"),
+                                "value": merged}));
                 kept.push(format!("{}: {JAVA_VARIABLE} (extended)", c.name));
             }
         },
@@ -305,7 +305,7 @@ mod tests {
     }
 
     /// The patched pod, by applying the patch with a minimal RFC 6902 "add"
-    /// and "replace" (all this module emits).
+    /// (all this module emits; "replace" checked as the standard says).
     fn apply(pod: &str, answer: &Answer) -> Value {
         let mut doc: Value = serde_json::from_str(pod).unwrap();
         for op in answer.patch.as_ref().unwrap() {
@@ -440,6 +440,23 @@ mod tests {
         ] {
             assert!(status.contains(said), "{said} not in {status}");
         }
+    }
+
+    #[test]
+    fn an_empty_java_variable_gets_ours() {
+        // Found by the admission_review fuzz target: no "value" member, so
+        // a "replace" would not apply and the pod would be refused.
+        let pod = r#"{"metadata":{},"spec":{"containers":[
+            {"name":"a","env":[{"name":"JAVA_TOOL_OPTIONS"}]}]}}"#;
+        let answer = answer_for(pod);
+        for op in answer.patch.as_ref().unwrap() {
+            assert_ne!(op["op"], "replace", "{op}");
+        }
+        let out = apply(pod, &answer);
+        assert_eq!(
+            env_of(&out["spec"]["containers"][0], JAVA_VARIABLE).unwrap(),
+            java_options()
+        );
     }
 
     #[test]
