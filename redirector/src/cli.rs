@@ -55,6 +55,96 @@ pub enum Command {
     /// Write the config's `trustedCA` certificates into a host's trust
     /// store (Debian/Ubuntu or RHEL family) and rebuild its bundle.
     InstallCa(InstallCaArgs),
+    /// Serve the CA-injection admission webhook: pods in namespaces labelled
+    /// `egress-redirector/inject-ca=true` get the trust bundle (public roots +
+    /// `trustedCA`) mounted and the variables runtimes read; the bundle's
+    /// ConfigMap is kept in each such namespace.
+    Webhook(WebhookArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// The AKS proxy JSON: its `trustedCA` goes into the bundle (re-read
+    /// every 5 s).
+    #[arg(long, value_name = "FILE")]
+    pub proxy_config: PathBuf,
+    /// Address of the HTTPS server the API server calls (`POST /mutate`).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// The webhook's namespace (Secret, Lease, Service).
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        value_name = "NS",
+        default_value = "egress-redirector"
+    )]
+    pub namespace: String,
+    /// The webhook's Service: its certificate names `NAME.NS.svc`.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "egress-redirector-ca-injector"
+    )]
+    pub service: String,
+    /// Serving certificate and key (PEM), e.g. from cert-manager; re-read
+    /// when they change. Without them a certificate is generated and kept
+    /// in --tls-secret.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The Secret (in --namespace) holding the generated certificate.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "egress-redirector-ca-injector-tls"
+    )]
+    pub tls_secret: String,
+    /// The MutatingWebhookConfiguration whose `caBundle` is kept equal to
+    /// the generated certificate's CA; `""` leaves it to someone else
+    /// (cert-manager's CA injector).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "egress-redirector-ca-injector"
+    )]
+    pub webhook_config: String,
+    /// Keep no ConfigMaps: the bundle comes from elsewhere (a trust-manager
+    /// `Bundle` named egress-redirector-ca-bundle).
+    #[arg(long)]
+    pub no_bundle_sync: bool,
+    /// The Lease (in --namespace) that picks the one replica writing
+    /// ConfigMaps.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "egress-redirector-ca-injector"
+    )]
+    pub lease: String,
+    /// Write ConfigMaps without a Lease (a single replica).
+    #[arg(long)]
+    pub no_leader_election: bool,
+    /// No Kubernetes API at all: only serve reviews (needs --tls-cert).
+    #[arg(long)]
+    pub no_kube: bool,
+}
+
+impl WebhookArgs {
+    /// The names the API server may call the Service by.
+    pub fn dns_names(&self) -> Vec<String> {
+        let base = format!("{}.{}.svc", self.service, self.namespace);
+        vec![base.clone(), format!("{base}.cluster.local")]
+    }
+
+    /// This replica's name in the Lease: the pod name, else the host name.
+    pub fn identity(&self) -> String {
+        std::env::var("POD_NAME")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|| format!("pid-{}", std::process::id()))
+    }
 }
 
 /// Built-in bypasses, shared by `run` and `explain` so both decide alike.

@@ -37,6 +37,8 @@
 //!   end makes the daemon not ready and exit;
 //! - `cmd`: the subcommands (`run` is `cmd::daemon`), with `cli` their
 //!   arguments; nothing on the data path imports them;
+//! - `webhook`: the CA-injection admission webhook (`redirector webhook`),
+//!   which mounts the trust bundle into opted-in pods;
 //! - `endpoint`: socket addresses as the kernel maps hold them; `ca`: CA
 //!   generation for tests and `gen-ca`.
 pub mod audit;
@@ -70,6 +72,7 @@ pub mod reload;
 pub mod startup_taint;
 pub mod supervise;
 pub mod swappable;
+pub mod webhook;
 
 pub mod cli;
 pub mod cmd;

@@ -25,6 +25,19 @@ And the two calls of the daemon's --remove-taint (startup taint):
         result and, when the node names a pins directory, the program links
         pinned there at that moment ("links=a,b,...").
 
+And, for the CA-injection webhook (`redirector webhook`), plain named objects
+without watches (PATH = /api/v1/namespaces/NS/configmaps|secrets,
+/apis/coordination.k8s.io/v1/namespaces/NS/leases,
+/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations):
+
+  GET   PATH/NAME                                   -> the object, or 404
+  POST  PATH                                        -> create; 409 if it exists
+  PUT   PATH/NAME                                   -> replace; 409 when the body's
+        resourceVersion is not the stored one (optimistic concurrency)
+  PATCH PATH/NAME  application/apply-patch+yaml     -> server-side apply, simplified:
+        create, or replace the top-level fields given (labels merged)
+  PATCH PATH/NAME  application/json-patch+json      -> as for nodes
+
 A control endpoint lets the test change the cluster (one JSON object per POST):
 
   POST /control {"op": "ns", "name": N, "labels": {...}}        create or relabel
@@ -70,7 +83,8 @@ import time
 import urllib.parse
 
 LOCK = threading.Condition()
-STATE = {"rv": 1, "pods": {}, "namespaces": {}, "nodes": {}, "services": {}, "endpointslices": {}}
+STATE = {"rv": 1, "pods": {}, "namespaces": {}, "nodes": {}, "services": {}, "endpointslices": {},
+         "objects": {}}
 HISTORY = []        # (rv, resource, type, object), oldest first
 FLOOR = [1]         # the oldest RV a watch can start from (410 below it)
 EPOCH = [0]         # bumped by "gone": running watches end with a 410
@@ -271,6 +285,104 @@ def resource_of(path):
     return None
 
 
+# Named objects without watches (the webhook's): path -> (resource key, name or None).
+OBJECT_PATH = re.compile(
+    r"(?P<base>/api/v1|/apis/[^/]+/v1)(?:/namespaces/(?P<ns>[^/]+))?"
+    r"/(?P<res>configmaps|secrets|leases|mutatingwebhookconfigurations)(?:/(?P<name>[^/]+))?")
+
+
+def object_of(path):
+    m = OBJECT_PATH.fullmatch(path)
+    if not m:
+        return None
+    return f"{m.group('res')}/{m.group('ns') or ''}", m.group("name")
+
+
+def store_object(key, obj):
+    """Save obj under key/name with a new resourceVersion (LOCK held)."""
+    STATE["rv"] += 1
+    meta = obj.setdefault("metadata", {})
+    meta["resourceVersion"] = str(STATE["rv"])
+    meta.setdefault("uid", f"uid-{STATE['rv']}")
+    STATE.setdefault("objects", {})[key + "/" + meta["name"]] = obj
+    save()
+    return obj
+
+
+def object_request(handler, method, path, body, content_type):
+    """Serve one named-object request; True if path was one."""
+    found = object_of(path)
+    if found is None:
+        return False
+    key, name = found
+    ns = key.split("/", 1)[1]
+    with LOCK:
+        objects = STATE.setdefault("objects", {})
+        current = objects.get(f"{key}/{name}") if name else None
+        if method == "GET":
+            if current is None:
+                handler.send_json(404, status(404, "NotFound", f"{path} not found"))
+            else:
+                handler.send_json(200, current)
+            return True
+        try:
+            doc = json.loads(body) if body else {}
+        except ValueError as e:
+            handler.send_json(400, status(400, "BadRequest", str(e)))
+            return True
+        if method == "POST" and name is None:
+            name = doc.get("metadata", {}).get("name", "")
+            if f"{key}/{name}" in objects:
+                handler.send_json(409, status(409, "AlreadyExists", f"{name} already exists"))
+                return True
+            if ns:
+                doc["metadata"]["namespace"] = ns
+            log(f"CREATE {key}/{name}")
+            handler.send_json(201, store_object(key, doc))
+            return True
+        if method == "PUT" and name:
+            if current is None:
+                handler.send_json(404, status(404, "NotFound", f"{path} not found"))
+                return True
+            rv = doc.get("metadata", {}).get("resourceVersion")
+            if rv and rv != current["metadata"]["resourceVersion"]:
+                handler.send_json(409, status(409, "Conflict", "the object has been modified"))
+                return True
+            log(f"REPLACE {key}/{name}")
+            handler.send_json(200, store_object(key, doc))
+            return True
+        if method == "PATCH" and name:
+            if content_type == "application/apply-patch+yaml":
+                merged = json.loads(json.dumps(current)) if current else {"metadata": {"name": name}}
+                for field, value in doc.items():
+                    if field == "metadata":
+                        labels = merged["metadata"].setdefault("labels", {})
+                        labels.update(value.get("labels") or {})
+                    else:
+                        merged[field] = value
+                if ns:
+                    merged["metadata"]["namespace"] = ns
+                log(f"APPLY {key}/{name}")
+                handler.send_json(200, store_object(key, merged))
+                return True
+            if content_type == "application/json-patch+json":
+                if current is None:
+                    handler.send_json(404, status(404, "NotFound", f"{path} not found"))
+                    return True
+                try:
+                    patched = json_patch(current, doc)
+                except PatchFailed as e:
+                    handler.send_json(422, status(422, "Invalid", f"the patch did not apply: {e}"))
+                    return True
+                log(f"PATCH {key}/{name} body={body.decode()[:200]}")
+                handler.send_json(200, store_object(key, patched))
+                return True
+            handler.send_json(415, status(415, "UnsupportedMediaType", content_type))
+            return True
+        handler.send_json(405, status(405, "MethodNotAllowed", f"{method} {path}"))
+        return True
+
+
 def field_filter(query):
     """(field, value) of the fieldSelector, or None; only the two the daemon uses."""
     sel = query.get("fieldSelector", [""])[0]
@@ -312,7 +424,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def object_call(self, method):
+        url = urllib.parse.urlsplit(self.path)
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0"))) if method != "GET" else b""
+        content_type = self.headers.get("Content-Type", "").split(";")[0]
+        return object_request(self, method, url.path, body, content_type)
+
+    def do_PUT(self):
+        if not self.object_call("PUT"):
+            self.send_json(404, status(404, "NotFound", self.path))
+
     def do_POST(self):
+        if object_of(urllib.parse.urlsplit(self.path).path) is not None:
+            return self.object_call("POST")
         if self.path != "/control":
             return self.send_json(404, status(404, "NotFound", self.path))
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -322,6 +446,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_json(400, {"error": str(e)})
 
     def do_PATCH(self):
+        if object_of(urllib.parse.urlsplit(self.path).path) is not None:
+            return self.object_call("PATCH")
         url = urllib.parse.urlsplit(self.path)
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         name = url.path[len("/api/v1/nodes/"):] if url.path.startswith("/api/v1/nodes/") else ""
@@ -351,6 +477,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
+        if object_of(url.path) is not None:
+            return self.object_call("GET")
         if url.path == "/control":
             with LOCK:
                 return self.send_json(200, {"state": STATE, "floor": FLOOR[0]})

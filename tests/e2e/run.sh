@@ -19,6 +19,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/kube.sh"
 # shellcheck source-path=SCRIPTDIR source=nodetraffic.sh
 source "$(dirname "${BASH_SOURCE[0]}")/nodetraffic.sh"
+# shellcheck source-path=SCRIPTDIR source=cainject.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cainject.sh"
 # shellcheck source-path=SCRIPTDIR source=security.sh
 source "$(dirname "${BASH_SOURCE[0]}")/security.sh"
 # shellcheck source-path=SCRIPTDIR source=hostile.sh
@@ -1075,6 +1077,7 @@ DAEMON_TESTS=(https:t_https http:t_http tcp_echo:t_tcp_echo ipv6:t_ipv6
   "${KUBE_TESTS[@]}" "${NODETRAFFIC_TESTS[@]}" "${SECURITY_TESTS[@]}" "${HOSTILE_TESTS[@]}" "${BOUNDS_TESTS[@]}"
   "${SWITCHES_TESTS[@]}" "${NAMES_TESTS[@]}" "${ESCAPE_TESTS[@]}" "${PROTOCOLS_TESTS[@]}"
   "${LAYOUT_TESTS[@]}" "${IDENTITY_TESTS[@]}" "${PROFILES_TESTS[@]}" "${FAILOVER_TESTS[@]}"
+  "${CAINJECT_TESTS[@]}"
   reload:t_reload
   metrics:t_metrics
   restart_under_load:t_restart_under_load

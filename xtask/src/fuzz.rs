@@ -34,6 +34,8 @@ pub const TARGETS: &[(&str, &[&str])] = &[
     ("connect_response", &["-max_len=9216"]),
     ("no_proxy", &[]),
     ("proxy_config", &[]),
+    // Room for a pod with a few containers (the decoder caps at 3 MiB).
+    ("admission_review", &["-max_len=65536"]),
 ];
 
 /// A single input taking longer than this is reported as a hang.

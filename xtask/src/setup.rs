@@ -86,6 +86,19 @@ const NODE_PROGRAMS: &[(&str, &str)] = &[
     ("python3", "python3"),
 ];
 
+/// The CA-injection tests' HTTPS clients (tests/e2e/cainject.sh): Node,
+/// Java (a JDK: the tests run a single-file source, which needs the
+/// compiler), and Python `requests` for the distribution's python3, checked
+/// by the command that proves each is there.
+const CAINJECT_CLIENTS: &[(&[&str], &str)] = &[
+    (&["node", "--version"], "nodejs"),
+    (&["javac", "-version"], "default-jdk-headless"),
+    (
+        &["/usr/bin/python3", "-c", "import requests"],
+        "python3-requests",
+    ),
+];
+
 /// The benchmark's peers: the env-var path's proxy, the redsocks
 /// comparison and its redirect rules.
 const BENCH_PROGRAMS: &[(&str, &str)] = &[
@@ -191,6 +204,18 @@ pub fn setup(paths: &Paths, purpose: Purpose) -> Result<()> {
         } else {
             apt.push(package);
             summary.add(program, format!("installed {package}"));
+        }
+    }
+    if purpose.validators_and_fuzzer() {
+        for (check, package) in CAINJECT_CLIENTS {
+            let found = find_program(check[0]).is_some()
+                && toolchain::succeeds(Command::new(check[0]).args(&check[1..]));
+            if found {
+                summary.add(package, "found");
+            } else {
+                apt.push(package);
+                summary.add(package, format!("installed {package}"));
+            }
         }
     }
     if !python_has_venv() {

@@ -7,13 +7,15 @@
 //! - `status`: what is attached, read from the pins;
 //! - `explain`: how a connection would be routed, and why;
 //! - `gen_ca`: a MITM CA for the upstream proxy;
-//! - `install_ca`: `trustedCA` into a host's trust store.
+//! - `install_ca`: `trustedCA` into a host's trust store;
+//! - `webhook`: the CA-injection admission webhook.
 pub mod daemon;
 pub mod detach;
 pub mod explain;
 pub mod gen_ca;
 pub mod install_ca;
 pub mod status;
+pub mod webhook;
 
 use crate::cli::Command;
 
@@ -29,5 +31,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Explain(args) => explain::run(&args),
         Command::InstallCa(args) => install_ca::run(&args),
         Command::GenCa(args) => gen_ca::run(&args),
+        Command::Webhook(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(webhook::run(args)),
     }
 }

@@ -16,7 +16,9 @@
 //! nodes, as system-node-critical, with memory requests and limits and no
 //! CPU limit. And for rolling updates ([`rollout::violations`]): a surge pod
 //! beside the old one, no host port that would keep it from being
-//! scheduled, and a grace period longer than the drain.
+//! scheduled, and a grace period longer than the drain. And for the
+//! CA-injection webhook ([`ca_injection::violations`]): a failure policy that
+//! never blocks pods, its namespace selector, and its minimal RBAC.
 //!
 //! Run by `cargo xtask test` (stage `manifests`) and alone by
 //! `cargo xtask manifests`. The tools come from `cargo xtask setup`.
@@ -29,6 +31,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::counts::Counts;
+pub mod ca_injection;
 pub mod kind_plan;
 pub mod rollout;
 
@@ -172,6 +175,7 @@ fn check_counting(paths: &Paths) -> Result<Counts> {
                     ("least privilege", least_privilege(&docs)),
                     ("placement", placement(&docs)),
                     ("rollout", rollout::violations(&docs)),
+                    ("ca-injection", ca_injection::violations(&docs)),
                 ];
                 if rel == Path::new(kind_plan::DEMO_OVERLAY) {
                     let plan = kind_plan::violations(&docs, kind_plan::KIND_CONFIG);
