@@ -145,24 +145,7 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             shared.metrics.record_route(Route::Refused);
             shared.metrics.record_outcome(OutcomeKind::PolicyRefused);
             ratelog::warn!(UNKNOWN_PROFILE, client = %peer, %dst, error = %unknown, "client reset");
-            if let Some(audit) = &shared.audit {
-                let pod = shared.pods.pod(peer.ip());
-                audit.record(&Entry {
-                    namespace: pod.as_ref().map(|p| p.namespace.as_str()),
-                    pod: pod.as_ref().map(|p| p.name.as_str()),
-                    pod_addr: peer.ip(),
-                    dst,
-                    name: None,
-                    decision: "refuse",
-                    rule: "unknown profile",
-                    profile: Some(&unknown.0),
-                    proxy: None,
-                    outcome: OutcomeKind::PolicyRefused.name(),
-                    bytes_up: 0,
-                    bytes_down: 0,
-                    duration: started.elapsed(),
-                });
-            }
+            audit_refused_profile(&shared, peer, dst, &unknown.0, started.elapsed());
             return;
         }
     };
@@ -197,16 +180,30 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
     // Opening is boxed: its future is large and short-lived, and the task
     // then keeps only the relay's state for the connection's life.
     let opening = open(&shared, client, dst, &class, &decision, fail_mode, identity);
-    // The proxy actually used (with failover, maybe not the first listed).
+    // The proxy actually used (with failover, maybe not the first listed),
+    // for the audit log; a plain HTTP connection's is in its `Served`.
     let mut via = None;
     let outcome = match Box::pin(opening).await {
         Opened::Relay(client, tunnel) => {
-            via = tunnel.proxy;
-            relay_to(client, tunnel.upstream, tunnel.early).await
+            let Tunnel {
+                upstream,
+                early,
+                proxy,
+            } = tunnel;
+            via = proxy;
+            relay_to(client, upstream, early).await
         }
         Opened::Switched(served, Switched { client, tunnel }) => {
-            via = served.proxy.clone();
-            let relayed = relay_to(client, tunnel.upstream, tunnel.early).await;
+            // Taken apart before the relay: a partly moved tunnel would be
+            // kept whole in the task's state while it relays. Its `proxy` is
+            // none: `served` names the proxy.
+            let Tunnel {
+                upstream,
+                early,
+                proxy,
+            } = tunnel;
+            drop(proxy);
+            let relayed = relay_to(client, upstream, early).await;
             after_switch(served, relayed)
         }
         Opened::Done(outcome) => outcome,
@@ -222,13 +219,41 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
             &class,
             &decision,
             profile.as_deref(),
-            via.as_ref(),
+            via.as_deref(),
             &outcome,
             kind,
             started.elapsed(),
         );
     }
     log_outcome(peer, dst, &class, &decision, &outcome, started.elapsed());
+}
+
+/// The audit line of a connection refused because its namespace names a
+/// profile the configuration lacks.
+fn audit_refused_profile(
+    shared: &Shared,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    profile: &str,
+    elapsed: Duration,
+) {
+    let Some(audit) = &shared.audit else { return };
+    let pod = shared.pods.pod(peer.ip());
+    audit.record(&Entry {
+        namespace: pod.as_ref().map(|p| p.namespace.as_str()),
+        pod: pod.as_ref().map(|p| p.name.as_str()),
+        pod_addr: peer.ip(),
+        dst,
+        name: None,
+        decision: "refuse",
+        rule: "unknown profile",
+        profile: Some(profile),
+        proxy: None,
+        outcome: OutcomeKind::PolicyRefused.name(),
+        bytes_up: 0,
+        bytes_down: 0,
+        duration: elapsed,
+    });
 }
 
 /// The connection's audit line (`audit`).
@@ -266,7 +291,7 @@ fn audit_line(
         proxy: match (via, outcome, decision) {
             (Some(proxy), ..) => Some(proxy.to_string()),
             (None, Outcome::HttpServed { served }, _) if served.proxy.is_some() => {
-                served.proxy.as_ref().map(ToString::to_string)
+                served.proxy.clone()
             }
             (None, _, Decision::Proxy { proxy, .. }) => Some(proxy.to_string()),
             _ => None,

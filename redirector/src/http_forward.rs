@@ -65,8 +65,8 @@ pub struct Served {
     /// Bytes read from and written to the client, as it sent and got them.
     pub transferred: Transferred,
     /// The proxy that answered the last request (with failover, not
-    /// necessarily the first one listed).
-    pub proxy: Option<ProxyUrl>,
+    /// necessarily the first one listed), as logs write it: no credentials.
+    pub proxy: Option<String>,
 }
 
 /// How a forwarded client connection ended.
@@ -397,7 +397,7 @@ impl Forwarder {
                 let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
                 served.requests += 1;
                 served.switched_protocols = switched;
-                served.proxy = Some(proxy.clone());
+                served.proxy = Some(proxy.to_string());
                 if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
                     served.auth_failures += 1;
                     ratelog::warn!(

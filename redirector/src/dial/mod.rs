@@ -47,8 +47,9 @@ pub struct Tunnel {
     /// speaks first); the client gets them before anything else.
     pub early: Bytes,
     /// The proxy it goes through (none: direct), for the audit log: with
-    /// failover it may not be the first one listed.
-    pub proxy: Option<ProxyUrl>,
+    /// failover it may not be the first one listed. Boxed: the tunnel is
+    /// part of every connection task's state.
+    pub proxy: Option<Box<ProxyUrl>>,
 }
 
 impl Tunnel {
@@ -225,7 +226,7 @@ impl Dialer {
         Ok(Tunnel {
             upstream,
             early,
-            proxy: Some(proxy.clone()),
+            proxy: Some(Box::new(proxy.clone())),
         })
     }
 
@@ -461,6 +462,8 @@ mod tests {
                 .tunnel_any(&dead, &[live], "10.0.0.1:443", &IdentityHeaders::default())
                 .await;
             assert!(tunnel.is_ok(), "failed over");
+            // The fake proxy hands its head over once the tunnel closes.
+            drop(tunnel);
             assert!(head.await.unwrap().starts_with("CONNECT 10.0.0.1:443"));
             assert!(dialer.health.is_down(&dead));
         }
