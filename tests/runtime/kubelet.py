@@ -7,20 +7,26 @@ directly under kubepods), QoS from requests/limits, the security context
 (capabilities, allowPrivilegeEscalation -> no_new_privs, readOnlyRootFilesystem,
 runAsUser/Group, seccomp RuntimeDefault = containerd's own profile, the
 kubelet's default masked and read-only /proc paths), hostPath volumes (type
-checks, DirectoryOrCreate) and mount propagation, ConfigMap volumes (files
-written on the node, mounted read-only), the service account token volume
-and KUBERNETES_SERVICE_* env, downward-API env (spec.nodeName, status.hostIP,
-status.hostIPs), $(VAR) expansion in command and args, init containers run
-to completion in order, resource limits (memory limit, CPU shares/quota,
-OOM score of system-node-critical), and HTTP GET probes as the kubelet
-sends them (status 200-399 is success).
+checks, DirectoryOrCreate) and mount propagation, ConfigMap volumes (the
+node's own, or the namespace's read from the API server, data and
+binaryData; files written on the node, mounted read-only, subPath mounts),
+the service account token volume and KUBERNETES_SERVICE_* env,
+downward-API env (spec.nodeName, status.hostIP, status.hostIPs), $(VAR)
+expansion in command and args, init containers run to completion in order,
+resource limits (memory limit, CPU shares/quota, OOM score of
+system-node-critical), and HTTP GET probes as the kubelet sends them
+(status 200-399 is success). Mutating admission, the API server's part
+before a pod reaches the kubelet, is admission.py's.
 
 Not covered (a real cluster's kubelet does them): image pulls (images are
 imported), restarts, eviction, status reporting, projected token rotation.
 """
 
+import base64
+import json
 import os
 import re
+import ssl
 import sys
 import time
 import urllib.request
@@ -184,7 +190,32 @@ class Kubelet:
                 raise ValueError(f"env {e['name']}: only value and fieldRef are supported here")
         return env
 
-    def mounts_of(self, c, pod, pod_dir):
+    def configmap(self, namespace, name):
+        """{key: str or bytes}: the node's own, else the API server's
+        (data and binaryData), read with the node's credentials."""
+        if name in self.node.configmaps:
+            return self.node.configmaps[name]
+        sa = self.node.sa
+        with open(os.path.join(sa["dir"], "token")) as f:
+            token = f.read().strip()
+        req = urllib.request.Request(
+            f"https://{sa['host']}:{sa['port']}/api/v1/namespaces/{namespace}/configmaps/{name}",
+            headers={"Authorization": f"Bearer {token}"})
+        ctx = ssl.create_default_context(cafile=os.path.join(sa["dir"], "ca.crt"))
+        with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
+            cm = json.load(r)
+        files = dict(cm.get("data") or {})
+        files.update({k: base64.b64decode(b) for k, b in (cm.get("binaryData") or {}).items()})
+        return files
+
+    @staticmethod
+    def write_files(directory, files):
+        os.makedirs(directory, exist_ok=True)
+        for key, content in files.items():
+            with open(os.path.join(directory, key), "wb" if isinstance(content, bytes) else "w") as f:
+                f.write(content)
+
+    def mounts_of(self, c, pod, pod_dir, namespace):
         volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
         mounts = []
         for m in c.get("volumeMounts", []):
@@ -198,12 +229,8 @@ class Kubelet:
                 elif kind == "Directory" and not os.path.isdir(host):
                     raise RuntimeError(f"hostPath {path} ({host}) is not a directory")
             elif "configMap" in v:
-                cm = v["configMap"]["name"]
                 host = os.path.join(pod_dir, "volumes", "configmap", m["name"])
-                os.makedirs(host, exist_ok=True)
-                for key, text in self.node.configmaps[cm].items():
-                    with open(os.path.join(host, key), "w") as f:
-                        f.write(text)
+                self.write_files(host, self.configmap(namespace, v["configMap"]["name"]))
             elif "secret" in v:
                 sec = v["secret"]["secretName"]
                 host = os.path.join(pod_dir, "volumes", "secret", m["name"])
@@ -216,8 +243,10 @@ class Kubelet:
                 os.makedirs(host, exist_ok=True)
             else:
                 raise ValueError(f"volume {m['name']}: kind not supported here: {v}")
+            if m.get("subPath"):
+                host = os.path.join(host, m["subPath"])
             mounts.append(cri.Mount(container_path=m["mountPath"], host_path=host,
-                                    readonly=bool(m.get("readOnly")),
+                                    readonly=bool(m.get("readOnly")) or "configMap" in v,
                                     propagation=PROPAGATION[m.get("mountPropagation")]))
         if self.node.sa and pod["spec"].get("automountServiceAccountToken", True):
             mounts.append(cri.Mount(container_path=SA_DIR, host_path=self.node.sa["dir"],
@@ -281,7 +310,7 @@ class Kubelet:
             command=[expand(x, env) for x in c.get("command", [])],
             args=[expand(x, env) for x in c.get("args", [])],
             envs=[cri.KeyValue(key=k, value=v) for k, v in env.items()],
-            mounts=self.mounts_of(c, pod, pod_dir),
+            mounts=self.mounts_of(c, pod, pod_dir, sandbox_config.metadata.namespace),
             log_path=f"{c['name']}.log",
             labels={"io.kubernetes.container.name": c["name"]},
             linux=cri.LinuxContainerConfig(

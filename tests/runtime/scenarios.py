@@ -7,8 +7,10 @@ Every scenario asserts what the origin saw (the client address: the pod's
 own when direct, mitmproxy's when proxied) and what mitmproxy logged.
 """
 
+import base64
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ import urllib.request
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import admission  # noqa: E402
 import kubelet as kl  # noqa: E402
 
 E = os.environ
@@ -34,6 +37,14 @@ UID_A = "0a0a0a0a-2020-4222-8333-444444444444"   # shop/curl-a, BestEffort
 UID_B = "0b0b0b0b-2020-4222-8333-444444444444"   # ops/curl-b, Burstable
 UID_D = "0d0d0d0d-2020-4222-8333-444444444444"   # the daemon
 UID_X = "0e0e0e0e-2020-4222-8333-444444444444"   # the detach pod
+UID_CI = "0c1c1c1c-2020-4222-8333-444444444444"  # cainject/curl-ca, CA injected
+UID_CO = "0c0c0c0c-2020-4222-8333-444444444444"  # cainject/curl-ca-off, opted out
+# The CA-injection webhook (`redirector webhook`), a process on the node.
+WEBHOOK = {"address": NODE_IP, "port": 18443, "path": "/mutate",
+           "service": "egress-redirector-ca-injector.egress-redirector.svc"}
+WEBHOOK_CONFIG = "egress-redirector-ca-injector"
+CAINJ_NS = "cainject"
+BUNDLE = "egress-redirector-ca-bundle"
 TOGGLE_S = 5.0
 FAILED = []
 
@@ -53,6 +64,24 @@ def control(obj):
     urllib.request.urlopen(req, timeout=5, context=ctx).read()
 
 
+def api(path, body=None):
+    """GET (or POST `body` to) the fake API server, verified against its CA."""
+    req = urllib.request.Request(f"{API}{path}", method="POST" if body else "GET",
+                                 data=json.dumps(body).encode() if body else None,
+                                 headers={"Content-Type": "application/json"})
+    ctx = ssl.create_default_context(cafile=os.path.join(WORK, "api-ca.pem"))
+    with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
+        return json.load(r)
+
+
+def mitm_ca_cn():
+    """The MITM CA's common name (redirector gen-ca made it)."""
+    out = subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt", "multiline",
+                          "-in", os.path.join(CA_DIR, "mitmproxy-ca-cert.pem")],
+                         check=True, capture_output=True, text=True).stdout
+    return [line.split("=", 1)[1].strip() for line in out.splitlines() if "commonName" in line][0]
+
+
 def render(path):
     out = subprocess.run([E["KUBECTL"], "kustomize", os.path.join(REPO, path)],
                          check=True, capture_output=True, text=True).stdout
@@ -66,19 +95,23 @@ def find(docs, kind, name):
     raise KeyError(f"{kind}/{name} not in the rendered manifests")
 
 
-def client_pod(name, namespace, resources):
-    """A pod of the client image (curl), with the MITM CA mounted."""
-    return {"metadata": {"name": name, "namespace": namespace},
-            "spec": {"automountServiceAccountToken": False,
-                     "containers": [{
-                         "name": "curl", "image": E["CLIENT_REF"],
-                         "command": ["/usr/bin/sleep", "infinity"], "resources": resources,
-                         "securityContext": {"allowPrivilegeEscalation": False,
-                                             "readOnlyRootFilesystem": True,
-                                             "capabilities": {"drop": ["ALL"]},
-                                             "seccompProfile": {"type": "RuntimeDefault"}},
-                         "volumeMounts": [{"name": "ca", "mountPath": "/ca", "readOnly": True}]}],
-                     "volumes": [{"name": "ca", "hostPath": {"path": CA_DIR, "type": "Directory"}}]}}
+def client_pod(name, namespace, resources, ca=True, annotations=None):
+    """A pod of the client image (curl), with the MITM CA mounted at /ca
+    unless `ca` is false."""
+    pod = {"metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+           "spec": {"automountServiceAccountToken": False,
+                    "containers": [{
+                        "name": "curl", "image": E["CLIENT_REF"],
+                        "command": ["/usr/bin/sleep", "infinity"], "resources": resources,
+                        "securityContext": {"allowPrivilegeEscalation": False,
+                                            "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]},
+                                            "seccompProfile": {"type": "RuntimeDefault"}},
+                        "volumeMounts": [{"name": "ca", "mountPath": "/ca", "readOnly": True}]}],
+                    "volumes": [{"name": "ca", "hostPath": {"path": CA_DIR, "type": "Directory"}}]}}
+    if not ca:
+        del pod["spec"]["volumes"], pod["spec"]["containers"][0]["volumeMounts"]
+    return pod
 
 
 class Harness:
@@ -89,6 +122,8 @@ class Harness:
         proxy = json.loads(cm["data"]["proxy.json"])
         proxy["httpProxy"] = proxy["httpsProxy"] = f"http://{INET_IP}:8080/"
         self.docs = docs
+        self.proxy = proxy
+        self.webhook = None   # the CA-injection webhook's process, once started
         sa = os.path.join(WORK, "serviceaccount")
         node = kl.Node(
             NODE, [NODE_IP], WORK, cgroup_root=CGROUP_ROOT,
@@ -120,12 +155,16 @@ class Harness:
         for name, ns, uid, res, qos in (
                 ("curl-a", "shop", UID_A, {}, "BestEffort"),
                 ("curl-b", "ops", UID_B, {"requests": {"cpu": "10m", "memory": "16Mi"}}, "Burstable")):
-            sandbox, ids = self.k.run_pod(client_pod(name, ns, res), ns, uid, log=info)
-            ip = self.k.pod_ip(sandbox)
-            self.pods[name] = (sandbox, ids["curl"], ip, ns, uid, qos)
-            control({"op": "pod", "namespace": ns, "name": name, "uid": uid, "node": NODE,
-                     "qos": qos, "annotations": {}})
-            info(f"{name}: {ip}")
+            self.start_client(name, ns, uid, client_pod(name, ns, res), qos)
+
+    def start_client(self, name, ns, uid, pod, qos="BestEffort"):
+        """Runs `pod` (as admitted) and registers it with the fake API server."""
+        sandbox, ids = self.k.run_pod(pod, ns, uid, log=info)
+        ip = self.k.pod_ip(sandbox)
+        self.pods[name] = (sandbox, ids["curl"], ip, ns, uid, qos)
+        control({"op": "pod", "namespace": ns, "name": name, "uid": uid, "node": NODE,
+                 "qos": qos, "annotations": pod["metadata"].get("annotations") or {}})
+        info(f"{name}: {ip}")
 
     def curl(self, pod, *args, max_time=10):
         _, cid, *_ = self.pods[pod]
@@ -193,6 +232,74 @@ class Harness:
     def daemon_log(self):
         return self.k.logs(os.path.join(WORK, "pods", self.daemon_uid), "redirector")
 
+    # -------------------------------------------------------------- the CA-injection webhook
+    def start_webhook(self):
+        """`redirector webhook` on the node against the fake API server (as
+        tests/e2e/cainject.sh runs it), with the MITM CA as trustedCA and a
+        namespace labelled for injection; returns the caBundle it wrote
+        into its MutatingWebhookConfiguration."""
+        if self.webhook is None:
+            control({"op": "ns", "name": CAINJ_NS, "labels": {"egress-redirector/inject-ca": "true"}})
+            api("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", {
+                "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": WEBHOOK_CONFIG},
+                "webhooks": [{"name": "inject-ca.egress-redirector.github.io",
+                              "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                              "clientConfig": {"service": {
+                                  "name": "egress-redirector-ca-injector", "namespace": "egress-redirector",
+                                  "path": WEBHOOK["path"], "port": 443}}}]})
+            with open(os.path.join(CA_DIR, "mitmproxy-ca-cert.pem"), "rb") as f:
+                config = dict(self.proxy, trustedCA=base64.b64encode(f.read()).decode())
+            config_file = os.path.join(WORK, "webhook-proxy.json")
+            with open(config_file, "w") as f:
+                json.dump(config, f)
+            kubeconfig = os.path.join(WORK, "webhook.kubeconfig")
+            with open(kubeconfig, "w") as f:
+                yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "current-context": "rt",
+                                "clusters": [{"name": "rt", "cluster": {
+                                    "server": API, "certificate-authority": os.path.join(WORK, "api-ca.pem")}}],
+                                "contexts": [{"name": "rt", "context": {"cluster": "rt", "user": "rt"}}],
+                                "users": [{"name": "rt", "user": {"token": "rt-fake-token"}}]}, f)
+            self.webhook_log = os.path.join(WORK, "webhook.log")
+            self.webhook = subprocess.Popen(
+                [E["REDIRECTOR_BIN"], "webhook", "--proxy-config", config_file,
+                 "--listen", f"{WEBHOOK['address']}:{WEBHOOK['port']}", "--namespace", "egress-redirector"],
+                env=dict(E, KUBECONFIG=kubeconfig, POD_NAME="webhook-rt", RUST_LOG="info"),
+                stdout=open(self.webhook_log, "w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while True:
+            check(self.webhook.poll() is None, f"the webhook exited: {self.webhook_tail()}")
+            try:
+                api(f"/api/v1/namespaces/{CAINJ_NS}/configmaps/{BUNDLE}")
+                hook = api(f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{WEBHOOK_CONFIG}")
+                ca_bundle = hook["webhooks"][0]["clientConfig"].get("caBundle")
+                if ca_bundle:
+                    return base64.b64decode(ca_bundle).decode()
+            except Exception as exc:
+                if time.time() > deadline:
+                    raise AssertionError(f"webhook not ready: {exc}; its log: {self.webhook_tail()}")
+            check(time.time() < deadline, "the webhook wrote no caBundle")
+            time.sleep(0.3)
+
+    def webhook_tail(self):
+        with open(self.webhook_log) as f:
+            return f.read()[-1500:]
+
+    def stop_webhook(self):
+        if self.webhook is not None:
+            self.webhook.terminate()
+            self.webhook.wait(timeout=10)
+            self.webhook = None
+
+    def admitted_client(self, name, uid, annotations=None):
+        """A client pod of the labelled namespace, admitted through the
+        webhook and run from the patched spec; returns that spec."""
+        ca_bundle = self.start_webhook()
+        pod = client_pod(name, CAINJ_NS, {}, ca=False, annotations=annotations)
+        patched, _ = admission.admit(pod, CAINJ_NS, WEBHOOK, ca_bundle)
+        self.start_client(name, CAINJ_NS, uid, patched)
+        return patched
+
     def stop_all(self):
         """Every sandbox, as the kubelet would on a drained node."""
         for sb in self.k.rt.ListPodSandbox(kl.cri.ListPodSandboxRequest()).items:
@@ -221,24 +328,27 @@ def t_daemon_container_as_specified(h):
     info(f"  daemon cgroup: {found[0]}; memory limit {open(found[0] + '/memory.max').read().strip() if os.path.exists(found[0] + '/memory.max') else 'n/a (v1)'}")
 
 
-def t_https_through_mitm(h):
+def expect_mitm_https(h, pod, path, *curl_args):
+    """HTTPS from `pod` to origin.test succeeds through mitmproxy: the
+    origin saw mitmproxy, the certificate's issuer is the MITM CA (direct,
+    it would be the origin's own self-signed CN=origin.test), and the flow
+    is in mitmproxy's log."""
     before = len(h.flow_lines())
-    code, out, err = h.curl("curl-a", "-v", "--cacert", "/ca/mitmproxy-ca-cert.pem",
-                            "--resolve", f"origin.test:443:{ORIGIN_IP}", "https://origin.test/rt-https")
-    check(code == 0, f"HTTPS from curl-a failed: {err[-800:]}")
-    check(any(f"client={a} path=/rt-https" in out for a in (INET_IP, ORIGIN_IP)),
+    code, out, err = h.curl(pod, "-v", *curl_args, "--resolve", f"origin.test:443:{ORIGIN_IP}",
+                            f"https://origin.test{path}")
+    check(code == 0, f"HTTPS from {pod} failed: {err[-800:]}")
+    check(any(f"client={a} path={path}" in out for a in (INET_IP, ORIGIN_IP)),
           f"origin did not see mitmproxy: {out!r}")
     issuer = [line for line in err.splitlines() if "issuer:" in line]
-    # The MITM CA's subject (redirector gen-ca made it); direct, the issuer
-    # would be the origin's own self-signed CN=origin.test.
-    ca_cn = subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt", "multiline",
-                            "-in", os.path.join(CA_DIR, "mitmproxy-ca-cert.pem")],
-                           check=True, capture_output=True, text=True).stdout
-    ca_cn = [line.split("=", 1)[1].strip() for line in ca_cn.splitlines() if "commonName" in line][0]
+    ca_cn = mitm_ca_cn()
     check(issuer and f"CN={ca_cn}" in issuer[0], f"certificate not issued by the MITM CA ({ca_cn}): {issuer}")
     flows = h.flow_lines()[before:]
     check(any(f"{ORIGIN_IP}:443" in f or "origin.test" in f for f in flows), f"no flow in mitmproxy's log: {flows}")
-    info(f"  {issuer[0].strip()}")
+    info(f"  {pod}: {issuer[0].strip()}")
+
+
+def t_https_through_mitm(h):
+    expect_mitm_https(h, "curl-a", "/rt-https", "--cacert", "/ca/mitmproxy-ca-cert.pem")
 
 
 def t_namespace_label_toggles(h):
@@ -265,6 +375,38 @@ def t_pod_with_https_proxy(h):
     code, out, err = h.curl("curl-a", "-x", f"http://{INET_IP}:8080", "--cacert", "/ca/mitmproxy-ca-cert.pem",
                             "--resolve", f"origin.test:443:{ORIGIN_IP}", "https://origin.test/rt-env-proxy")
     check(code == 0 and "path=/rt-env-proxy" in out, f"HTTPS_PROXY pod failed: {code} {out!r} {err[-400:]!r}")
+
+
+def t_cainject_opt_out_fails(h):
+    """The control of the next scenario: a pod of the labelled namespace
+    that opted out is admitted unpatched, and curl, with the image's public
+    roots only, rejects the MITM's certificate."""
+    pod = h.admitted_client("curl-ca-off", UID_CO, {"egress-redirector/inject-ca": "false"})
+    check(BUNDLE not in json.dumps(pod["spec"]), f"the opted-out pod was patched: {pod['spec']}")
+    check("opted out" in pod["metadata"]["annotations"].get("egress-redirector/inject-ca-status", ""),
+          f"no opt-out status annotation: {pod['metadata']}")
+    h.expect_flip("curl-ca-off", "proxy", "new pod")
+    code, _, err = h.curl("curl-ca-off", "--resolve", f"origin.test:443:{ORIGIN_IP}", "https://origin.test/rt-ca-off")
+    # 60: the peer's certificate is not signed by a known CA (direct, the
+    # origin's self-signed one would say "self-signed certificate").
+    check(code == 60 and "unable to get local issuer certificate" in err,
+          f"curl-ca-off: not the MITM's certificate rejected: exit {code} {err[-400:]!r}")
+
+
+def t_cainject_trusts_mitm(h):
+    """A pod of the labelled namespace, admitted through the webhook and
+    run from the patched spec (the bundle's ConfigMap mounted with subPath
+    over the system bundle, the variables set) trusts the MITM CA with no
+    option of its own."""
+    pod = h.admitted_client("curl-ca", UID_CI)
+    status = pod["metadata"]["annotations"].get("egress-redirector/inject-ca-status", "")
+    check(status.startswith("injected"), f"status annotation: {status!r}")
+    c = pod["spec"]["containers"][0]
+    check(any(m["name"] == BUNDLE and m["mountPath"] == "/etc/ssl/certs/ca-certificates.crt"
+              and m.get("subPath") for m in c["volumeMounts"]),
+          f"no subPath mount over the system bundle: {c}")
+    h.expect_flip("curl-ca", "proxy", "new pod")
+    expect_mitm_https(h, "curl-ca", "/rt-ca-injected")
 
 
 def t_detach_removes_hooks(h):
@@ -330,7 +472,7 @@ def t_overlays_run_as_specified(h):
 
 SCENARIOS = [t_direct_before_daemon, "daemon", t_daemon_container_as_specified, t_https_through_mitm,
              t_namespace_label_toggles, t_pod_annotation_toggles, t_pod_with_https_proxy,
-             t_overlays_run_as_specified, t_detach_removes_hooks]
+             t_cainject_opt_out_fails, t_cainject_trusts_mitm, t_overlays_run_as_specified, t_detach_removes_hooks]
 # The kind-like pass (kubelet --cgroup-root=/kubelet): the basics again.
 SCENARIOS_PREFIXED = [t_direct_before_daemon, "daemon", t_daemon_container_as_specified,
                       t_https_through_mitm, t_namespace_label_toggles]
@@ -341,25 +483,28 @@ def main():
     h.start_clients()
     passed = 0
     only = set(filter(None, E.get("RT_ONLY", "").split()))
-    for t in SCENARIOS_PREFIXED if CGROUP_ROOT else SCENARIOS:
-        if t == "daemon":
+    try:
+        for t in SCENARIOS_PREFIXED if CGROUP_ROOT else SCENARIOS:
+            if t == "daemon":
+                try:
+                    h.start_daemon()
+                except Exception as exc:  # nothing after this can run
+                    FAILED.append("the DaemonSet's pod")
+                    info(f"FAIL the DaemonSet's pod: {exc}")
+                    break
+                continue
+            if only and t.__name__ not in only:
+                continue
+            info(f"--- {t.__name__}")
             try:
-                h.start_daemon()
-            except Exception as exc:  # nothing after this can run
-                FAILED.append("the DaemonSet's pod")
-                info(f"FAIL the DaemonSet's pod: {exc}")
-                break
-            continue
-        if only and t.__name__ not in only:
-            continue
-        info(f"--- {t.__name__}")
-        try:
-            t(h)
-            passed += 1
-            info(f"PASS {t.__name__}")
-        except Exception as exc:  # one scenario's failure is reported, the rest run
-            FAILED.append(t.__name__)
-            info(f"FAIL {t.__name__}: {exc}")
+                t(h)
+                passed += 1
+                info(f"PASS {t.__name__}")
+            except Exception as exc:  # one scenario's failure is reported, the rest run
+                FAILED.append(t.__name__)
+                info(f"FAIL {t.__name__}: {exc}")
+    finally:
+        h.stop_webhook()   # a process of this script, not a pod: never left behind
     if FAILED and getattr(h, "daemon_uid", None):
         info("daemon log (tail):\n" + h.daemon_log()[-3000:])
     if not E.get("RT_KEEP"):

@@ -34,7 +34,7 @@ pub const DAEMON_REPOSITORY: &str = "docker.io/library/egress-redirector";
 /// Where the manifests run the daemon from (`command:`).
 pub const DAEMON_PATH: &str = "/usr/local/bin/redirector";
 /// Debian's CA bundle, where rustls-native-certs looks first.
-const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The tag of development builds (deploy/overlays/demo uses it).
 pub const DEV_TAG: &str = "dev";
 

@@ -110,11 +110,13 @@ const BENCH_PROGRAMS: &[(&str, &str)] = &[
 /// The runtime harness's container runtime (`cargo xtask runtime-e2e`):
 /// containerd 1.6 with its CRI plugin, runc, and the CNI plugins (bridge,
 /// host-local, loopback in /usr/lib/cni). The harness runs its own
-/// containerd; the packaged service is never started (below).
+/// containerd; the packaged service is never started (below). Also the
+/// public roots its client image carries (the CA-injection scenarios).
 const RUNTIME_PROGRAMS: &[(&str, &str)] = &[
     ("containerd", "containerd"),
     ("runc", "runc"),
     ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+    ("/etc/ssl/certs/ca-certificates.crt", "ca-certificates"),
 ];
 
 /// The runtime harness's CRI client: grpcio, grpcio-tools (bundles protoc,

@@ -7,7 +7,7 @@
 //! scenarios check the product from inside those pods. The images come
 //! from archives written here ([`crate::image`]): no registry is contacted.
 //! The node side is shell and Python in tests/runtime (run.sh, node.sh,
-//! kubelet.py, scenarios.py); see tests/runtime/README.md.
+//! kubelet.py, admission.py, scenarios.py); see tests/runtime/README.md.
 //!
 //! The CRI client is Python grpcio with stubs generated at set-up from the
 //! vendored CRI api.proto by grpcio-tools (which bundles protoc): Debian has
@@ -52,8 +52,11 @@ fn pause_spec() -> Result<ImageSpec> {
     Ok(spec)
 }
 
-/// The client image: curl with its libraries, and `sleep` to keep the
-/// container alive between the scenarios' execs.
+/// The client image: curl with its libraries, `sleep` to keep the
+/// container alive between the scenarios' execs, and the public roots at
+/// Debian's path, as a distribution's image has them (what the
+/// CA-injection scenarios replace; without them curl would fail for want
+/// of a bundle, not on the MITM's certificate).
 fn client_spec() -> Result<ImageSpec> {
     let curl = toolchain::find_program("curl").context("no curl on this machine")?;
     let sleep = toolchain::find_program("sleep").context("no `sleep` on this machine")?;
@@ -64,6 +67,14 @@ fn client_spec() -> Result<ImageSpec> {
             spec.files.push(file);
         }
     }
+    let bundle = Path::new(image::CA_BUNDLE);
+    anyhow::ensure!(
+        bundle.is_file(),
+        "no {} on this machine (Debian package ca-certificates)",
+        bundle.display()
+    );
+    spec.files
+        .push((bundle.to_path_buf(), image::CA_BUNDLE.to_owned()));
     Ok(spec)
 }
 
