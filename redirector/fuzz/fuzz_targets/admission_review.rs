@@ -41,7 +41,10 @@ fuzz_target!(|data: &[u8]| {
         match (op["op"].as_str(), target) {
             (Some("add"), Value::Array(a)) if last == "-" => a.push(op["value"].clone()),
             (Some("add"), Value::Object(o)) => {
-                o.insert(last.replace("~1", "/").replace("~0", "~"), op["value"].clone());
+                o.insert(
+                    last.replace("~1", "/").replace("~0", "~"),
+                    op["value"].clone(),
+                );
             }
             (Some("replace"), Value::Array(a)) => {
                 let i: usize = last.parse().expect("an index");
