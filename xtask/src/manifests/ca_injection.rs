@@ -10,7 +10,7 @@
 //! - its container runs as non-root, read-only, without capabilities.
 use serde_json::Value;
 
-use super::{name_of, strings, strings_or_objects};
+use super::{name_of, roles_bound_to, strings, strings_or_objects};
 
 pub const CONFIGURATION: &str = "egress-redirector-ca-injector";
 pub const SERVICE_ACCOUNT: &str = "egress-redirector-ca-injector";
@@ -116,33 +116,7 @@ pub fn violations(objects: &[Value]) -> Vec<String> {
 }
 
 fn check_rbac(objects: &[Value], out: &mut Vec<String>) {
-    let bindings = objects.iter().filter(|o| {
-        (o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
-            && strings_or_objects(&o["subjects"])
-                .any(|s| s["kind"] == "ServiceAccount" && s["name"] == SERVICE_ACCOUNT)
-    });
-    for binding in bindings {
-        let (kind, role) = (
-            binding["roleRef"]["kind"].as_str().unwrap_or("?"),
-            binding["roleRef"]["name"].as_str().unwrap_or("?"),
-        );
-        let what = format!(
-            "{} {} ({kind} {role})",
-            binding["kind"].as_str().unwrap_or("?"),
-            name_of(binding)
-        );
-        let Some(role_obj) = objects
-            .iter()
-            .find(|o| o["kind"] == kind && name_of(o) == role)
-        else {
-            out.push(format!("{what}: the role is not defined here"));
-            continue;
-        };
-        if !role_obj["aggregationRule"].is_null() {
-            out.push(format!(
-                "{what}: an aggregated role grants whatever it collects"
-            ));
-        }
+    for (what, role_obj) in roles_bound_to(objects, SERVICE_ACCOUNT, out) {
         for rule in strings_or_objects(&role_obj["rules"]) {
             let names = strings(&rule["resourceNames"]);
             for group in strings(&rule["apiGroups"]) {

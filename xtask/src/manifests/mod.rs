@@ -567,26 +567,28 @@ fn strings_or_objects(v: &Value) -> impl Iterator<Item = &Value> {
     v.as_array().into_iter().flatten()
 }
 
-/// Every role bound to the service account grants only what [`GRANTS`]
-/// allows, and with `--remove-taint` get and patch on nodes (which must
-/// then be there); with `--kube`, list and watch on each of [`GRANTS`]
-/// must be there. A binding to a role not in the rendering (e.g. a
-/// built-in like cluster-admin) cannot be checked and fails.
-fn check_rbac(objects: &[Value], taint: Option<&str>, out: &mut Vec<String>) {
-    // (group, resource, verb) granted, for the checks at the end.
-    let mut granted: Vec<(&str, &str, &str)> = Vec::new();
+/// The roles bound to service account `account`, each with a line naming
+/// its binding for messages. A binding to a role not in the rendering (e.g.
+/// a built-in like cluster-admin) cannot be checked, and an aggregated role
+/// grants whatever it collects: both are violations.
+pub(super) fn roles_bound_to<'a>(
+    objects: &'a [Value],
+    account: &str,
+    out: &mut Vec<String>,
+) -> Vec<(String, &'a Value)> {
     let bindings = objects.iter().filter(|o| {
         (o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
             && strings_or_objects(&o["subjects"])
-                .any(|s| s["kind"] == "ServiceAccount" && s["name"] == SERVICE_ACCOUNT)
+                .any(|s| s["kind"] == "ServiceAccount" && s["name"] == account)
     });
+    let mut roles = Vec::new();
     for binding in bindings {
         let (kind, role) = (
             binding["roleRef"]["kind"].as_str().unwrap_or("?"),
             binding["roleRef"]["name"].as_str().unwrap_or("?"),
         );
         let what = format!(
-            "{} {} binds {SERVICE_ACCOUNT} to {kind} {role}",
+            "{} {} binds {account} to {kind} {role}",
             binding["kind"].as_str().unwrap_or("?"),
             name_of(binding)
         );
@@ -602,6 +604,20 @@ fn check_rbac(objects: &[Value], taint: Option<&str>, out: &mut Vec<String>) {
                 "{what}: an aggregated role grants whatever it collects"
             ));
         }
+        roles.push((what, role_obj));
+    }
+    roles
+}
+
+/// Every role bound to the service account grants only what [`GRANTS`]
+/// allows, and with `--remove-taint` get and patch on nodes (which must
+/// then be there); with `--kube`, list and watch on each of [`GRANTS`]
+/// must be there. A binding to a role not in the rendering (e.g. a
+/// built-in like cluster-admin) cannot be checked and fails.
+fn check_rbac(objects: &[Value], taint: Option<&str>, out: &mut Vec<String>) {
+    // (group, resource, verb) granted, for the checks at the end.
+    let mut granted: Vec<(&str, &str, &str)> = Vec::new();
+    for (what, role_obj) in roles_bound_to(objects, SERVICE_ACCOUNT, out) {
         for rule in strings_or_objects(&role_obj["rules"]) {
             let groups = strings(&rule["apiGroups"]);
             let resources = strings(&rule["resources"]);
