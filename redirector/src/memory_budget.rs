@@ -32,9 +32,11 @@ pub const FIXED_OVERHEAD: u64 = 32 << 20;
 /// Idle cost of one connection, the most expensive path: a tunnel through
 /// an `https://` proxy (its task, rustls state with a 4 KiB read buffer,
 /// two sockets with their kernel objects). Measured in the daemon's memory
-/// cgroup on the e2e node (cgroup v1, kernel objects included, socket
-/// buffers not): 19.8 KiB per tunnel, 400 idle tunnels (bounds_memory).
-pub const PER_CONNECTION_IDLE: u64 = 24 << 10;
+/// cgroup on e2e nodes (cgroup v1, kernel objects included, socket
+/// buffers not; bounds_memory): 19.8 KiB per tunnel over 400, 22 to 24.3
+/// KiB over 158 (a CI machine). A third more than measured, because the
+/// figure varies with the machine and the kernel's per-CPU charge batches.
+pub const PER_CONNECTION_IDLE: u64 = 32 << 10;
 /// The most one connection can cost in userspace: idle, plus what rustls
 /// holds for peers that do not read ([`tls::IN_FLIGHT_MAX`]). Measured
 /// likewise with both peers of every tunnel stalled: see bounds_memory's
@@ -328,7 +330,7 @@ mod tests {
             receive: 64 << 10,
             send: 64 << 10,
         });
-        assert_eq!(cost.max(), (24 + 72 + 528) << 10);
+        assert_eq!(cost.max(), (32 + 72 + 528) << 10);
         // Bigger buffers, fewer connections; the userspace part is the same.
         let big = ConnectionCost::new(KernelBuffers {
             receive: 256 << 10,
@@ -367,7 +369,7 @@ mod tests {
     }
 
     /// The figure docs/configuration.md and deploy/base/daemonset.yaml give.
-    const DAEMONSET_512_MIB_CAP: usize = 682;
+    const DAEMONSET_512_MIB_CAP: usize = 674;
 
     #[test]
     fn a_limit_too_small_for_a_proxy_is_refused_with_what_it_needs() {

@@ -192,7 +192,7 @@ b_memory() {
   u1=$(memcg_stat usage)
   per_idle=$(( (u1 - u0) / idle ))
   wait "$idle_pid"
-  info "  an idle TLS tunnel: $((per_idle / 1024)) KiB in the memory cgroup ($idle held: $(( (u1 - u0) >> 20 )) MiB)"
+  info "  an idle TLS tunnel: $per_idle bytes in the memory cgroup ($idle held: $(( (u1 - u0) >> 20 )) MiB; the cap assumes $cost_idle)"
   ((per_idle <= cost_idle)) || why "an idle tunnel costs $per_idle bytes, more than the $cost_idle the cap assumes" || return 1
   # shellcheck disable=SC2016
   wait_for 10 "back to idle" eval '(( $(metric_value "$(daemon_metrics)" redirector_active_connections) == 0 ))' || return 1
