@@ -40,7 +40,8 @@
 # Env: REDIRECTOR_BIN, BENCH_PEERS (the peers binary), BENCH_RAW (output),
 # BENCH_QUICK=1 (small sizes, one round), BENCH_PATHS and BENCH_WORKLOADS
 # (space- or comma-separated subsets), BENCH_ROUNDS, BENCH_IDLE_CONNS,
-# BENCH_BULK_MIB, BENCH_REDSOCKS=0 (leave both redsocks paths out).
+# BENCH_BULK_MIB, BENCH_REDSOCKS=0 (leave both redsocks paths out),
+# BENCH_DAEMON_FLAGS (more flags for the daemon, e.g. `--socket-buffer 1Mi`).
 set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -294,6 +295,8 @@ cap=$((IDLE_CONNS + 100))
 if ((cap > 4096)) && "$REDIRECTOR_BIN" run --help 2>/dev/null | grep -q -- --max-connections-per-pod; then
   DAEMON_FLAGS=(--max-connections "$cap" --max-connections-per-pod "$cap")
 fi
+read -ra extra_flags <<<"${BENCH_DAEMON_FLAGS:-}"
+DAEMON_FLAGS+=("${extra_flags[@]}")
 restart_daemon() { # restart_daemon squid|fast: a fresh daemon on that upstream
   stop_daemon
   daemon_config "$1"
