@@ -329,6 +329,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value = "32Ki",
           value_parser = parse_socket_buffer)]
     pub socket_buffer: usize,
+    /// Connections at once whose sockets are widened to --bulk-buffer once
+    /// they have moved 1 MiB (bulk transfers: more throughput, less CPU per
+    /// byte). The memory budget reserves every lane's buffers at their
+    /// worst, so each lane lowers the connection cap; 0 turns lanes off.
+    #[arg(long, value_name = "N", default_value_t = crate::relay::lanes::DEFAULT_LANES)]
+    pub bulk_lanes: usize,
+    /// Receive and send buffer of a bulk lane's sockets (set past
+    /// net.core.rmem_max / wmem_max).
+    #[arg(long, value_name = "BYTES", default_value = "4Mi",
+          value_parser = parse_socket_buffer)]
+    pub bulk_buffer: usize,
     /// TCP keepalive of both sockets of every relayed connection, in
     /// seconds: idle time before the first probe, between probes, and
     /// unanswered probes before the connection is closed. Their sum bound
@@ -348,6 +359,11 @@ impl RunArgs {
         crate::socket_options::SocketOptions {
             buffer: self.socket_buffer,
             keepalive: self.keepalive,
+            scale_for: if self.bulk_lanes > 0 {
+                self.bulk_buffer
+            } else {
+                0
+            },
         }
     }
 }
@@ -676,7 +692,10 @@ mod tests {
         };
         assert_eq!(
             run.socket_options(),
-            crate::socket_options::SocketOptions::default()
+            crate::socket_options::SocketOptions {
+                scale_for: 4 << 20,
+                ..Default::default()
+            }
         );
         let extra = ["--socket-buffer", "128Ki", "--keepalive", "2,1,2"];
         let Command::Run(run) = run_with(&extra).unwrap().command else {
@@ -694,6 +713,22 @@ mod tests {
         assert_eq!(parse_socket_buffer("64Mi").unwrap(), 64 << 20);
         for bad in ["", "1Ki", "4095", "65Mi", "1Gi", "32KB", "0"] {
             assert!(parse_socket_buffer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bulk_lane_flags_default_and_parse() {
+        let Command::Run(run) = run_with(&[]).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!((run.bulk_lanes, run.bulk_buffer), (2, 4 << 20));
+        let off = ["--bulk-lanes", "0", "--bulk-buffer", "1Mi"];
+        let Command::Run(run) = run_with(&off).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!((run.bulk_lanes, run.bulk_buffer), (0, 1 << 20));
+        for bad in [["--bulk-lanes", "-1"], ["--bulk-buffer", "65Mi"]] {
+            assert!(run_with(&bad).is_err(), "{bad:?}");
         }
     }
 

@@ -21,7 +21,7 @@ use crate::{
     metrics::{Metrics, OutcomeKind, Route},
     policy::{CheckResult, Decision, Mode, NameCheck, Policy, Target, Verdict},
     ratelog::{self, RateLog},
-    relay::{Transferred, relay_spliced, relay_tls},
+    relay::{BulkLanes, Transferred, relay_spliced, relay_tls},
     resolve::NameResolver,
     swappable::Swappable,
 };
@@ -49,6 +49,8 @@ pub struct Shared {
     pub peek: PeekLimits,
     /// Where each connection's decision, outcome and bytes are counted.
     pub metrics: Arc<Metrics>,
+    /// Wide buffers for a few bulk connections at once.
+    pub lanes: BulkLanes,
     /// The node's resolver, for `noProxy` name rules.
     pub names: NameResolver,
     /// This node's pods by address (filled with `--kube`).
@@ -191,7 +193,7 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
                 proxy,
             } = tunnel;
             via = proxy;
-            relay_to(client, upstream, early).await
+            relay_to(client, upstream, early, &shared.lanes).await
         }
         Opened::Switched(served, Switched { client, tunnel }) => {
             // Taken apart before the relay: a partly moved tunnel would be
@@ -203,7 +205,7 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
                 proxy,
             } = tunnel;
             drop(proxy);
-            let relayed = relay_to(client, upstream, early).await;
+            let relayed = relay_to(client, upstream, early, &shared.lanes).await;
             after_switch(served, relayed)
         }
         Opened::Done(outcome) => outcome,
@@ -481,7 +483,12 @@ fn note_name_check(
 
 /// Relays until both sides are done, `early` (tunnel bytes that came with
 /// the proxy's answer) to the client first.
-async fn relay_to(mut client: TcpStream, mut upstream: Upstream, early: Bytes) -> Outcome {
+async fn relay_to(
+    mut client: TcpStream,
+    mut upstream: Upstream,
+    early: Bytes,
+    lanes: &BulkLanes,
+) -> Outcome {
     let relayed = async {
         let early_bytes = early.len() as u64;
         if !early.is_empty() {
@@ -489,7 +496,7 @@ async fn relay_to(mut client: TcpStream, mut upstream: Upstream, early: Bytes) -
         }
         drop(early);
         let mut moved = match &mut upstream {
-            Upstream::Tcp(upstream) => relay_spliced(&client, upstream).await?,
+            Upstream::Tcp(upstream) => relay_spliced(&client, upstream, lanes).await?,
             Upstream::Tls(upstream) => Box::pin(relay_tls(&client, upstream.as_mut())).await?,
         };
         moved.upstream_to_client += early_bytes;
@@ -724,6 +731,7 @@ mod tests {
                 max_bytes: 1024,
                 timeout: peek_timeout,
             },
+            lanes: BulkLanes::none(metrics.clone()),
             metrics,
             names: NameResolver::new(
                 names,

@@ -10,7 +10,8 @@
 //!   (`resolve`: the node's resolver, bounded in time, cached);
 //! - `dial`: CONNECT tunnel (TLS and auth to the proxy) or direct socket,
 //!   with the daemon's SO_MARK;
-//! - `relay`: bytes both ways, half-close aware; `http_forward`: plain HTTP
+//! - `relay`: bytes both ways, half-close aware (`lanes`: wide buffers for
+//!   a few bulk connections); `http_forward`: plain HTTP
 //!   to `httpProxy` in absolute form;
 //! - `connection`: ties these together for one connection; `server` accepts
 //!   (within the `limits` caps, derived from `memory_budget`), with

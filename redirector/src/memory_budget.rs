@@ -8,7 +8,9 @@
 //!
 //! A connection costs userspace memory (measured) and the kernel's socket
 //! buffers, which cgroup v2 charges to the daemon too (derived from the
-//! queue limits `socket_options` sets: [`ConnectionCost`]).
+//! queue limits `socket_options` sets: [`ConnectionCost`]). The bulk
+//! lanes' wider buffers (`relay::lanes`) are reserved once, at their
+//! worst, within an eighth of the limit.
 //!
 //! The limit is the lower of `--memory-limit` and the daemon's memory
 //! cgroup's (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`; the lowest
@@ -54,6 +56,9 @@ pub const QUEUE_OVERSHOOT: u64 = 68 << 10;
 /// Kept free: allocator fragmentation, the splice relay's pipes, bursts of
 /// short-lived connections between accept and their first byte.
 pub const HEADROOM_DIVISOR: u64 = 8;
+/// Bulk lanes take at most this share of the memory limit (an eighth):
+/// fewer lanes than asked when they would not fit.
+pub const LANES_SHARE_DIVISOR: u64 = 8;
 /// Fewer connections than this is no proxy: the limit is a mistake.
 pub const MIN_CONNECTIONS: usize = 64;
 
@@ -65,6 +70,9 @@ pub struct ConnectionCost {
     /// Both sockets' queues, each full and past its limit by
     /// [`QUEUE_OVERSHOOT`] (see [`ConnectionCost::socket_buffers`]).
     pub socket_buffers: u64,
+    /// Set aside once for all connections: what the bulk lanes' wide
+    /// buffers add at their worst ([`ConnectionCost::with_lanes`]).
+    pub reserved: u64,
 }
 
 impl ConnectionCost {
@@ -77,6 +85,17 @@ impl ConnectionCost {
         ConnectionCost {
             userspace: PER_CONNECTION_USERSPACE,
             socket_buffers: Self::socket_buffers(buffers),
+            reserved: 0,
+        }
+    }
+
+    /// With `lanes` connections whose sockets may be widened to `wide`
+    /// (`relay::lanes`): each lane's extra queues are reserved.
+    pub fn with_lanes(self, lanes: usize, wide: KernelBuffers) -> Self {
+        let extra = Self::socket_buffers(wide).saturating_sub(self.socket_buffers);
+        ConnectionCost {
+            reserved: lanes as u64 * extra,
+            ..self
         }
     }
 
@@ -89,6 +108,24 @@ impl ConnectionCost {
 
     pub fn max(&self) -> u64 {
         self.userspace + self.socket_buffers
+    }
+
+    /// How many of `asked` lanes widened to `wide` fit in an eighth of
+    /// `limit` ([`LANES_SHARE_DIVISOR`]); all of them without a limit.
+    pub fn lanes_that_fit(
+        &self,
+        limit: Option<&MemoryLimit>,
+        asked: usize,
+        wide: KernelBuffers,
+    ) -> usize {
+        let extra = Self::socket_buffers(wide).saturating_sub(self.socket_buffers);
+        match limit {
+            Some(limit) if extra > 0 => {
+                let fit = limit.bytes / LANES_SHARE_DIVISOR / extra;
+                asked.min(usize::try_from(fit).unwrap_or(usize::MAX))
+            }
+            _ => asked,
+        }
     }
 }
 
@@ -111,7 +148,7 @@ pub enum BudgetError {
         "memory limit {limit} leaves room for fewer than {MIN_CONNECTIONS} connections \
          of {} KiB each at most; the daemon needs at least {needed} MiB: raise the \
          container's memory limit (resources.limits.memory) or --memory-limit, or \
-         lower --socket-buffer", .per_connection >> 10
+         lower --socket-buffer, --bulk-lanes or --bulk-buffer", .per_connection >> 10
     )]
     TooSmall {
         limit: MemoryLimit,
@@ -128,10 +165,12 @@ pub fn connection_cap(limit: &MemoryLimit, cost: &ConnectionCost) -> Result<usiz
     let usable = limit
         .bytes
         .saturating_sub(FIXED_OVERHEAD)
+        .saturating_sub(cost.reserved)
         .saturating_sub(limit.bytes / HEADROOM_DIVISOR);
     let cap = usize::try_from(usable / per_connection).unwrap_or(usize::MAX);
     if cap < MIN_CONNECTIONS {
-        let needed = (FIXED_OVERHEAD + MIN_CONNECTIONS as u64 * per_connection) * HEADROOM_DIVISOR
+        let needed = (FIXED_OVERHEAD + cost.reserved + MIN_CONNECTIONS as u64 * per_connection)
+            * HEADROOM_DIVISOR
             / (HEADROOM_DIVISOR - 1);
         return Err(BudgetError::TooSmall {
             limit: limit.clone(),
@@ -360,16 +399,58 @@ mod tests {
                 "{mib} MiB: {cap} is not the most"
             );
         }
-        // The DaemonSet's 512 MiB, with the default socket buffers.
-        let cap = connection_cap(&limit(512 * MIB), &cost).unwrap();
+        // The figures of the docs, with the default socket buffers and bulk
+        // lanes (`--bulk-buffer 4Mi`, set past the sysctl: 8 MiB queues).
+        let wide = KernelBuffers {
+            receive: 8 << 20,
+            send: 8 << 20,
+        };
+        let asked = crate::relay::lanes::DEFAULT_LANES;
+        let figures: Vec<(u64, usize, usize)> = [512, 1024, 2048]
+            .into_iter()
+            .map(|mib| {
+                let l = limit(mib * MIB);
+                let lanes = cost.lanes_that_fit(Some(&l), asked, wide);
+                let cap = connection_cap(&l, &cost.with_lanes(lanes, wide)).unwrap();
+                (mib, lanes, cap)
+            })
+            .collect();
         assert_eq!(
-            cap, DAEMONSET_512_MIB_CAP,
-            "update the figure in the docs and the DaemonSet"
+            figures, DOCUMENTED_CAPS,
+            "update the figures in docs/deploy.md, docs/configuration.md and the DaemonSet"
         );
     }
 
-    /// The figure docs/configuration.md and deploy/base/daemonset.yaml give.
-    const DAEMONSET_512_MIB_CAP: usize = 674;
+    /// (MiB, bulk lanes, node cap): docs/deploy.md's table, also in
+    /// docs/configuration.md and deploy/base/daemonset.yaml.
+    const DOCUMENTED_CAPS: [(u64, usize, usize); 3] =
+        [(512, 2, 571), (1024, 2, 1297), (2048, 2, 2748)];
+
+    #[test]
+    fn bulk_lanes_are_reserved_at_their_worst_and_fit_in_an_eighth() {
+        let cost = default_cost();
+        let wide = KernelBuffers {
+            receive: 8 << 20,
+            send: 8 << 20,
+        };
+        let extra = ConnectionCost::socket_buffers(wide) - cost.socket_buffers;
+        let with = cost.with_lanes(2, wide);
+        assert_eq!(with.reserved, 2 * extra);
+        assert_eq!(with.max(), cost.max(), "a lane is not per connection");
+        for mib in [256, 512, 4096] {
+            let l = limit(mib * MIB);
+            let cap = connection_cap(&l, &with).unwrap() as u64;
+            let used =
+                FIXED_OVERHEAD + with.reserved + cap * with.max() + l.bytes / HEADROOM_DIVISOR;
+            assert!(used <= l.bytes && used + with.max() > l.bytes, "{mib} MiB");
+            assert!(cap < connection_cap(&l, &cost).unwrap() as u64);
+        }
+        // An eighth of the limit: 128 MiB holds no 32 MiB lane, 256 MiB one.
+        assert_eq!(cost.lanes_that_fit(Some(&limit(128 * MIB)), 2, wide), 0);
+        assert_eq!(cost.lanes_that_fit(Some(&limit(256 * MIB)), 2, wide), 1);
+        assert_eq!(cost.lanes_that_fit(Some(&limit(64 << 30)), 2, wide), 2);
+        assert_eq!(cost.lanes_that_fit(None, 2, wide), 2);
+    }
 
     #[test]
     fn a_limit_too_small_for_a_proxy_is_refused_with_what_it_needs() {

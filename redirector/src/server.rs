@@ -115,6 +115,7 @@ mod tests {
         let options = SocketOptions {
             buffer: 8 << 10,
             keepalive: "5,2,2".parse().unwrap(),
+            ..SocketOptions::default()
         };
         let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
         options.apply(socket2::SockRef::from(&listener)).unwrap();

@@ -106,6 +106,10 @@ pub struct SocketOptions {
     /// `SO_RCVBUF` and `SO_SNDBUF`, as given to the kernel.
     pub buffer: usize,
     pub keepalive: Keepalive,
+    /// The largest receive buffer a connected socket may get later (a bulk
+    /// lane's), or 0: an outgoing SYN offers the window scale for it
+    /// ([`SocketOptions::offer_window_scale`]).
+    pub scale_for: usize,
 }
 
 impl Default for SocketOptions {
@@ -113,6 +117,7 @@ impl Default for SocketOptions {
         SocketOptions {
             buffer: DEFAULT_BUFFER,
             keepalive: Keepalive::DEFAULT,
+            scale_for: 0,
         }
     }
 }
@@ -141,6 +146,28 @@ impl SocketOptions {
         socket.set_tcp_user_timeout(Some(k.dead_peer_bound()))
     }
 
+    /// Before a connect: the receive buffer at [`SocketOptions::scale_for`]
+    /// for the handshake only. The kernel picks the window scale from the
+    /// receive buffer at the SYN, and a small locked one gets scale 0: a
+    /// 64 KiB window forever, which no later widening could lift. Once
+    /// connected, [`SocketOptions::after_connect`] sets the small buffer
+    /// back, before any byte is relayed (the peer's first window is the
+    /// SYN's, unscaled: at most 64 KiB).
+    pub fn offer_window_scale(&self, socket: SockRef<'_>) -> io::Result<()> {
+        if self.scale_for > self.buffer {
+            force_recv_buffer(&socket, self.scale_for)?;
+        }
+        Ok(())
+    }
+
+    /// After a connect: the small receive buffer, as counted by the cap.
+    pub fn after_connect(&self, socket: SockRef<'_>) -> io::Result<()> {
+        if self.scale_for > self.buffer {
+            socket.set_recv_buffer_size(self.buffer)?;
+        }
+        Ok(())
+    }
+
     /// The queue limits these options give on this kernel, read back from a
     /// socket that is never connected.
     pub fn kernel_buffers(&self) -> io::Result<KernelBuffers> {
@@ -150,6 +177,48 @@ impl SocketOptions {
             receive: socket.recv_buffer_size()? as u64,
             send: socket.send_buffer_size()? as u64,
         })
+    }
+}
+
+/// `SO_RCVBUFFORCE` (past `net.core.rmem_max`; needs `CAP_NET_ADMIN`),
+/// else `SO_RCVBUF` up to that maximum.
+pub fn force_recv_buffer(socket: &SockRef<'_>, buffer: usize) -> io::Result<()> {
+    force(socket, libc::SO_RCVBUFFORCE, buffer).or_else(|_| socket.set_recv_buffer_size(buffer))
+}
+
+/// `SO_SNDBUFFORCE`, else `SO_SNDBUF` up to `net.core.wmem_max`.
+pub fn force_send_buffer(socket: &SockRef<'_>, buffer: usize) -> io::Result<()> {
+    force(socket, libc::SO_SNDBUFFORCE, buffer).or_else(|_| socket.set_send_buffer_size(buffer))
+}
+
+fn force(socket: &SockRef<'_>, name: libc::c_int, buffer: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(buffer).unwrap_or(libc::c_int::MAX);
+    setsockopt_int(socket, libc::SOL_SOCKET, name, value)
+}
+
+/// An int-valued `setsockopt`.
+pub fn setsockopt_int(
+    socket: &SockRef<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open (borrowed from a live socket) and the
+    // value is an int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -203,6 +272,7 @@ mod tests {
         let options = SocketOptions {
             buffer: 8 << 10,
             keepalive: "7,3,2".parse().unwrap(),
+            ..SocketOptions::default()
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         options.apply(SockRef::from(&listener)).unwrap();
@@ -216,5 +286,59 @@ mod tests {
         assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(3));
         assert_eq!(s.tcp_keepalive_retries().unwrap(), 2);
         assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_secs(13)));
+    }
+
+    /// A connect with `scale_for` offers a window scale for the bulk
+    /// buffer but keeps the small buffer once connected; without it, a
+    /// locked small buffer gets scale 0 (a 64 KiB window for good).
+    #[test]
+    fn a_connect_offers_the_window_scale_of_a_bulk_lane() {
+        fn connected(options: &SocketOptions) -> (std::net::TcpStream, u8) {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            options.apply(SockRef::from(&socket)).unwrap();
+            options.offer_window_scale(SockRef::from(&socket)).unwrap();
+            socket
+                .connect(&listener.local_addr().unwrap().into())
+                .unwrap();
+            let stream: std::net::TcpStream = socket.into();
+            options.after_connect(SockRef::from(&stream)).unwrap();
+            let _accepted = listener.accept().unwrap();
+            let wscale = rcv_wscale(&stream);
+            (stream, wscale)
+        }
+        let small = SocketOptions::default();
+        let (stream, wscale) = connected(&small);
+        assert_eq!(wscale, 0);
+        let queue = SockRef::from(&stream).recv_buffer_size().unwrap();
+        let bulk = SocketOptions {
+            scale_for: 4 << 20,
+            ..small
+        };
+        let (stream, wscale) = connected(&bulk);
+        assert!(wscale >= 6, "window scale {wscale}");
+        assert_eq!(SockRef::from(&stream).recv_buffer_size().unwrap(), queue);
+    }
+
+    /// `tcpi_rcv_wscale`, the scale this side offered, from `TCP_INFO`.
+    fn rcv_wscale(stream: &std::net::TcpStream) -> u8 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: tcp_info is plain data; the kernel fills at most `len`.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: a live socket, and a buffer of the size given.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        // The high nibble: the scale we receive with.
+        info.tcpi_snd_rcv_wscale >> 4
     }
 }

@@ -672,7 +672,8 @@ print("ok" if data == want else "got %d bytes, expected %d%s" % (
 
 # 20. Bulk transfers in both paths: 8 MiB with a Content-Length and chunked
 #     through the absolute-form path, 8 MiB through a CONNECT tunnel, and an
-#     8 MiB upload in absolute form; every byte arrives.
+#     8 MiB upload in absolute form; every byte arrives. The tunnel takes
+#     a bulk lane (wide buffers) and gives it back.
 t_bulk() {
   local n=8388608 out
   use_daemon "$POLICY_CONFIG" || why "daemon with $POLICY_CONFIG did not start:" "$(tail -n 5 "$DAEMON_LOG")" || return 1
@@ -680,8 +681,18 @@ t_bulk() {
     "http://plain.test/bytes/$n" || return 1
   expect_bulk "absolute form, chunked" "$n" --resolve "plain.test:80:$INET_IP4" \
     "http://plain.test/chunked/$n" || return 1
+  # The tunnel (spliced) moves past 1 MiB: it takes a bulk lane, widens
+  # its buffers mid-transfer (the download stays byte-exact) and gives the
+  # lane back at its end. The absolute-form requests above take none.
+  local granted='redirector_bulk_lane_requests_total{result="granted"}' m0
+  m0=$(daemon_metrics) || why "no /metrics" || return 1
   expect_bulk "CONNECT tunnel" "$n" --cacert "$CA_CERT" --resolve "origin.test:443:$INET_IP4" \
     "https://origin.test/bytes/$n" || return 1
+  (( $(metric_value "$(daemon_metrics)" "$granted") - $(metric_value "$m0" "$granted") == 1 )) \
+    || why "bulk lanes granted: $(daemon_metrics | grep bulk_lane)" || return 1
+  # shellcheck disable=SC2016
+  wait_for 5 "the bulk lane given back" \
+    eval '(( $(metric_value "$(daemon_metrics)" redirector_bulk_lanes_in_use) == 0 ))' || return 1
   head -c "$n" /dev/urandom >"$WORK/upload.bin"
   out=$(pod_curl pod-a --resolve "plain.test:80:$INET_IP4" --data-binary "@$WORK/upload.bin" \
     http://plain.test/upload-8m 2>&1) || why "8 MiB upload failed:" "$out" || return 1

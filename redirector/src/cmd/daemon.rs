@@ -72,7 +72,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
              the smaller queues are used and counted"
         );
     }
-    let cost = memory_budget::ConnectionCost::new(buffers);
+    // Bulk lanes' wide buffers, reserved at their worst.
+    let wide = crate::relay::lanes::kernel_buffers(args.bulk_buffer)
+        .context("setting a bulk lane's buffers (--bulk-buffer)")?;
+    let small = memory_budget::ConnectionCost::new(buffers);
+    let bulk_lanes = small.lanes_that_fit(memory.as_ref(), args.bulk_lanes, wide);
+    let cost = small.with_lanes(bulk_lanes, wide);
     let caps = limits::caps(
         open_files,
         memory.as_ref(),
@@ -94,6 +99,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         socket_receive_queue_bytes = buffers.receive,
         socket_send_queue_bytes = buffers.send,
         keepalive = %sockets.keepalive,
+        bulk_lanes,
+        bulk_lane_queue_bytes = wide.receive,
+        bulk_lanes_reserved_bytes = cost.reserved,
         max_connections,
         max_connections_per_pod,
         "connection caps"
@@ -143,7 +151,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new(Some(Box::new(PinnedCounters::new(
         PinDir::new(&args.pins.bpffs),
     )))));
-    metrics.set_connection_limits(max_connections, max_connections_per_pod);
+    metrics.set_connection_limits(max_connections, max_connections_per_pod, bulk_lanes);
     // The audit log is set up at start (a change needs a restart).
     let audit = match &policy.config().audit {
         Some(config) => Some(
@@ -174,6 +182,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             timeout: Duration::from_secs_f64(args.peek_timeout),
             ..PeekLimits::default()
         },
+        lanes: crate::relay::BulkLanes::new(bulk_lanes, args.bulk_buffer, metrics.clone()),
         metrics: metrics.clone(),
         names,
         pods: PodDirectory::default(),

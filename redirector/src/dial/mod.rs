@@ -398,9 +398,14 @@ async fn connect_with(
     sock.set_mark(mark)?;
     if let Some(options) = options {
         options.apply(sock)?;
+        options.offer_window_scale(socket2::SockRef::from(&socket))?;
     }
     socket.set_nodelay(true)?;
-    socket.connect(addr).await
+    let stream = socket.connect(addr).await?;
+    if let Some(options) = options {
+        options.after_connect(socket2::SockRef::from(&stream))?;
+    }
+    Ok(stream)
 }
 
 #[cfg(test)]

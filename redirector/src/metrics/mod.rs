@@ -142,6 +142,9 @@ pub struct Metrics {
     name_checks: Family<Label, Counter>,
     bytes: Family<Label, Counter>,
     active: Gauge,
+    /// Bulk lanes held now, and lanes asked for by result.
+    bulk_lanes: Gauge,
+    bulk_lane_requests: Family<Label, Counter>,
     connect_duration: Histogram,
     exempt_pods: Gauge,
     /// Configuration reloads, by result.
@@ -282,6 +285,22 @@ impl Metrics {
             "Redirected connections open now",
             active.clone(),
         );
+        let bulk_lanes = Gauge::default();
+        registry.register(
+            "bulk_lanes_in_use",
+            "Connections relayed with wide socket buffers now (--bulk-lanes)",
+            bulk_lanes.clone(),
+        );
+        let bulk_lane_requests = Family::<Label, Counter>::default();
+        registry.register(
+            "bulk_lane_requests",
+            "Connections that moved enough to ask for a bulk lane: granted, or all_taken \
+             (the connection kept its small buffers)",
+            bulk_lane_requests.clone(),
+        );
+        for result in ["granted", "all_taken"] {
+            let _ = bulk_lane_requests.get_or_create(&[("result", result)]);
+        }
         let connect_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register(
             "connect_duration_seconds",
@@ -365,6 +384,8 @@ impl Metrics {
             name_checks,
             bytes,
             active,
+            bulk_lanes,
+            bulk_lane_requests,
             connect_duration,
             exempt_pods,
             reloads,
@@ -392,8 +413,12 @@ impl Metrics {
     }
 
     /// Exports the connection caps in force.
-    pub fn set_connection_limits(&self, global: usize, per_pod: usize) {
-        for (cap, n) in [("global", global), ("pod", per_pod)] {
+    pub fn set_connection_limits(&self, global: usize, per_pod: usize, bulk_lanes: usize) {
+        for (cap, n) in [
+            ("global", global),
+            ("pod", per_pod),
+            ("bulk_lanes", bulk_lanes),
+        ] {
             self.connection_limits
                 .get_or_create(&[("cap", cap)])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -458,6 +483,23 @@ impl Metrics {
         self.reloads
             .get_or_create(&[("result", result.label())])
             .inc();
+    }
+
+    /// Counts a request for a bulk lane.
+    pub fn record_bulk_lane(&self, granted: bool) {
+        let result = if granted { "granted" } else { "all_taken" };
+        self.bulk_lane_requests
+            .get_or_create(&[("result", result)])
+            .inc();
+    }
+
+    /// A bulk lane taken (`true`) or given back.
+    pub fn bulk_lane_taken(&self, taken: bool) {
+        if taken {
+            self.bulk_lanes.inc();
+        } else {
+            self.bulk_lanes.dec();
+        }
     }
 
     /// Counts a connection as open until the guard is dropped.

@@ -8,8 +8,12 @@
 //! idle connection holds no buffer and no pipe: a direction takes a pipe
 //! from a shared pool only when its source is readable and gives it back
 //! once the pipe is drained, so memory follows traffic, not connections.
+//! A connection that moves a lot may take one of the node's few bulk
+//! lanes, which widens its socket buffers ([`lanes`]).
+//!
 //! A TLS tunnel (an `https://` proxy) goes through userspace, with no
 //! buffer held across a wait ([`tls`]).
+pub mod lanes;
 pub mod tls;
 
 use std::{
@@ -21,6 +25,8 @@ use std::{
 
 use tokio::{io::Interest, net::TcpStream};
 
+pub use lanes::BulkLanes;
+use lanes::Promotion;
 pub use tls::relay_tls;
 
 /// Bytes moved by one relayed connection.
@@ -39,9 +45,18 @@ const PIPE_SIZE: i32 = 256 * 1024;
 const POOL_MAX: usize = 128;
 
 /// Relays between two sockets with `splice(2)`, until both directions
-/// have ended. The first error ends both directions.
-pub async fn relay_spliced(client: &TcpStream, upstream: &TcpStream) -> io::Result<Transferred> {
-    let (up, down) = tokio::try_join!(pump(client, upstream), pump(upstream, client))?;
+/// have ended. The first error ends both directions. A connection that
+/// moves [`lanes::PROMOTE_AFTER`] bytes asks `lanes` for wide buffers.
+pub async fn relay_spliced(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    lanes: &BulkLanes,
+) -> io::Result<Transferred> {
+    let promotion = lanes.promotion();
+    let (up, down) = tokio::try_join!(
+        pump(client, upstream, &promotion),
+        pump(upstream, client, &promotion)
+    )?;
     Ok(Transferred {
         client_to_upstream: up,
         upstream_to_client: down,
@@ -50,7 +65,7 @@ pub async fn relay_spliced(client: &TcpStream, upstream: &TcpStream) -> io::Resu
 
 /// One direction: `src` → pipe → `dst`, then shut down `dst`'s write half
 /// at `src`'s EOF. Returns the bytes moved.
-async fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
+async fn pump(src: &TcpStream, dst: &TcpStream, promotion: &Promotion<'_>) -> io::Result<u64> {
     let mut moved = 0u64;
     loop {
         src.readable().await?;
@@ -74,6 +89,7 @@ async fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
             Err(e) => return Err(e),
         };
         moved += left as u64;
+        promotion.after(moved, src, dst);
         while left > 0 {
             writable_unless_reset(dst, src).await?;
             match dst.try_io(Interest::WRITABLE, || {
@@ -177,26 +193,37 @@ impl Pipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
+    use std::sync::Arc;
     use tokio::{
         io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
         net::TcpListener,
     };
 
+    type Relay = tokio::task::JoinHandle<io::Result<Transferred>>;
+
     /// Two connected socket pairs: (client, client_side) and
     /// (upstream_side, upstream), relayed between the inner ends.
-    async fn spliced_pairs() -> (
-        TcpStream,
-        TcpStream,
-        tokio::task::JoinHandle<io::Result<Transferred>>,
-    ) {
+    async fn spliced_pairs() -> (TcpStream, TcpStream, Relay) {
+        let lanes = Arc::new(BulkLanes::none(Arc::new(Metrics::new(None))));
+        let (client, upstream, _, task) = spliced_pairs_with(lanes).await;
+        (client, upstream, task)
+    }
+
+    /// As [`spliced_pairs`], with `lanes`; also the relayed sockets.
+    async fn spliced_pairs_with(
+        lanes: Arc<BulkLanes>,
+    ) -> (TcpStream, TcpStream, Arc<(TcpStream, TcpStream)>, Relay) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
         let (client_side, _) = l.accept().await.unwrap();
         let upstream_side = TcpStream::connect(addr).await.unwrap();
         let (upstream, _) = l.accept().await.unwrap();
-        let task = tokio::spawn(async move { relay_spliced(&client_side, &upstream_side).await });
-        (client, upstream, task)
+        let sides = Arc::new((client_side, upstream_side));
+        let relayed = sides.clone();
+        let task = tokio::spawn(async move { relay_spliced(&relayed.0, &relayed.1, &lanes).await });
+        (client, upstream, sides, task)
     }
 
     /// The client sends and half-closes; the upstream still answers.
@@ -238,7 +265,10 @@ mod tests {
 
     #[tokio::test]
     async fn moves_large_transfers_both_ways_byte_exact() {
-        let (client, upstream, task) = spliced_pairs().await;
+        // With a lane: the buffers widen in the middle of the transfer.
+        let metrics = Arc::new(Metrics::new(None));
+        let lanes = Arc::new(BulkLanes::new(1, 1 << 20, metrics.clone()));
+        let (client, upstream, _, task) = spliced_pairs_with(lanes).await;
         const N: usize = 8 << 20;
         let pattern = |i: usize| (i * 7 % 251) as u8;
         let data: Vec<u8> = (0..N).map(pattern).collect();
@@ -263,6 +293,92 @@ mod tests {
         let moved = task.await.unwrap().unwrap();
         assert_eq!(moved.client_to_upstream, N as u64);
         assert_eq!(moved.upstream_to_client, N as u64);
+        assert_eq!(
+            lane_metrics(&metrics),
+            (0, 1, 0),
+            "(in use, granted, all taken)"
+        );
+    }
+
+    /// `redirector_bulk_lanes_in_use`, and lane requests granted and not.
+    fn lane_metrics(metrics: &Metrics) -> (u64, u64, u64) {
+        let text = metrics.encode();
+        let value = |series: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {series} in {text}"))
+        };
+        (
+            value("redirector_bulk_lanes_in_use "),
+            value("redirector_bulk_lane_requests_total{result=\"granted\"} "),
+            value("redirector_bulk_lane_requests_total{result=\"all_taken\"} "),
+        )
+    }
+
+    /// Sends `n` bytes from `from` and reads them at `to`.
+    async fn pass(from: &mut TcpStream, to: &mut TcpStream, n: usize) {
+        let data = vec![7u8; n];
+        let mut got = vec![0u8; n];
+        let (w, r) = tokio::join!(from.write_all(&data), to.read_exact(&mut got));
+        w.unwrap();
+        r.unwrap();
+    }
+
+    /// 32 KiB buffers, as the daemon sets them (fixed: no autotuning).
+    fn small_buffers(sides: &(TcpStream, TcpStream)) -> [usize; 4] {
+        for side in [&sides.0, &sides.1] {
+            let s = socket2::SockRef::from(side);
+            s.set_recv_buffer_size(32 << 10).unwrap();
+            s.set_send_buffer_size(32 << 10).unwrap();
+        }
+        queue_limits(sides)
+    }
+
+    fn queue_limits(sides: &(TcpStream, TcpStream)) -> [usize; 4] {
+        let (a, b) = (
+            socket2::SockRef::from(&sides.0),
+            socket2::SockRef::from(&sides.1),
+        );
+        [
+            a.recv_buffer_size().unwrap(),
+            a.send_buffer_size().unwrap(),
+            b.recv_buffer_size().unwrap(),
+            b.send_buffer_size().unwrap(),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_bulk_connection_takes_a_lane_and_gives_it_back() {
+        let metrics = Arc::new(Metrics::new(None));
+        let lanes = Arc::new(BulkLanes::new(1, 2 << 20, metrics.clone()));
+        let (mut client, mut upstream, sides, task) = spliced_pairs_with(lanes.clone()).await;
+        let small = small_buffers(&sides);
+        // Short exchanges never ask.
+        pass(&mut client, &mut upstream, 256 << 10).await;
+        pass(&mut upstream, &mut client, 256 << 10).await;
+        assert_eq!(queue_limits(&sides), small);
+        assert_eq!(lane_metrics(&metrics), (0, 0, 0));
+        // Past 1 MiB one way: both sockets widened, both queues (the
+        // kernel doubles what is asked).
+        pass(&mut upstream, &mut client, 1 << 20).await;
+        assert!(
+            queue_limits(&sides).iter().all(|&q| q >= 4 << 20),
+            "{:?}",
+            queue_limits(&sides)
+        );
+        assert_eq!(lane_metrics(&metrics), (1, 1, 0));
+        // Another bulk connection while the only lane is held: small buffers.
+        let (mut c2, mut u2, sides2, task2) = spliced_pairs_with(lanes).await;
+        let small2 = small_buffers(&sides2);
+        pass(&mut c2, &mut u2, 2 << 20).await;
+        assert_eq!(queue_limits(&sides2), small2);
+        assert_eq!(lane_metrics(&metrics), (1, 1, 1));
+        // The first connection's end gives the lane back.
+        drop((client, upstream));
+        task.await.unwrap().unwrap();
+        assert_eq!(lane_metrics(&metrics), (0, 1, 1));
+        drop((c2, u2));
+        task2.await.unwrap().unwrap();
     }
 
     #[tokio::test]
