@@ -731,7 +731,7 @@ mod tests {
                 max_bytes: 1024,
                 timeout: peek_timeout,
             },
-            lanes: BulkLanes::none(metrics.clone()),
+            lanes: BulkLanes::none(),
             metrics,
             names: NameResolver::new(
                 names,

@@ -182,7 +182,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
             timeout: Duration::from_secs_f64(args.peek_timeout),
             ..PeekLimits::default()
         },
-        lanes: crate::relay::BulkLanes::new(bulk_lanes, args.bulk_buffer, metrics.clone()),
+        lanes: crate::relay::BulkLanes::new(bulk_lanes, args.bulk_buffer, {
+            use crate::relay::lanes::LaneEvent;
+            let metrics = metrics.clone();
+            Box::new(move |event| {
+                metrics.record_bulk_lane(match event {
+                    LaneEvent::Granted => Some(true),
+                    LaneEvent::AllTaken => Some(false),
+                    LaneEvent::GivenBack => None,
+                })
+            })
+        }),
         metrics: metrics.clone(),
         names,
         pods: PodDirectory::default(),

@@ -485,20 +485,22 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a request for a bulk lane.
-    pub fn record_bulk_lane(&self, granted: bool) {
-        let result = if granted { "granted" } else { "all_taken" };
-        self.bulk_lane_requests
-            .get_or_create(&[("result", result)])
-            .inc();
-    }
-
-    /// A bulk lane taken (`true`) or given back.
-    pub fn bulk_lane_taken(&self, taken: bool) {
-        if taken {
-            self.bulk_lanes.inc();
-        } else {
-            self.bulk_lanes.dec();
+    /// Counts a bulk lane granted (`Some(true)`), asked for in vain
+    /// (`Some(false)`), or given back (`None`).
+    pub fn record_bulk_lane(&self, granted: Option<bool>) {
+        match granted {
+            Some(granted) => {
+                let result = if granted { "granted" } else { "all_taken" };
+                self.bulk_lane_requests
+                    .get_or_create(&[("result", result)])
+                    .inc();
+                if granted {
+                    self.bulk_lanes.inc();
+                }
+            }
+            None => {
+                self.bulk_lanes.dec();
+            }
         }
     }
 
@@ -555,6 +557,10 @@ mod tests {
         let guard = m.active_guard();
         let _second = m.active_guard();
         drop(guard);
+        for lane in [Some(true), Some(true), Some(false), None] {
+            m.record_bulk_lane(lane);
+        }
+        m.set_connection_limits(100, 50, 2);
         let text = m.encode();
         for line in [
             "redirector_connections_total{decision=\"kernel-bypass\"} 0",
@@ -569,6 +575,10 @@ mod tests {
             "redirector_exempt_pods 4",
             "redirector_config_reloads_total{result=\"ok\"} 1",
             "redirector_config_reloads_total{result=\"failed\"} 2",
+            "redirector_bulk_lanes_in_use 1",
+            "redirector_bulk_lane_requests_total{result=\"granted\"} 2",
+            "redirector_bulk_lane_requests_total{result=\"all_taken\"} 1",
+            "redirector_connection_limit{cap=\"bulk_lanes\"} 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

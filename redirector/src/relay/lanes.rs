@@ -11,20 +11,14 @@
 //! buffers at their worst, so the cap still holds whatever the pods do; a
 //! connection that finds every lane taken keeps its small buffers.
 use std::{
-    io,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    fmt, io,
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use socket2::SockRef;
 use tokio::{net::TcpStream, sync::Semaphore};
 
-use crate::{
-    metrics::Metrics,
-    socket_options::{KernelBuffers, force_recv_buffer, force_send_buffer, setsockopt_int},
-};
+use crate::socket_options::{KernelBuffers, force_recv_buffer, force_send_buffer, setsockopt_int};
 
 /// Bytes a connection moves, one way or the other, before it asks for a
 /// lane: short exchanges (API calls, small pages) never take one.
@@ -35,14 +29,36 @@ pub const DEFAULT_BUFFER: usize = 4 << 20;
 /// `--bulk-lanes` when not given.
 pub const DEFAULT_LANES: usize = 2;
 
+/// What happens to lanes, as the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneEvent {
+    /// A connection took a lane.
+    Granted,
+    /// A connection asked while every lane was held: it keeps small buffers.
+    AllTaken,
+    /// A connection with a lane ended.
+    GivenBack,
+}
+
+/// Told of every [`LaneEvent`].
+pub type LaneObserver = Box<dyn Fn(LaneEvent) + Send + Sync>;
+
 /// The node's lanes, shared by every connection.
-#[derive(Debug)]
 pub struct BulkLanes {
     free: Semaphore,
     /// `SO_RCVBUF`/`SO_SNDBUF` of a widened socket (forced past
     /// `net.core.rmem_max`/`wmem_max`, as the budget counted them).
     buffer: usize,
-    metrics: Arc<Metrics>,
+    observe: LaneObserver,
+}
+
+impl fmt::Debug for BulkLanes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkLanes")
+            .field("free", &self.free.available_permits())
+            .field("buffer", &self.buffer)
+            .finish()
+    }
 }
 
 /// One connection's ask for a lane: made once, by whichever direction
@@ -57,17 +73,17 @@ pub struct Promotion<'a> {
 }
 
 impl BulkLanes {
-    pub fn new(lanes: usize, buffer: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(lanes: usize, buffer: usize, observe: LaneObserver) -> Self {
         BulkLanes {
             free: Semaphore::new(lanes),
             buffer,
-            metrics,
+            observe,
         }
     }
 
     /// No lanes: every connection keeps its small buffers.
-    pub fn none(metrics: Arc<Metrics>) -> Self {
-        Self::new(0, DEFAULT_BUFFER, metrics)
+    pub fn none() -> Self {
+        Self::new(0, DEFAULT_BUFFER, Box::new(|_| {}))
     }
 
     /// A connection's promotion, not asked yet.
@@ -92,14 +108,13 @@ impl Promotion<'_> {
         }
         let lanes = self.lanes;
         let Ok(permit) = lanes.free.try_acquire() else {
-            lanes.metrics.record_bulk_lane(false);
+            (lanes.observe)(LaneEvent::AllTaken);
             return;
         };
         // Given back in `drop`, not by the permit.
         permit.forget();
         self.granted.store(true, Ordering::Relaxed);
-        lanes.metrics.record_bulk_lane(true);
-        lanes.metrics.bulk_lane_taken(true);
+        (lanes.observe)(LaneEvent::Granted);
         // Best effort: a socket that refuses keeps working as it was (the
         // lane stays held: its reservation is what the budget counted).
         let widened = widen(SockRef::from(a), lanes.buffer);
@@ -118,7 +133,7 @@ impl Drop for Promotion<'_> {
     fn drop(&mut self) {
         if self.granted() {
             self.lanes.free.add_permits(1);
-            self.lanes.metrics.bulk_lane_taken(false);
+            (self.lanes.observe)(LaneEvent::GivenBack);
         }
     }
 }

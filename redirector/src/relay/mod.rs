@@ -193,8 +193,9 @@ impl Pipe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use lanes::LaneEvent;
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
     use tokio::{
         io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
         net::TcpListener,
@@ -205,7 +206,7 @@ mod tests {
     /// Two connected socket pairs: (client, client_side) and
     /// (upstream_side, upstream), relayed between the inner ends.
     async fn spliced_pairs() -> (TcpStream, TcpStream, Relay) {
-        let lanes = Arc::new(BulkLanes::none(Arc::new(Metrics::new(None))));
+        let lanes = Arc::new(BulkLanes::none());
         let (client, upstream, _, task) = spliced_pairs_with(lanes).await;
         (client, upstream, task)
     }
@@ -266,8 +267,7 @@ mod tests {
     #[tokio::test]
     async fn moves_large_transfers_both_ways_byte_exact() {
         // With a lane: the buffers widen in the middle of the transfer.
-        let metrics = Arc::new(Metrics::new(None));
-        let lanes = Arc::new(BulkLanes::new(1, 1 << 20, metrics.clone()));
+        let (lanes, metrics) = counted_lanes(1, 1 << 20);
         let (client, upstream, _, task) = spliced_pairs_with(lanes).await;
         const N: usize = 8 << 20;
         let pattern = |i: usize| (i * 7 % 251) as u8;
@@ -300,19 +300,31 @@ mod tests {
         );
     }
 
-    /// `redirector_bulk_lanes_in_use`, and lane requests granted and not.
-    fn lane_metrics(metrics: &Metrics) -> (u64, u64, u64) {
-        let text = metrics.encode();
-        let value = |series: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-                .unwrap_or_else(|| panic!("no {series} in {text}"))
-        };
-        (
-            value("redirector_bulk_lanes_in_use "),
-            value("redirector_bulk_lane_requests_total{result=\"granted\"} "),
-            value("redirector_bulk_lane_requests_total{result=\"all_taken\"} "),
-        )
+    /// Lanes in use, lanes granted, requests that found all taken.
+    type LaneCounts = Arc<[AtomicI64; 3]>;
+
+    /// `lanes` lanes of `buffer`, their events counted.
+    fn counted_lanes(lanes: usize, buffer: usize) -> (Arc<BulkLanes>, LaneCounts) {
+        let counts: LaneCounts = Arc::default();
+        let seen = counts.clone();
+        let observe = Box::new(move |event| {
+            let (slot, by) = match event {
+                LaneEvent::Granted => {
+                    seen[1].fetch_add(1, Ordering::Relaxed);
+                    (0, 1)
+                }
+                LaneEvent::AllTaken => (2, 1),
+                LaneEvent::GivenBack => (0, -1),
+            };
+            seen[slot].fetch_add(by, Ordering::Relaxed);
+        });
+        (Arc::new(BulkLanes::new(lanes, buffer, observe)), counts)
+    }
+
+    fn lane_metrics(counts: &LaneCounts) -> (i64, i64, i64) {
+        let [a, b, c] = &**counts;
+        let get = |x: &AtomicI64| x.load(Ordering::Relaxed);
+        (get(a), get(b), get(c))
     }
 
     /// Sends `n` bytes from `from` and reads them at `to`.
@@ -349,8 +361,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bulk_connection_takes_a_lane_and_gives_it_back() {
-        let metrics = Arc::new(Metrics::new(None));
-        let lanes = Arc::new(BulkLanes::new(1, 2 << 20, metrics.clone()));
+        let (lanes, metrics) = counted_lanes(1, 2 << 20);
         let (mut client, mut upstream, sides, task) = spliced_pairs_with(lanes.clone()).await;
         let small = small_buffers(&sides);
         // Short exchanges never ask.
