@@ -1497,8 +1497,9 @@ mod tests {
             std::mem::size_of::<F>()
         }
         let size = future_size(|s: Arc<Shared>, c: TcpStream, p: SocketAddr| handle(s, c, p));
-        // 1.3 KiB measured with rustc 1.96 in a debug build; it was 2.7 KiB
-        // before opening was boxed.
-        assert!(size <= 2048, "handle's future is {size} bytes");
+        // Measured with rustc 1.96 in a debug build (the unit-test stage):
+        // 2,112 bytes since the relay carries a bulk lane's promotion (+64);
+        // it was 2.7 KiB before opening was boxed.
+        assert!(size <= 2176, "handle's future is {size} bytes");
     }
 }
