@@ -92,11 +92,15 @@ impl ConnectionCost {
     /// With `lanes` connections whose sockets may be widened to `wide`
     /// (`relay::lanes`): each lane's extra queues are reserved.
     pub fn with_lanes(self, lanes: usize, wide: KernelBuffers) -> Self {
-        let extra = Self::socket_buffers(wide).saturating_sub(self.socket_buffers);
         ConnectionCost {
-            reserved: lanes as u64 * extra,
+            reserved: lanes as u64 * self.lane_extra(wide),
             ..self
         }
+    }
+
+    /// What widening a connection's sockets to `wide` adds at its worst.
+    fn lane_extra(&self, wide: KernelBuffers) -> u64 {
+        Self::socket_buffers(wide).saturating_sub(self.socket_buffers)
     }
 
     /// Every queue of both sockets full, each past its limit by
@@ -118,7 +122,7 @@ impl ConnectionCost {
         asked: usize,
         wide: KernelBuffers,
     ) -> usize {
-        let extra = Self::socket_buffers(wide).saturating_sub(self.socket_buffers);
+        let extra = self.lane_extra(wide);
         match limit {
             Some(limit) if extra > 0 => {
                 let fit = limit.bytes / LANES_SHARE_DIVISOR / extra;

@@ -171,8 +171,16 @@ impl SocketOptions {
     /// The queue limits these options give on this kernel, read back from a
     /// socket that is never connected.
     pub fn kernel_buffers(&self) -> io::Result<KernelBuffers> {
+        KernelBuffers::after(|socket| self.apply(socket))
+    }
+}
+
+impl KernelBuffers {
+    /// The queue limits `set` gives a socket on this kernel, read back from
+    /// one that is never connected.
+    pub fn after(set: impl FnOnce(SockRef<'_>) -> io::Result<()>) -> io::Result<KernelBuffers> {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        self.apply(SockRef::from(&socket))?;
+        set(SockRef::from(&socket))?;
         Ok(KernelBuffers {
             receive: socket.recv_buffer_size()? as u64,
             send: socket.send_buffer_size()? as u64,

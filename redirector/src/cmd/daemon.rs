@@ -183,15 +183,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             ..PeekLimits::default()
         },
         lanes: crate::relay::BulkLanes::new(bulk_lanes, args.bulk_buffer, {
-            use crate::relay::lanes::LaneEvent;
             let metrics = metrics.clone();
-            Box::new(move |event| {
-                metrics.record_bulk_lane(match event {
-                    LaneEvent::Granted => Some(true),
-                    LaneEvent::AllTaken => Some(false),
-                    LaneEvent::GivenBack => None,
-                })
-            })
+            Box::new(move |event| metrics.record_bulk_lane(event))
         }),
         metrics: metrics.clone(),
         names,

@@ -30,7 +30,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{limits::Refusal, policy::CheckResult};
+use crate::{limits::Refusal, policy::CheckResult, relay::lanes::LaneEvent};
 
 /// One label, e.g. `("outcome", "ok")`.
 type Label = [(&'static str, &'static str); 1];
@@ -485,20 +485,20 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a bulk lane granted (`Some(true)`), asked for in vain
-    /// (`Some(false)`), or given back (`None`).
-    pub fn record_bulk_lane(&self, granted: Option<bool>) {
-        match granted {
-            Some(granted) => {
-                let result = if granted { "granted" } else { "all_taken" };
-                self.bulk_lane_requests
-                    .get_or_create(&[("result", result)])
-                    .inc();
-                if granted {
-                    self.bulk_lanes.inc();
-                }
+    /// Counts what happened to a bulk lane.
+    pub fn record_bulk_lane(&self, event: LaneEvent) {
+        let requested = |result| {
+            self.bulk_lane_requests
+                .get_or_create(&[("result", result)])
+                .inc();
+        };
+        match event {
+            LaneEvent::Granted => {
+                requested("granted");
+                self.bulk_lanes.inc();
             }
-            None => {
+            LaneEvent::AllTaken => requested("all_taken"),
+            LaneEvent::GivenBack => {
                 self.bulk_lanes.dec();
             }
         }
@@ -557,7 +557,12 @@ mod tests {
         let guard = m.active_guard();
         let _second = m.active_guard();
         drop(guard);
-        for lane in [Some(true), Some(true), Some(false), None] {
+        for lane in [
+            LaneEvent::Granted,
+            LaneEvent::Granted,
+            LaneEvent::AllTaken,
+            LaneEvent::GivenBack,
+        ] {
             m.record_bulk_lane(lane);
         }
         m.set_connection_limits(100, 50, 2);

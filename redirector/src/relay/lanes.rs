@@ -156,10 +156,5 @@ fn widen(sock: SockRef<'_>, buffer: usize) -> io::Result<()> {
 /// The queue limits a widened socket gets on this kernel, read back from a
 /// socket that is never connected: what the memory budget reserves.
 pub fn kernel_buffers(buffer: usize) -> io::Result<KernelBuffers> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    widen(SockRef::from(&socket), buffer)?;
-    Ok(KernelBuffers {
-        receive: socket.recv_buffer_size()? as u64,
-        send: socket.send_buffer_size()? as u64,
-    })
+    KernelBuffers::after(|socket| widen(socket, buffer))
 }
