@@ -440,6 +440,11 @@ pub struct StatusArgs {
     /// loads or reloads one.
     #[arg(long, value_name = "FILE")]
     pub proxy_config: Option<PathBuf>,
+    /// Also ask the daemon serving `--metrics` on this address which path
+    /// its connections' bytes took (splice, splice on a bulk lane, TLS) and
+    /// how many bulk lanes it holds.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub published: PublishedArgs,
 }

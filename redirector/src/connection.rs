@@ -21,7 +21,7 @@ use crate::{
     metrics::{Metrics, OutcomeKind, Route},
     policy::{CheckResult, Decision, Mode, NameCheck, Policy, Target, Verdict},
     ratelog::{self, RateLog},
-    relay::{BulkLanes, Transferred, relay_spliced, relay_tls},
+    relay::{BulkLanes, RelayPath, Transferred, relay_spliced, relay_tls},
     resolve::NameResolver,
     swappable::Swappable,
 };
@@ -63,7 +63,10 @@ pub struct Shared {
 #[derive(Debug)]
 pub enum Outcome {
     /// Bytes relayed to the end (direct or through a CONNECT tunnel).
-    Relayed { transferred: Transferred },
+    Relayed {
+        transferred: Transferred,
+        path: RelayPath,
+    },
     /// Plain HTTP requests forwarded in absolute form (and, after a `101`,
     /// the new protocol's bytes relayed, counted in `served`).
     HttpServed { served: Served },
@@ -193,7 +196,7 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
                 proxy,
             } = tunnel;
             via = proxy;
-            relay_to(client, upstream, early, &shared.lanes).await
+            relay_to(client, upstream, early, &shared.lanes, &shared.metrics).await
         }
         Opened::Switched(served, Switched { client, tunnel }) => {
             // Taken apart before the relay: a partly moved tunnel would be
@@ -205,7 +208,7 @@ pub async fn handle(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
                 proxy,
             } = tunnel;
             drop(proxy);
-            let relayed = relay_to(client, upstream, early, &shared.lanes).await;
+            let relayed = relay_to(client, upstream, early, &shared.lanes, &shared.metrics).await;
             after_switch(served, relayed)
         }
         Opened::Done(outcome) => outcome,
@@ -275,7 +278,7 @@ fn audit_line(
 ) {
     let pod = shared.pods.pod(peer.ip());
     let moved = match outcome {
-        Outcome::Relayed { transferred } => *transferred,
+        Outcome::Relayed { transferred, .. } => *transferred,
         Outcome::HttpServed { served } => served.transferred,
         _ => Transferred::default(),
     };
@@ -482,13 +485,18 @@ fn note_name_check(
 }
 
 /// Relays until both sides are done, `early` (tunnel bytes that came with
-/// the proxy's answer) to the client first.
+/// the proxy's answer) to the client first. Counts the path the bytes took,
+/// whether the relay ends well or not.
 async fn relay_to(
     mut client: TcpStream,
     mut upstream: Upstream,
     early: Bytes,
     lanes: &BulkLanes,
+    metrics: &Metrics,
 ) -> Outcome {
+    // Held here, not in the relay: it tells the path afterwards, and gives
+    // a lane back when this returns.
+    let promotion = lanes.promotion();
     let relayed = async {
         let early_bytes = early.len() as u64;
         if !early.is_empty() {
@@ -496,14 +504,21 @@ async fn relay_to(
         }
         drop(early);
         let mut moved = match &mut upstream {
-            Upstream::Tcp(upstream) => relay_spliced(&client, upstream, lanes).await?,
+            Upstream::Tcp(upstream) => relay_spliced(&client, upstream, &promotion).await?,
             Upstream::Tls(upstream) => Box::pin(relay_tls(&client, upstream.as_mut())).await?,
         };
         moved.upstream_to_client += early_bytes;
         Ok::<_, std::io::Error>(moved)
     };
-    match relayed.await {
-        Ok(transferred) => Outcome::Relayed { transferred },
+    let relayed = relayed.await;
+    let path = match &upstream {
+        Upstream::Tls(_) => RelayPath::Tls,
+        Upstream::Tcp(_) if promotion.granted() => RelayPath::BulkLane,
+        Upstream::Tcp(_) => RelayPath::Splice,
+    };
+    metrics.record_relay_path(path);
+    match relayed {
+        Ok(transferred) => Outcome::Relayed { transferred, path },
         Err(error) => {
             // A reset on one side is passed on as a reset, so that a peer
             // can tell a broken transfer from a complete one (a FIN would
@@ -523,7 +538,7 @@ async fn relay_to(
 /// relayed after the `101` counted in.
 fn after_switch(mut served: Served, relayed: Outcome) -> Outcome {
     match relayed {
-        Outcome::Relayed { transferred } => {
+        Outcome::Relayed { transferred, .. } => {
             served.transferred.client_to_upstream += transferred.client_to_upstream;
             served.transferred.upstream_to_client += transferred.upstream_to_client;
             Outcome::HttpServed { served }
@@ -536,7 +551,7 @@ fn after_switch(mut served: Served, relayed: Outcome) -> Outcome {
 fn record(metrics: &Metrics, outcome: &Outcome, peek_timed_out: bool) {
     metrics.record_outcome(outcome.kind(peek_timed_out));
     let transferred = match outcome {
-        Outcome::Relayed { transferred } => transferred,
+        Outcome::Relayed { transferred, .. } => transferred,
         Outcome::HttpServed { served } => &served.transferred,
         Outcome::DialFailed(_) | Outcome::BrokeOff(_) | Outcome::Refused => return,
     };
@@ -566,8 +581,9 @@ fn log_outcome(
     let host = class.hostname.as_deref().unwrap_or("-");
     let rule = decision.rule();
     match outcome {
-        Outcome::Relayed { transferred } => tracing::debug!(
+        Outcome::Relayed { transferred, path } => tracing::debug!(
             client = %peer, %dst, host, %decision, rule, ms, protocol = class.label(),
+            relay = path.label(),
             up = transferred.client_to_upstream, down = transferred.upstream_to_client,
             "connection done"
         ),
@@ -774,6 +790,7 @@ mod tests {
         let io = || std::io::Error::other("x");
         let relayed = Outcome::Relayed {
             transferred: Transferred::default(),
+            path: RelayPath::Splice,
         };
         let served = |auth_failures| Outcome::HttpServed {
             served: Served {
@@ -788,6 +805,7 @@ mod tests {
             (
                 Outcome::Relayed {
                     transferred: Transferred::default(),
+                    path: RelayPath::BulkLane,
                 },
                 true,
                 "peek_timeout",

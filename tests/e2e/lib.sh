@@ -683,6 +683,18 @@ redirector_status() {
   timeout 10 "$REDIRECTOR_BIN" status --bpffs "$PIN_DIR" --handover-dir "$HANDOVER_DIR"
 }
 
+# relay_status: `redirector status --metrics`, asking the daemon in the
+# node's netns which path its connections took.
+relay_status() {
+  in_netns "$NS_NODE" timeout 10 "$REDIRECTOR_BIN" status --bpffs "$PIN_DIR" \
+    --handover-dir "$HANDOVER_DIR" --metrics "$METRICS_ADDR"
+}
+
+# relay_status_count PATH: connections relayed on PATH ("relay PATH: N connections").
+relay_status_count() {
+  relay_status 2>/dev/null | awk -v k="relay $1:" '$1 " " $2 == k { print $3; found=1 } END { exit !found }'
+}
+
 # status_counter NAME: one number from `redirector status` ("NAME: N").
 status_counter() {
   redirector_status 2>/dev/null | awk -F': *' -v k="$1" '$1 == k { print $2; found=1 } END { exit !found }'

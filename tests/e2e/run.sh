@@ -684,15 +684,25 @@ t_bulk() {
   # The tunnel (spliced) moves past 1 MiB: it takes a bulk lane, widens
   # its buffers mid-transfer (the download stays byte-exact) and gives the
   # lane back at its end. The absolute-form requests above take none.
-  local granted='redirector_bulk_lane_requests_total{result="granted"}' m0
+  # The metrics and `status --metrics` say which path it took.
+  local granted='redirector_bulk_lane_requests_total{result="granted"}' m0 m1 st0 st1
+  local on_lane='redirector_relayed_connections_total{path="splice_bulk_lane"}'
   m0=$(daemon_metrics) || why "no /metrics" || return 1
+  st0=$(relay_status_count splice_bulk_lane) || why "status --metrics:" "$(relay_status)" || return 1
   expect_bulk "CONNECT tunnel" "$n" --cacert "$CA_CERT" --resolve "origin.test:443:$INET_IP4" \
     "https://origin.test/bytes/$n" || return 1
-  (( $(metric_value "$(daemon_metrics)" "$granted") - $(metric_value "$m0" "$granted") == 1 )) \
-    || why "bulk lanes granted: $(daemon_metrics | grep bulk_lane)" || return 1
+  m1=$(daemon_metrics) || why "no /metrics" || return 1
+  (( $(metric_value "$m1" "$granted") - $(metric_value "$m0" "$granted") == 1 )) \
+    || why "bulk lanes granted: $(grep bulk_lane <<<"$m1")" || return 1
   # shellcheck disable=SC2016
   wait_for 5 "the bulk lane given back" \
     eval '(( $(metric_value "$(daemon_metrics)" redirector_bulk_lanes_in_use) == 0 ))' || return 1
+  # Counted once the relay has ended (the lane is back by then).
+  (( $(metric_value "$(daemon_metrics)" "$on_lane") - $(metric_value "$m0" "$on_lane") == 1 )) \
+    || why "relayed on a bulk lane: $(daemon_metrics | grep relayed_connections)" || return 1
+  st1=$(relay_status_count splice_bulk_lane) || why "status --metrics:" "$(relay_status)" || return 1
+  (( st1 - st0 == 1 )) || why "status: splice_bulk_lane $st0 -> $st1:" "$(relay_status)" || return 1
+  expect_match "$(relay_status)" "^bulk_lanes: 0 of [1-9][0-9]* in use$" "status shows the lanes, none held" || return 1
   head -c "$n" /dev/urandom >"$WORK/upload.bin"
   out=$(pod_curl pod-a --resolve "plain.test:80:$INET_IP4" --data-binary "@$WORK/upload.bin" \
     http://plain.test/upload-8m 2>&1) || why "8 MiB upload failed:" "$out" || return 1

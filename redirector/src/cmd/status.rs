@@ -34,6 +34,7 @@ use crate::{
     bypass::published::{FILE_NAME, Published},
     caller::{self, published::PublishedProfiles},
     hook::{self, PinDir},
+    metrics::scrape::{self, RelayFigures},
 };
 
 /// One pinned link, as the kernel describes it.
@@ -182,6 +183,9 @@ pub struct Status {
     /// The profile each labelled namespace selects, as the daemon
     /// published it (`None`: no file, e.g. without `--kube`).
     pub profiles: Option<PublishedProfiles>,
+    /// The running daemon's relay figures (`--metrics`), or why they could
+    /// not be read.
+    pub relay: Option<Result<RelayFigures, String>>,
 }
 
 impl Status {
@@ -290,6 +294,9 @@ impl Status {
         if let Some((path, digest)) = &self.config {
             out.push(format!("config_digest: {digest} ({})", path.display()));
         }
+        if let Some(relay) = &self.relay {
+            relay_text(relay, &mut out);
+        }
         if self.links.is_empty() {
             return out;
         }
@@ -382,6 +389,7 @@ impl Status {
             })),
             "bypass": self.bypass.as_ref().map(BypassStatus::json),
             "profiles": self.profiles.as_ref().map(|p| &p.namespaces),
+            "relay": self.relay.as_ref().map(relay_json),
         })
     }
 }
@@ -389,12 +397,13 @@ impl Status {
 /// The CLI command; with `check`, fails unless every hook is attached.
 pub fn run(args: &crate::cli::StatusArgs) -> Result<()> {
     let pins = PinDir::new(&args.pins.bpffs);
-    let status = Status::read(
+    let mut status = Status::read(
         &pins,
         &args.cgroup_root,
         args.proxy_config.as_deref(),
         &args.published.handover_dir,
     )?;
+    status.relay = args.metrics.map(scrape::relay_figures);
     if args.json {
         println!("{}", status.json());
     } else {
@@ -406,6 +415,35 @@ pub fn run(args: &crate::cli::StatusArgs) -> Result<()> {
         bail!("not all hooks are attached under {}", pins.root().display());
     }
     Ok(())
+}
+
+/// The daemon's relay lines: connections per path, lanes in use.
+fn relay_text(relay: &Result<RelayFigures, String>, out: &mut Vec<String>) {
+    match relay {
+        Ok(figures) => {
+            for (path, n) in &figures.paths {
+                out.push(format!("relay {}: {n} connections", path.label()));
+            }
+            out.push(format!(
+                "bulk_lanes: {} of {} in use",
+                figures.lanes_in_use, figures.lanes
+            ));
+        }
+        Err(e) => out.push(format!("relay: unknown ({e})")),
+    }
+}
+
+fn relay_json(relay: &Result<RelayFigures, String>) -> serde_json::Value {
+    match relay {
+        Ok(figures) => json!({
+            "connections": figures.paths.iter()
+                .map(|(path, n)| (path.label().to_owned(), json!(n)))
+                .collect::<serde_json::Map<_, _>>(),
+            "bulk_lanes_in_use": figures.lanes_in_use,
+            "bulk_lanes": figures.lanes,
+        }),
+        Err(e) => json!({ "error": e }),
+    }
 }
 
 /// What the kernel says about a pinned link; unknown fields stay `None`
@@ -653,6 +691,7 @@ mod tests {
             counters: vec![("redirected".into(), 5), ("skipped_mark".into(), 0)],
             config: Some((PathBuf::from("/etc/p.json"), "0123456789ab".into())),
             bypass: None,
+            relay: None,
         }
     }
 
@@ -777,6 +816,40 @@ mod tests {
                 "redirected: 5",
                 "skipped_mark: 0",
             ]
+        );
+    }
+
+    #[test]
+    fn relay_lines_from_the_daemon_or_why_not() {
+        use crate::relay::RelayPath;
+        let mut status = Status {
+            relay: Some(Ok(RelayFigures {
+                paths: vec![(RelayPath::Splice, 7), (RelayPath::BulkLane, 1)],
+                lanes_in_use: 1,
+                lanes: 2,
+            })),
+            ..Status::default()
+        };
+        assert_eq!(
+            status.text(),
+            [
+                "attached: no",
+                "relay splice: 7 connections",
+                "relay splice_bulk_lane: 1 connections",
+                "bulk_lanes: 1 of 2 in use",
+            ]
+        );
+        let v = status.json();
+        assert_eq!(v["relay"]["connections"]["splice_bulk_lane"], json!(1));
+        assert_eq!(v["relay"]["bulk_lanes"], json!(2));
+        status.relay = Some(Err("10.0.0.1:9465: connection refused".into()));
+        assert_eq!(
+            status.text()[1],
+            "relay: unknown (10.0.0.1:9465: connection refused)"
+        );
+        assert_eq!(
+            status.json()["relay"]["error"],
+            json!("10.0.0.1:9465: connection refused")
         );
     }
 

@@ -7,6 +7,7 @@
 //! direction, kernel counter name, reload result); never a hostname or an
 //! address. Kernel counters are read at scrape time, through
 //! [`KernelCounters`] (the pinned map, in `hook::counters`).
+pub mod scrape;
 pub mod server;
 
 use std::{
@@ -30,7 +31,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{limits::Refusal, policy::CheckResult, relay::lanes::LaneEvent};
+use crate::{
+    limits::Refusal,
+    policy::CheckResult,
+    relay::{RelayPath, lanes::LaneEvent},
+};
 
 /// One label, e.g. `("outcome", "ok")`.
 type Label = [(&'static str, &'static str); 1];
@@ -145,6 +150,8 @@ pub struct Metrics {
     /// Bulk lanes held now, and lanes asked for by result.
     bulk_lanes: Gauge,
     bulk_lane_requests: Family<Label, Counter>,
+    /// Connections whose bytes went through the relay, by its path.
+    relay_paths: Family<Label, Counter>,
     connect_duration: Histogram,
     exempt_pods: Gauge,
     /// Configuration reloads, by result.
@@ -301,6 +308,17 @@ impl Metrics {
         for result in ["granted", "all_taken"] {
             let _ = bulk_lane_requests.get_or_create(&[("result", result)]);
         }
+        let relay_paths = Family::<Label, Counter>::default();
+        registry.register(
+            "relayed_connections",
+            "Connections whose bytes the relay moved, by the path it took: splice (small \
+             buffers), splice_bulk_lane (widened on the way), tls (userspace, to an https:// \
+             proxy)",
+            relay_paths.clone(),
+        );
+        for path in RelayPath::ALL {
+            let _ = relay_paths.get_or_create(&[("path", path.label())]);
+        }
         let connect_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register(
             "connect_duration_seconds",
@@ -386,6 +404,7 @@ impl Metrics {
             active,
             bulk_lanes,
             bulk_lane_requests,
+            relay_paths,
             connect_duration,
             exempt_pods,
             reloads,
@@ -504,6 +523,13 @@ impl Metrics {
         }
     }
 
+    /// Counts a connection whose bytes the relay moved, by path.
+    pub fn record_relay_path(&self, path: RelayPath) {
+        self.relay_paths
+            .get_or_create(&[("path", path.label())])
+            .inc();
+    }
+
     /// Counts a connection as open until the guard is dropped.
     pub fn active_guard(&self) -> ActiveGuard {
         self.active.inc();
@@ -566,6 +592,9 @@ mod tests {
             m.record_bulk_lane(lane);
         }
         m.set_connection_limits(100, 50, 2);
+        m.record_relay_path(RelayPath::BulkLane);
+        m.record_relay_path(RelayPath::Splice);
+        m.record_relay_path(RelayPath::Splice);
         let text = m.encode();
         for line in [
             "redirector_connections_total{decision=\"kernel-bypass\"} 0",
@@ -583,6 +612,9 @@ mod tests {
             "redirector_bulk_lanes_in_use 1",
             "redirector_bulk_lane_requests_total{result=\"granted\"} 2",
             "redirector_bulk_lane_requests_total{result=\"all_taken\"} 1",
+            "redirector_relayed_connections_total{path=\"splice\"} 2",
+            "redirector_relayed_connections_total{path=\"splice_bulk_lane\"} 1",
+            "redirector_relayed_connections_total{path=\"tls\"} 0",
             "redirector_connection_limit{cap=\"bulk_lanes\"} 2",
         ] {
             assert!(

@@ -25,9 +25,33 @@ use std::{
 
 use tokio::{io::Interest, net::TcpStream};
 
-pub use lanes::BulkLanes;
-use lanes::Promotion;
+pub use lanes::{BulkLanes, Promotion};
 pub use tls::relay_tls;
+
+/// Which relay moved a connection's bytes: logged with the connection and
+/// counted in `redirector_relayed_connections_total{path}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayPath {
+    /// `splice(2)` through the small socket buffers (`--socket-buffer`).
+    Splice,
+    /// `splice(2)`, widened by a bulk lane on the way ([`lanes`]).
+    BulkLane,
+    /// Through userspace: a TLS tunnel to an `https://` proxy ([`tls`]).
+    Tls,
+}
+
+impl RelayPath {
+    pub const ALL: [RelayPath; 3] = [RelayPath::Splice, RelayPath::BulkLane, RelayPath::Tls];
+
+    /// The metric label and log value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            RelayPath::Splice => "splice",
+            RelayPath::BulkLane => "splice_bulk_lane",
+            RelayPath::Tls => "tls",
+        }
+    }
+}
 
 /// Bytes moved by one relayed connection.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -46,16 +70,17 @@ const POOL_MAX: usize = 128;
 
 /// Relays between two sockets with `splice(2)`, until both directions
 /// have ended. The first error ends both directions. A connection that
-/// moves [`lanes::PROMOTE_AFTER`] bytes asks `lanes` for wide buffers.
+/// moves [`lanes::PROMOTE_AFTER`] bytes asks for a lane through
+/// `promotion`, which the caller keeps: it says afterwards which path the
+/// bytes took, and gives the lane back when dropped.
 pub async fn relay_spliced(
     client: &TcpStream,
     upstream: &TcpStream,
-    lanes: &BulkLanes,
+    promotion: &Promotion<'_>,
 ) -> io::Result<Transferred> {
-    let promotion = lanes.promotion();
     let (up, down) = tokio::try_join!(
-        pump(client, upstream, &promotion),
-        pump(upstream, client, &promotion)
+        pump(client, upstream, promotion),
+        pump(upstream, client, promotion)
     )?;
     Ok(Transferred {
         client_to_upstream: up,
@@ -223,7 +248,10 @@ mod tests {
         let (upstream, _) = l.accept().await.unwrap();
         let sides = Arc::new((client_side, upstream_side));
         let relayed = sides.clone();
-        let task = tokio::spawn(async move { relay_spliced(&relayed.0, &relayed.1, &lanes).await });
+        let task =
+            tokio::spawn(
+                async move { relay_spliced(&relayed.0, &relayed.1, &lanes.promotion()).await },
+            );
         (client, upstream, sides, task)
     }
 
