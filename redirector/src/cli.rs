@@ -442,8 +442,8 @@ pub struct StatusArgs {
     pub proxy_config: Option<PathBuf>,
     /// Also ask the daemon serving `--metrics` on this address which path
     /// its connections' bytes took (splice, splice on a bulk lane, TLS) and
-    /// how many bulk lanes it holds.
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// how many bulk lanes it holds (the DaemonSet's container sets it).
+    #[arg(long, env = "REDIRECTOR_STATUS_METRICS", value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub published: PublishedArgs,
