@@ -239,6 +239,23 @@ impl Collector for ScrapeCollector {
     }
 }
 
+/// A counter per value of `key`, registered as `name`, with every value's
+/// series present (at 0) from the start, so that rates work from zero.
+fn labelled_counters<const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    key: &'static str,
+    values: [&'static str; N],
+) -> Family<Label, Counter> {
+    let family = Family::<Label, Counter>::default();
+    registry.register(name, help, family.clone());
+    for value in values {
+        let _ = family.get_or_create(&[(key, value)]);
+    }
+    family
+}
+
 impl Metrics {
     /// `kernel`: where the kernel counters are read (`None`: not exported).
     pub fn new(kernel: Option<Box<dyn KernelCounters>>) -> Self {
@@ -248,43 +265,41 @@ impl Metrics {
             kernel,
             routed: routed.clone(),
         }));
-        let outcomes = Family::<Label, Counter>::default();
-        registry.register(
+        let outcomes = labelled_counters(
+            &mut registry,
             "connection_outcomes",
             "Redirected connections by how they ended",
-            outcomes.clone(),
+            "outcome",
+            OutcomeKind::ALL.map(OutcomeKind::name),
         );
-        let refused = Family::<Label, Counter>::default();
-        registry.register(
+        let refused = labelled_counters(
+            &mut registry,
             "connections_refused",
             "Connections reset at accept because a cap was reached (--max-connections, \
              --max-connections-per-pod)",
-            refused.clone(),
+            "reason",
+            [Refusal::Global, Refusal::Pod].map(Refusal::label),
         );
-        let name_checks = Family::<Label, Counter>::default();
-        registry.register(
+        let name_checks = labelled_counters(
+            &mut registry,
             "name_checks",
             "noProxy name rules (matched on TLS SNI or HTTP Host) checked against the name's \
              addresses: verified went direct, the others through the proxy",
-            name_checks.clone(),
+            "result",
+            CheckResult::ALL.map(CheckResult::label),
         );
-        for result in CheckResult::ALL {
-            let _ = name_checks.get_or_create(&[("result", result.label())]);
-        }
         let fail_open = Counter::default();
         registry.register(
             "fail_open_connections",
             "Connections sent direct because the proxy was unreachable (failMode: open)",
             fail_open.clone(),
         );
-        for refusal in [Refusal::Global, Refusal::Pod] {
-            let _ = refused.get_or_create(&[("reason", refusal.label())]);
-        }
-        let bytes = Family::<Label, Counter>::default();
-        registry.register(
+        let bytes = labelled_counters(
+            &mut registry,
             "bytes",
             "Bytes relayed: upstream (client to destination), downstream (back)",
-            bytes.clone(),
+            "direction",
+            ["upstream", "downstream"],
         );
         let active = Gauge::default();
         registry.register(
@@ -298,27 +313,23 @@ impl Metrics {
             "Connections relayed with wide socket buffers now (--bulk-lanes)",
             bulk_lanes.clone(),
         );
-        let bulk_lane_requests = Family::<Label, Counter>::default();
-        registry.register(
+        let bulk_lane_requests = labelled_counters(
+            &mut registry,
             "bulk_lane_requests",
             "Connections that moved enough to ask for a bulk lane: granted, or all_taken \
              (the connection kept its small buffers)",
-            bulk_lane_requests.clone(),
+            "result",
+            ["granted", "all_taken"],
         );
-        for result in ["granted", "all_taken"] {
-            let _ = bulk_lane_requests.get_or_create(&[("result", result)]);
-        }
-        let relay_paths = Family::<Label, Counter>::default();
-        registry.register(
+        let relay_paths = labelled_counters(
+            &mut registry,
             "relayed_connections",
             "Connections whose bytes the relay moved, by the path it took: splice (small \
              buffers), splice_bulk_lane (widened on the way), tls (userspace, to an https:// \
              proxy)",
-            relay_paths.clone(),
+            "path",
+            RelayPath::ALL.map(RelayPath::label),
         );
-        for path in RelayPath::ALL {
-            let _ = relay_paths.get_or_create(&[("path", path.label())]);
-        }
         let connect_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register(
             "connect_duration_seconds",
@@ -331,11 +342,12 @@ impl Metrics {
             "Pods exempted from redirection through the Kubernetes API (--kube)",
             exempt_pods.clone(),
         );
-        let reloads = Family::<Label, Counter>::default();
-        registry.register(
+        let reloads = labelled_counters(
+            &mut registry,
             "config_reloads",
             "Proxy configuration reloads by result (failed: the old one stayed in force)",
-            reloads.clone(),
+            "result",
+            [ReloadResult::Ok, ReloadResult::Failed].map(ReloadResult::label),
         );
         let exempt_unapplied = Gauge::default();
         registry.register(
@@ -362,16 +374,6 @@ impl Metrics {
              open-files limits allow; pod: --max-connections-per-pod)",
             connection_limits.clone(),
         );
-        // Every series present from the start, so rates work from zero.
-        for kind in OutcomeKind::ALL {
-            let _ = outcomes.get_or_create(&[("outcome", kind.name())]);
-        }
-        for direction in ["upstream", "downstream"] {
-            let _ = bytes.get_or_create(&[("direction", direction)]);
-        }
-        for result in [ReloadResult::Ok, ReloadResult::Failed] {
-            let _ = reloads.get_or_create(&[("result", result.label())]);
-        }
         let proxy_up = Family::<ProxyLabel, Gauge>::default();
         registry.register(
             "upstream_proxy_up",

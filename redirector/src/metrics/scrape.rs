@@ -19,7 +19,8 @@ const MAX_ANSWER: u64 = 4 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayFigures {
     /// Connections whose bytes the relay moved, per path, in
-    /// [`RelayPath::ALL`] order (0 where the daemon has no line).
+    /// [`RelayPath::ALL`] order; a path the daemon has no line for (an
+    /// older daemon) is left out.
     pub paths: Vec<(RelayPath, u64)>,
     /// Bulk lanes held now, and how many there are.
     pub lanes_in_use: u64,
@@ -69,15 +70,14 @@ fn parse(text: &str) -> Option<RelayFigures> {
         })
     };
     let paths: Vec<(RelayPath, u64)> = RelayPath::ALL
-        .iter()
-        .map(|path| {
+        .into_iter()
+        .filter_map(|path| {
             let name = format!(
                 "redirector_relayed_connections_total{{path=\"{}\"}}",
                 path.label()
             );
-            (*path, value(&name))
+            Some((path, value(&name)?))
         })
-        .filter_map(|(path, n)| Some((path, n?)))
         .collect();
     if paths.is_empty() {
         return None;
