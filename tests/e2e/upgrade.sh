@@ -94,7 +94,7 @@ upg_load_stop() { # upg_load_stop NAME: waits for the long transfers; the result
   UPG_JSON=$(cat "$WORK/$1.json")
 }
 
-# upg_report WHAT JSON: one line of figures, logged and kept for the README.
+# upg_report WHAT JSON: one line of figures, logged and kept for docs/deploy.md.
 upg_report() {
   local line
   line=$(printf '%s: %s connections attempted, %s completed, %s failed (%s refused); long transfers %s of %s intact, %s bytes verified' \
